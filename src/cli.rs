@@ -1,0 +1,163 @@
+//! The command line: `serve`, `check` and `certs`. Flags that the config file can also set are
+//! `Option`s here, so that "not given" is distinguishable from a default and the file can fill it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::policy::{Mode, OnMissingImage, OnRegistryError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "archgate",
+    version,
+    about = "Deny images that lack a platform the pod could be scheduled on"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the admission webhook (HTTPS) and its admin endpoints (plain HTTP).
+    Serve(ServeArgs),
+    /// Check images, or the pods in Kubernetes YAML, from the command line (for CI pre-flight).
+    Check(CheckArgs),
+    /// Write a CA and a serving certificate for the webhook's Service (the self-signed install).
+    Certs(CertsArgs),
+}
+
+/// How to reach registries; shared by `serve` and `check`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// Registry spoken to over plain HTTP (HOST[:PORT], as written in image references).
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST[:PORT]",
+        env = "ARCHGATE_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// Extra CA certificate (PEM) to trust for registry TLS.
+    #[arg(long, value_name = "PEM", env = "ARCHGATE_REGISTRY_CA")]
+    pub registry_ca: Option<PathBuf>,
+    /// Docker config.json with registry credentials [default: $DOCKER_CONFIG/config.json, then
+    /// ~/.docker/config.json].
+    #[arg(long, value_name = "PATH", env = "ARCHGATE_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// YAML config file; flags given on the command line override it.
+    #[arg(long, value_name = "FILE", env = "ARCHGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTPS webhook listener [default: 0.0.0.0:8443].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the plain-HTTP admin listener (/healthz, /readyz, /metrics) [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Serving certificate chain (PEM); reloaded when the file changes.
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls_key",
+        conflicts_with = "self_signed"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Serving private key (PEM).
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls_cert",
+        conflicts_with = "self_signed"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Make a CA and a serving certificate for localhost, 127.0.0.1 and every --dns-name.
+    #[arg(long)]
+    pub self_signed: bool,
+    /// With --self-signed: write the CA certificate (PEM) here, for clients to trust.
+    #[arg(long, value_name = "PATH", requires = "self_signed")]
+    pub self_signed_ca_out: Option<PathBuf>,
+    /// With --self-signed: an extra DNS name for the serving certificate.
+    #[arg(long = "dns-name", value_name = "NAME", requires = "self_signed")]
+    pub dns_names: Vec<String>,
+    /// Platform every candidate node may run (OS/ARCH[/VARIANT]), or `auto` to read the cluster's
+    /// nodes [default: linux/amd64].
+    #[arg(short = 'p', long = "platform", value_name = "P")]
+    pub platforms: Vec<String>,
+    /// What to do with a finding [default: enforce].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// When a registry cannot be asked (unreachable, timeout, unauthorized) [default: allow].
+    #[arg(long, value_enum)]
+    pub on_registry_error: Option<OnRegistryError>,
+    /// When an image does not exist [default: deny].
+    #[arg(long, value_enum)]
+    pub on_missing_image: Option<OnMissingImage>,
+    /// Answer every review within this many seconds (under the webhook's timeoutSeconds) [default: 8].
+    #[arg(long, value_name = "SECONDS")]
+    pub review_deadline: Option<f64>,
+    /// Namespace never checked (repeatable).
+    #[arg(long = "exempt-namespace", value_name = "NAME")]
+    pub exempt_namespaces: Vec<String>,
+    /// Image glob never checked, e.g. 'registry.k8s.io/*' (repeatable).
+    #[arg(long = "exempt-image", value_name = "GLOB")]
+    pub exempt_images: Vec<String>,
+    /// Also use the pod's imagePullSecrets and its ServiceAccount's (needs Secret read access).
+    #[arg(long)]
+    pub pull_secrets: bool,
+    /// Log format [default: plain].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Platform every image must provide (repeatable) [default: linux/amd64].
+    #[arg(short = 'p', long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub platforms: Vec<String>,
+    /// Kubernetes YAML or JSON (multi-document; `-` for stdin): checks every container of Pods,
+    /// workload pod templates and Tekton runs.
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Images to check.
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// The webhook's Service name.
+    #[arg(long, default_value = "archgate")]
+    pub service: String,
+    /// The webhook's namespace.
+    #[arg(long, default_value = "archgate")]
+    pub namespace: String,
+    /// Where to write ca.crt, tls.crt, tls.key and ca-bundle.b64.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}

@@ -1,0 +1,72 @@
+//! What only the API server knows: nodes, namespace modes, pull credentials, Tekton resources.
+//!
+//! The review path reads this through [`ClusterView`] and never calls the API server itself.
+//! [`StaticCluster`] serves a fixed platform list with the webhook's own credentials, for
+//! `--platform linux/amd64` runs and for running without a cluster. [`ClusterState`] serves
+//! `--platform auto` from kube reflector stores that [`watch`] keeps in sync; tests build the same
+//! view from stores they fill through kube's store `Writer` ([`ClusterState::from_stores`]).
+
+mod reflect;
+mod state;
+
+use std::sync::Arc;
+
+pub use reflect::{Health, Reduce, drive, watch};
+pub use state::{ClusterState, PullSecretStores, Stores, TektonKind, TektonStore, node_view};
+
+use crate::platform::Platform;
+use crate::policy::Mode;
+use crate::resolver::Credentials;
+use crate::scheduling::NodeView;
+use crate::workload::{Catalog, EmptyCatalog, Placement};
+
+/// The cluster state a review reads; cheap to call on every review.
+pub trait ClusterView: Send + Sync {
+    /// Nodes (real or synthetic) that pods may be scheduled on.
+    fn nodes(&self) -> Arc<Vec<NodeView>>;
+    /// A namespace's `archgate.io/mode` label, if set and valid.
+    fn namespace_mode(&self, namespace: &str) -> Option<Mode>;
+    /// Credentials for pulls on behalf of a pod in `namespace` with these `imagePullSecrets` and
+    /// service account: the webhook's own, plus (with --pull-secrets) the pod's. Never another
+    /// namespace's.
+    fn credentials(&self, namespace: &str, placement: &Placement) -> Arc<Credentials>;
+    /// Tekton Pipelines, Tasks and StepActions by name.
+    fn catalog(&self) -> Arc<dyn Catalog>;
+    /// Whether every watch has synced once (readiness).
+    fn ready(&self) -> bool;
+}
+
+/// A fixed platform list and the webhook's own credentials.
+pub struct StaticCluster {
+    nodes: Arc<Vec<NodeView>>,
+    credentials: Arc<Credentials>,
+    catalog: Arc<dyn Catalog>,
+}
+
+impl StaticCluster {
+    pub fn new(platforms: &[Platform], credentials: Credentials) -> Self {
+        Self {
+            nodes: Arc::new(platforms.iter().map(NodeView::synthetic).collect()),
+            credentials: Arc::new(credentials),
+            catalog: Arc::new(EmptyCatalog),
+        }
+    }
+}
+
+impl ClusterView for StaticCluster {
+    fn nodes(&self) -> Arc<Vec<NodeView>> {
+        self.nodes.clone()
+    }
+    fn namespace_mode(&self, _namespace: &str) -> Option<Mode> {
+        None
+    }
+    fn credentials(&self, _namespace: &str, _placement: &Placement) -> Arc<Credentials> {
+        self.credentials.clone()
+    }
+    fn catalog(&self) -> Arc<dyn Catalog> {
+        self.catalog.clone()
+    }
+    fn ready(&self) -> bool {
+        true
+    }
+}

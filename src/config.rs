@@ -1,0 +1,439 @@
+//! Settings for `serve`: the YAML config file merged with flags (flags win), validated with
+//! errors that name the fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{LogFormat, ServeArgs};
+use crate::platform::Platform;
+use crate::policy::{Mode, OnMissingImage, OnRegistryError, Policy};
+use crate::resolver::RegistryOptions;
+use crate::review::Exemptions;
+use crate::tls::CertificateFiles;
+use crate::workload::ExtractOptions;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_PLATFORM: &str = "linux/amd64";
+/// Under the webhook's default `timeoutSeconds: 10`, leaving time for the network.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(8);
+
+/// The config file. Keys are camelCase, as in Kubernetes manifests; unknown keys are errors so
+/// a typo does not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub self_signed: Option<bool>,
+    pub self_signed_ca_out: Option<PathBuf>,
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    pub mode: Option<Mode>,
+    pub on_registry_error: Option<OnRegistryError>,
+    pub on_missing_image: Option<OnMissingImage>,
+    /// Seconds, or a string like `8s` / `500ms`.
+    pub review_deadline: Option<DurationValue>,
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    pub registry_ca: Option<PathBuf>,
+    pub docker_config: Option<PathBuf>,
+    pub pull_secrets: Option<bool>,
+    #[serde(default)]
+    pub exempt_namespaces: Vec<String>,
+    #[serde(default)]
+    pub exempt_images: Vec<String>,
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub tekton: TektonConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TektonConfig {
+    /// Param names whose values are images a run needs (e.g. `BASE_IMAGE`).
+    #[serde(default)]
+    pub image_params: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheConfig {
+    pub tag_ttl: Option<DurationValue>,
+    pub not_found_ttl: Option<DurationValue>,
+    pub max_images: Option<u64>,
+}
+
+/// A duration in a config file: `8`, `8s`, `500ms` or `1m`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "serde_json::Value")]
+pub struct DurationValue(pub Duration);
+
+impl TryFrom<serde_json::Value> for DurationValue {
+    type Error = String;
+    fn try_from(v: serde_json::Value) -> Result<Self, Self::Error> {
+        match &v {
+            serde_json::Value::Number(n) => n
+                .as_f64()
+                .map(seconds)
+                .ok_or_else(|| format!("{v} is not a duration")),
+            serde_json::Value::String(s) => parse_duration(s),
+            _ => Err(format!(
+                "{v} is not a duration: use seconds or a string like \"8s\""
+            )),
+        }
+        .map(DurationValue)
+    }
+}
+
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(seconds(v * scale)),
+        _ => Err(format!(
+            "{text:?} is not a duration: use e.g. \"8s\", \"500ms\" or \"1m\""
+        )),
+    }
+}
+
+/// Where the platforms a pod may run on come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlatformSource {
+    /// The cluster's Nodes, through a watch.
+    Auto,
+    Static(Vec<Platform>),
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    Files(CertificateFiles),
+    SelfSigned {
+        ca_out: Option<PathBuf>,
+        dns_names: Vec<String>,
+    },
+}
+
+/// Everything `serve` runs with, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls: TlsSource,
+    pub platforms: PlatformSource,
+    pub policy: Policy,
+    pub deadline: Duration,
+    pub registry: RegistryOptions,
+    pub docker_config: Option<PathBuf>,
+    pub pull_secrets: bool,
+    pub exempt_namespaces: Vec<String>,
+    pub exemptions: Exemptions,
+    pub log_format: LogFormat,
+    pub extract: ExtractOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error(
+        "no serving certificate: pass --tls-cert and --tls-key (or tlsCert/tlsKey in the config), or --self-signed"
+    )]
+    NoTls,
+    #[error("tlsCert and tlsKey must be set together")]
+    HalfTls,
+    #[error("--platform: {0}")]
+    Platform(String),
+    #[error(
+        "--review-deadline must be between 0.1 and 29 seconds (the API server waits at most 30), got {0:?}"
+    )]
+    Deadline(Duration),
+    #[error("--registry-ca {path}: {source}")]
+    RegistryCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Parses `-p` values: OS/ARCH[/VARIANT] each, or the single word `auto`.
+pub fn parse_platforms(values: &[String]) -> Result<PlatformSource, ConfigError> {
+    let values: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    if values.contains(&"auto") {
+        if values.len() > 1 {
+            return Err(ConfigError::Platform(
+                "`auto` cannot be combined with explicit platforms".into(),
+            ));
+        }
+        return Ok(PlatformSource::Auto);
+    }
+    let mut platforms = Vec::new();
+    for v in values {
+        platforms.push(Platform::parse(v).map_err(|e| ConfigError::Platform(e.to_string()))?);
+    }
+    if platforms.is_empty() {
+        platforms.push(
+            Platform::parse(DEFAULT_PLATFORM).map_err(|e| ConfigError::Platform(e.to_string()))?,
+        );
+    }
+    platforms.dedup();
+    Ok(PlatformSource::Static(platforms))
+}
+
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn first<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
+    flag.or(file)
+}
+
+fn list(flag: &[String], file: Vec<String>) -> Vec<String> {
+    if flag.is_empty() { file } else { flag.to_vec() }
+}
+
+impl Settings {
+    /// Flags over file over defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let FileConfig {
+            listen,
+            admin_listen,
+            tls_cert,
+            tls_key,
+            self_signed,
+            self_signed_ca_out,
+            dns_names,
+            platforms,
+            mode,
+            on_registry_error,
+            on_missing_image,
+            review_deadline,
+            insecure_registries,
+            registry_ca,
+            docker_config,
+            pull_secrets,
+            exempt_namespaces,
+            exempt_images,
+            log_format,
+            tekton,
+            cache,
+        } = file;
+
+        let self_signed =
+            args.self_signed || (args.tls_cert.is_none() && self_signed == Some(true));
+        let tls = if self_signed {
+            TlsSource::SelfSigned {
+                ca_out: first(args.self_signed_ca_out.clone(), self_signed_ca_out),
+                dns_names: list(&args.dns_names, dns_names),
+            }
+        } else {
+            match (
+                first(args.tls_cert.clone(), tls_cert),
+                first(args.tls_key.clone(), tls_key),
+            ) {
+                (Some(cert), Some(key)) => TlsSource::Files(CertificateFiles { cert, key }),
+                (None, None) => return Err(ConfigError::NoTls),
+                _ => return Err(ConfigError::HalfTls),
+            }
+        };
+
+        let deadline = match args.review_deadline {
+            Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+            Some(_) => Duration::ZERO,
+            None => review_deadline.map(|d| d.0).unwrap_or(DEFAULT_DEADLINE),
+        };
+        if deadline < Duration::from_millis(100) || deadline > Duration::from_secs(29) {
+            return Err(ConfigError::Deadline(deadline));
+        }
+
+        let registry_ca = first(args.registry.registry_ca.clone(), registry_ca);
+        let ca_pem = match &registry_ca {
+            Some(path) => Some(
+                std::fs::read(path).map_err(|source| ConfigError::RegistryCa {
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let defaults = RegistryOptions::default();
+        let registry = RegistryOptions {
+            insecure: list(&args.registry.insecure_registries, insecure_registries),
+            ca_pem,
+            tag_ttl: cache.tag_ttl.map(|d| d.0).unwrap_or(defaults.tag_ttl),
+            not_found_ttl: cache
+                .not_found_ttl
+                .map(|d| d.0)
+                .unwrap_or(defaults.not_found_ttl),
+            max_images: cache.max_images.unwrap_or(defaults.max_images),
+            ..defaults
+        };
+
+        Ok(Self {
+            listen: first(args.listen, listen).unwrap_or_else(|| parse_addr(DEFAULT_LISTEN)),
+            admin_listen: first(args.admin_listen, admin_listen)
+                .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_LISTEN)),
+            tls,
+            platforms: parse_platforms(&list(&args.platforms, platforms))?,
+            policy: Policy {
+                mode: first(args.mode, mode).unwrap_or(Mode::Enforce),
+                on_registry_error: first(args.on_registry_error, on_registry_error)
+                    .unwrap_or(OnRegistryError::Allow),
+                on_missing_image: first(args.on_missing_image, on_missing_image)
+                    .unwrap_or(OnMissingImage::Deny),
+            },
+            deadline,
+            registry,
+            docker_config: first(args.registry.docker_config.clone(), docker_config),
+            pull_secrets: args.pull_secrets || pull_secrets.unwrap_or(false),
+            exempt_namespaces: list(&args.exempt_namespaces, exempt_namespaces),
+            exemptions: Exemptions::new(list(&args.exempt_images, exempt_images)),
+            log_format: first(args.log_format, log_format).unwrap_or(LogFormat::Plain),
+            extract: ExtractOptions {
+                tekton_image_params: tekton.image_params,
+            },
+        })
+    }
+}
+
+fn parse_addr(text: &str) -> SocketAddr {
+    // The defaults above are valid literals.
+    text.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn serve(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["archgate", "serve"];
+        argv.extend_from_slice(args);
+        let cli = crate::cli::Cli::try_parse_from(argv).expect("flags parse");
+        let crate::cli::Command::Serve(serve) = cli.command else {
+            unreachable!()
+        };
+        Settings::resolve(&serve)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = serve(&["--self-signed"]).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(
+            s.platforms,
+            PlatformSource::Static(vec![Platform::parse("linux/amd64").unwrap()])
+        );
+        assert_eq!(s.policy, Policy::default());
+        assert_eq!(s.deadline, DEFAULT_DEADLINE);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "listen: 127.0.0.1:9443\nplatforms: [linux/amd64, linux/arm64]\nmode: warn\nreviewDeadline: 3s\n\
+             selfSigned: true\nexemptImages: ['registry.k8s.io/*']\ntekton:\n  imageParams: [BASE_IMAGE]\ncache:\n  tagTtl: 30s\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let s = serve(&["--config", p]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9443");
+        assert_eq!(s.policy.mode, Mode::Warn);
+        assert_eq!(s.deadline, Duration::from_secs(3));
+        assert_eq!(s.registry.tag_ttl, Duration::from_secs(30));
+        assert_eq!(s.extract.tekton_image_params, vec!["BASE_IMAGE"]);
+        let PlatformSource::Static(list) = &s.platforms else {
+            panic!()
+        };
+        assert_eq!(list.len(), 2);
+        let s = serve(&["--config", p, "--mode", "audit", "-p", "linux/s390x"]).unwrap();
+        assert_eq!(s.policy.mode, Mode::Audit);
+        assert_eq!(
+            s.platforms,
+            PlatformSource::Static(vec![Platform::parse("linux/s390x").unwrap()])
+        );
+    }
+
+    #[test]
+    fn errors_name_the_fix() {
+        assert!(serve(&[]).unwrap_err().to_string().contains("--tls-cert"));
+        assert!(
+            serve(&["--self-signed", "-p", "linux"])
+                .unwrap_err()
+                .to_string()
+                .starts_with("--platform")
+        );
+        assert!(serve(&["--self-signed", "-p", "auto", "-p", "linux/amd64"]).is_err());
+        assert_eq!(
+            serve(&["--self-signed", "-p", "auto"]).unwrap().platforms,
+            PlatformSource::Auto
+        );
+        assert!(
+            serve(&["--self-signed", "--review-deadline", "45"])
+                .unwrap_err()
+                .to_string()
+                .contains("29")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "lisen: 1.2.3.4:1\n").unwrap();
+        let err = serve(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    }
+}

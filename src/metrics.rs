@@ -1,0 +1,164 @@
+//! Prometheus metrics, all prefixed `archgate_`, with bounded label values only: no object, image
+//! or registry names (one series per image would grow without bound in a busy cluster).
+
+use std::time::Duration;
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Warned,
+    Denied,
+    Audited,
+    Error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    pub decision: Decision,
+    /// CREATE, UPDATE, DELETE, CONNECT: a closed set from the API server.
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub cache: CacheResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum StatusClass {
+    Success,
+    ClientError,
+    ServerError,
+    /// No HTTP answer: connection refused, reset, timeout.
+    Transport,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabels {
+    pub status: StatusClass,
+}
+
+/// Label values are lower-case words, as Prometheus conventions expect.
+macro_rules! label_values {
+    ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                encoder.write_str(match self {
+                    $(Self::$variant => $text,)*
+                })
+            }
+        }
+    };
+}
+
+label_values!(Decision { Allowed => "allowed", Warned => "warned", Denied => "denied", Audited => "audited", Error => "error" });
+label_values!(CacheResult { Hit => "hit", Miss => "miss" });
+label_values!(StatusClass { Success => "2xx", ClientError => "4xx", ServerError => "5xx", Transport => "transport" });
+
+/// Every metric archgate exports.
+pub struct Metrics {
+    registry: Registry,
+    pub reviews: Family<ReviewLabels, Counter>,
+    pub review_seconds: Histogram,
+    pub lookups: Family<LookupLabels, Counter>,
+    pub registry_requests: Family<RegistryLabels, Counter>,
+    pub registry_seconds: Histogram,
+    /// 1 while the cluster view (nodes, namespaces, ...) is being served from a lost watch.
+    pub cluster_stale: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("archgate");
+        let reviews = Family::<ReviewLabels, Counter>::default();
+        registry.register(
+            "reviews",
+            "Admission reviews answered, by decision",
+            reviews.clone(),
+        );
+        // Admission must stay well under the API server's timeout: buckets from 100 µs to 10 s.
+        let review_seconds = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "review_duration_seconds",
+            "Time to answer one review",
+            review_seconds.clone(),
+        );
+        let lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "lookups",
+            "Image platform lookups, by cache result",
+            lookups.clone(),
+        );
+        let registry_requests = Family::<RegistryLabels, Counter>::default();
+        registry.register(
+            "registry_requests",
+            "Requests made to image registries, by status class",
+            registry_requests.clone(),
+        );
+        let registry_seconds = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "registry_request_duration_seconds",
+            "Latency of registry requests",
+            registry_seconds.clone(),
+        );
+        let cluster_stale = Gauge::default();
+        registry.register(
+            "cluster_view_stale",
+            "1 while a watch on the API server is failing and the last known state is used",
+            cluster_stale.clone(),
+        );
+        Self {
+            registry,
+            reviews,
+            review_seconds,
+            lookups,
+            registry_requests,
+            registry_seconds,
+            cluster_stale,
+        }
+    }
+
+    pub fn observe_registry(&self, status: StatusClass, took: Duration) {
+        self.registry_requests
+            .get_or_create(&RegistryLabels { status })
+            .inc();
+        self.registry_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_lookup(&self, cache: CacheResult) {
+        self.lookups.get_or_create(&LookupLabels { cache }).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,247 @@
+//! Reading platforms out of registry documents: image indexes, manifest lists, image manifests and
+//! their config blobs.
+//!
+//! These are small serde views rather than oci-client's types on purpose: oci-client's
+//! `ConfigFile` drops `variant` and `os.version`, and its `Platform` maps architectures into an
+//! enum; archgate must report exactly what the registry says.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::platform::Platform;
+
+/// Media types archgate asks for, most specific first.
+pub const ACCEPT: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// A config blob larger than this is not an image config; refuse to buffer it.
+pub const MAX_CONFIG_BYTES: i64 = 4 << 20;
+
+/// Buildx and other tools mark attestation and signature entries in an index this way.
+const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
+
+/// What a manifest document tells us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Document {
+    /// An index or manifest list: the platforms are in it.
+    Index(Vec<Platform>),
+    /// A single image: the platform is in its config blob.
+    Image {
+        config_digest: String,
+        config_size: i64,
+    },
+    /// Docker schema 1 carries the architecture inline (and is always Linux).
+    Legacy(Platform),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("the manifest is not valid JSON: {0}")]
+    Json(String),
+    #[error("the manifest has media type {0:?}, which is not an image index or image manifest")]
+    MediaType(String),
+    #[error("the manifest has neither `manifests` nor `config`")]
+    Shape,
+    #[error("the image config does not name an OS and architecture")]
+    ConfigPlatform,
+    #[error("the image config is {0} bytes, larger than any real image config")]
+    ConfigTooLarge(i64),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawManifest {
+    #[serde(default)]
+    schema_version: Option<i64>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<Vec<RawEntry>>,
+    #[serde(default)]
+    config: Option<RawDescriptor>,
+    /// schema 1 only
+    #[serde(default)]
+    architecture: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawEntry {
+    #[serde(default)]
+    platform: Option<RawPlatform>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct RawDescriptor {
+    digest: String,
+    #[serde(default)]
+    size: i64,
+}
+
+#[derive(Deserialize)]
+struct RawPlatform {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+    #[serde(rename = "os.version", default)]
+    os_version: Option<String>,
+}
+
+impl RawPlatform {
+    fn into_platform(self) -> Option<Platform> {
+        if self.os.is_empty() || self.architecture.is_empty() {
+            return None;
+        }
+        let mut p = Platform::new(&self.os, &self.architecture, self.variant.as_deref());
+        p.os_version = self.os_version.filter(|v| !v.is_empty());
+        Some(p)
+    }
+}
+
+/// Parses a manifest body. Index entries that are attestations are left out.
+pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
+    let raw: RawManifest =
+        serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+    if let Some(media_type) = raw.media_type.as_deref()
+        && !ACCEPT.contains(&media_type)
+        && !media_type.starts_with("application/vnd.docker.distribution.manifest.v1")
+    {
+        return Err(ManifestError::MediaType(media_type.to_string()));
+    }
+    if let Some(entries) = raw.manifests {
+        let mut platforms: Vec<Platform> = entries
+            .into_iter()
+            .filter(|e| {
+                !e.annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(REFERENCE_TYPE_ANNOTATION))
+            })
+            .filter_map(|e| e.platform.and_then(RawPlatform::into_platform))
+            .filter(|p| !p.is_unknown())
+            .collect();
+        platforms.dedup();
+        return Ok(Document::Index(platforms));
+    }
+    if let Some(config) = raw.config {
+        return Ok(Document::Image {
+            config_digest: config.digest,
+            config_size: config.size,
+        });
+    }
+    if raw.schema_version == Some(1)
+        && let Some(arch) = raw.architecture.filter(|a| !a.is_empty())
+    {
+        return Ok(Document::Legacy(Platform::new("linux", &arch, None)));
+    }
+    Err(ManifestError::Shape)
+}
+
+/// Reads the platform out of an image config blob.
+pub fn parse_config(body: &[u8]) -> Result<Platform, ManifestError> {
+    let raw: RawPlatform =
+        serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+    raw.into_platform().ok_or(ManifestError::ConfigPlatform)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn index_skips_attestations_and_keeps_spelling() {
+        let doc = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": "sha256:a", "size": 1, "mediaType": "x", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {"digest": "sha256:b", "size": 1, "mediaType": "x", "platform": {"os": "unknown", "architecture": "unknown"}},
+                {"digest": "sha256:c", "size": 1, "mediaType": "x", "platform": {"os": "linux", "architecture": "amd64"},
+                 "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
+                {"digest": "sha256:d", "size": 1, "mediaType": "x", "platform": {"os": "windows", "architecture": "amd64", "os.version": "10.0.17763.5329"}}
+            ]
+        })))
+        .unwrap();
+        let Document::Index(platforms) = doc else {
+            panic!("{doc:?}")
+        };
+        let shown: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            shown,
+            vec!["linux/arm64/v8", "windows/amd64 (10.0.17763.5329)"]
+        );
+    }
+
+    #[test]
+    fn docker_list_and_single_manifests() {
+        let list = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+            "manifests": [{"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}}]
+        })))
+        .unwrap();
+        assert_eq!(
+            list,
+            Document::Index(vec![Platform::new("linux", "arm", Some("v7"))])
+        );
+        let single = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"digest": "sha256:cfg", "size": 1234, "mediaType": "application/vnd.docker.container.image.v1+json"},
+            "layers": []
+        })))
+        .unwrap();
+        assert_eq!(
+            single,
+            Document::Image {
+                config_digest: "sha256:cfg".into(),
+                config_size: 1234
+            }
+        );
+    }
+
+    #[test]
+    fn config_blob_gives_the_platform() {
+        let p = parse_config(&body(
+            json!({"architecture": "arm64", "os": "linux", "variant": "v8", "rootfs": {}}),
+        ))
+        .unwrap();
+        assert_eq!(p.to_string(), "linux/arm64/v8");
+        assert_eq!(
+            parse_config(b"{\"rootfs\":{}}"),
+            Err(ManifestError::ConfigPlatform)
+        );
+    }
+
+    #[test]
+    fn bad_documents_are_errors_not_panics() {
+        for bad in [
+            &b""[..],
+            b"[]",
+            b"{",
+            b"{\"mediaType\": \"text/html\"}",
+            b"{}",
+            b"null",
+            b"{\"manifests\": 3}",
+        ] {
+            assert!(
+                parse_manifest(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The pipeline both front doors share: extracted targets → candidate platforms → resolutions
+//! (parallel, deduplicated, within a deadline) → checked targets for the policy.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::time::Instant;
+
+use crate::policy::{Checked, Outcome};
+use crate::reference::ImageRef;
+use crate::resolver::{Credentials, Resolution, ResolveError, Resolver};
+use crate::scheduling::{self, NodeView};
+use crate::workload::Target;
+
+/// A cached answer that would deny is asked again unless it is younger than this: the tag may
+/// have just been rebuilt (`docker buildx build --push`) for the missing platform.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(5);
+
+/// Glob patterns of images that are never checked (`registry.k8s.io/*`).
+#[derive(Debug, Clone, Default)]
+pub struct Exemptions {
+    patterns: Vec<String>,
+}
+
+impl Exemptions {
+    pub fn new(patterns: Vec<String>) -> Self {
+        Self { patterns }
+    }
+
+    /// Matches the image as written and its canonical form (`nginx` is `docker.io/library/nginx`).
+    pub fn covers(&self, written: &str, canonical: Option<&str>) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| glob(p, written) || canonical.is_some_and(|c| glob(p, c)))
+    }
+}
+
+/// `*` matches any run of characters (including `/`), `?` one character.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Resolves every target's image once, in parallel, and pairs each with its candidate platforms.
+pub async fn check(
+    targets: Vec<Target>,
+    nodes: &[NodeView],
+    resolver: &Resolver,
+    credentials: &Credentials,
+    exemptions: &Exemptions,
+    deadline: Instant,
+) -> Vec<Checked> {
+    let mut images: HashMap<ImageRef, Vec<crate::platform::Platform>> = HashMap::new();
+    let mut pending = Vec::new();
+    for target in targets {
+        let candidates = scheduling::candidates(&target.placement, nodes);
+        let parsed = ImageRef::parse(&target.image);
+        if let Ok(image) = &parsed
+            && exemptions.covers(image.written(), Some(&image.canonical()))
+        {
+            continue;
+        }
+        if let (Ok(image), None) = (&parsed, &target.known_platforms) {
+            images
+                .entry(image.clone())
+                .or_default()
+                .extend(candidates.iter().cloned());
+        }
+        pending.push((target, candidates, parsed));
+    }
+
+    let lookups = images.iter().map(|(image, needed)| async move {
+        let outcome = resolve_within(image, needed, resolver, credentials, deadline).await;
+        (image.clone(), outcome)
+    });
+    let resolved: HashMap<ImageRef, Result<Resolution, ResolveError>> =
+        join_all(lookups).await.into_iter().collect();
+
+    pending
+        .into_iter()
+        .map(|(target, candidates, parsed)| {
+            let outcome = match (parsed, &target.known_platforms) {
+                (Err(e), _) => Outcome::Invalid(e),
+                (Ok(_), Some(known)) => Outcome::Resolved(Resolution {
+                    digest: String::new(),
+                    platforms: known.clone().into(),
+                }),
+                (Ok(image), None) => match &resolved[&image] {
+                    Ok(r) => Outcome::Resolved(r.clone()),
+                    Err(e) => Outcome::Failed(e.clone()),
+                },
+            };
+            Checked {
+                target,
+                candidates,
+                outcome,
+            }
+        })
+        .collect()
+}
+
+/// One image: the cached answer, re-asked once if it would deny and is not fresh.
+async fn resolve_within(
+    image: &ImageRef,
+    needed: &[crate::platform::Platform],
+    resolver: &Resolver,
+    credentials: &Credentials,
+    deadline: Instant,
+) -> Result<Resolution, ResolveError> {
+    let timeout = || ResolveError::Timeout {
+        registry: image.registry().to_string(),
+    };
+    let first = tokio::time::timeout_at(deadline, resolver.resolve(image, credentials))
+        .await
+        .map_err(|_| timeout())?;
+    let would_deny = match &first {
+        Ok(r) => needed
+            .iter()
+            .any(|need| !r.platforms.iter().any(|have| have.satisfies(need))),
+        Err(e) => e.is_not_found(),
+    };
+    if !would_deny {
+        return first;
+    }
+    match resolver.tag_age(image, credentials).await {
+        Some(age) if age > RECHECK_AFTER => {
+            tokio::time::timeout_at(deadline, resolver.refresh(image, credentials))
+                .await
+                .unwrap_or(first)
+        }
+        _ => first,
+    }
+}
+
+/// Makes an owned, shareable node list from configured platforms.
+pub fn static_nodes(platforms: &[crate::platform::Platform]) -> Arc<Vec<NodeView>> {
+    Arc::new(platforms.iter().map(NodeView::synthetic).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_table() {
+        let cases = [
+            ("registry.k8s.io/*", "registry.k8s.io/pause:3.9", true),
+            ("registry.k8s.io/*", "registry.k8s.io", false),
+            ("*/library/nginx:*", "docker.io/library/nginx:1.27", true),
+            ("nginx", "nginx", true),
+            ("nginx", "nginx:1", false),
+            ("ngin?:1", "nginx:1", true),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ];
+        for (p, t, want) in cases {
+            assert_eq!(glob(p, t), want, "{p} vs {t}");
+        }
+        let ex = Exemptions::new(vec!["docker.io/library/*".into()]);
+        assert!(ex.covers("nginx", Some("docker.io/library/nginx:latest")));
+        assert!(!ex.covers("ghcr.io/x/y", Some("ghcr.io/x/y:latest")));
+    }
+}

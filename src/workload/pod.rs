@@ -1,0 +1,256 @@
+//! Pods and the pod templates of the built-in workload kinds.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{EnvVar, PodSpec};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::platform::Platform;
+
+use super::{ExtractError, Extraction, Location, Placement, Target, object_name};
+
+/// Where each workload kind keeps its pod spec.
+fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "Pod" => &["spec"],
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "Job" => &["spec", "template", "spec"],
+        "CronJob" => &["spec", "jobTemplate", "spec", "template", "spec"],
+        _ => return None,
+    })
+}
+
+/// Is this a kind whose pods this module can read?
+pub fn is_pod_kind(kind: &str) -> bool {
+    pod_spec_path(kind).is_some()
+}
+
+/// Targets for every container, init container and ephemeral container; `Ok(None)` for other kinds.
+pub fn extract(kind: &str, object: &Value) -> Result<Option<Extraction>, ExtractError> {
+    let Some(path) = pod_spec_path(kind) else {
+        return Ok(None);
+    };
+    let name = object_name(object);
+    let error = |reason: String| ExtractError {
+        kind: kind.to_string(),
+        name: name.clone(),
+        reason,
+    };
+    let spec_value = path.iter().try_fold(object, |v, key| v.get(key));
+    let Some(spec_value) = spec_value else {
+        return Err(error(format!("it has no {}", path.join("."))));
+    };
+    let spec = PodSpec::deserialize(spec_value).map_err(|e| error(e.to_string()))?;
+    // Findings in a Pod say `container "x"`; in a workload they name the template's owner.
+    let owner = (kind != "Pod").then(|| format!("{kind} {name}"));
+    Ok(Some(Extraction {
+        targets: targets(&spec, owner),
+        ..Extraction::default()
+    }))
+}
+
+/// The scheduling part of a pod spec.
+pub fn placement(spec: &PodSpec) -> Placement {
+    Placement {
+        node_selector: spec.node_selector.clone().unwrap_or_default(),
+        required_affinity: spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|n| {
+                n.required_during_scheduling_ignored_during_execution
+                    .clone()
+            }),
+        tolerations: spec.tolerations.clone().unwrap_or_default(),
+        node_name: None,
+        pull_secrets: spec
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|s| s.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect(),
+        service_account: spec.service_account_name.clone().filter(|n| !n.is_empty()),
+    }
+}
+
+/// One target per container image of a pod spec, in the order the kubelet starts them.
+pub fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
+    let placement = Arc::new(placement(spec));
+    let mut on_node = None;
+    let mut out = Vec::new();
+    let mut push = |name: &str,
+                    image: Option<&String>,
+                    placement: &Arc<Placement>,
+                    known: Option<Vec<Platform>>| {
+        if let Some(image) = image {
+            out.push(Target {
+                location: Location::container(owner.clone(), name),
+                image: image.clone(),
+                placement: placement.clone(),
+                known_platforms: known,
+            });
+        }
+    };
+    for c in spec.init_containers.iter().flatten() {
+        push(
+            &c.name,
+            c.image.as_ref(),
+            &placement,
+            tekton_platforms(c.env.as_deref()),
+        );
+    }
+    for c in &spec.containers {
+        push(
+            &c.name,
+            c.image.as_ref(),
+            &placement,
+            tekton_platforms(c.env.as_deref()),
+        );
+    }
+    for c in spec.ephemeral_containers.iter().flatten() {
+        // Ephemeral containers join a running pod: only its node's platform matters.
+        let pinned = on_node.get_or_insert_with(|| {
+            Arc::new(Placement {
+                node_name: spec.node_name.clone(),
+                ..(*placement).clone()
+            })
+        });
+        push(&c.name, c.image.as_ref(), pinned, None);
+    }
+    out
+}
+
+/// Tekton's entrypoint resolution stores, in the step containers of a TaskRun's pod, a JSON map
+/// from each platform the image provides to its command (`TEKTON_PLATFORM_COMMANDS`). When present
+/// it is the registry's answer already, so no lookup is needed.
+fn tekton_platforms(env: Option<&[EnvVar]>) -> Option<Vec<Platform>> {
+    let value = env?
+        .iter()
+        .find(|e| e.name == "TEKTON_PLATFORM_COMMANDS")?
+        .value
+        .as_deref()?;
+    let map: serde_json::Map<String, Value> = serde_json::from_str(value).ok()?;
+    let platforms: Vec<Platform> = map
+        .keys()
+        .filter_map(|k| {
+            let mut parts = k.split('/');
+            let (os, arch) = (parts.next()?, parts.next()?);
+            Some(Platform::new(os, arch, parts.next()))
+        })
+        .collect();
+    (!platforms.is_empty()).then_some(platforms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn images(ex: &Extraction) -> Vec<(String, String)> {
+        ex.targets
+            .iter()
+            .map(|t| (t.location.to_string(), t.image.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn pod_lists_init_regular_and_ephemeral_containers() {
+        let pod = json!({
+            "metadata": {"name": "web"},
+            "spec": {
+                "nodeName": "node-a",
+                "nodeSelector": {"kubernetes.io/arch": "amd64"},
+                "initContainers": [{"name": "init", "image": "busybox"}],
+                "containers": [{"name": "app", "image": "nginx:1.27"}, {"name": "side", "image": "envoy"}],
+                "ephemeralContainers": [{"name": "debug", "image": "alpine"}]
+            }
+        });
+        let ex = extract("Pod", &pod).unwrap().unwrap();
+        assert_eq!(
+            images(&ex),
+            vec![
+                ("container \"init\"".to_string(), "busybox".to_string()),
+                ("container \"app\"".to_string(), "nginx:1.27".to_string()),
+                ("container \"side\"".to_string(), "envoy".to_string()),
+                ("container \"debug\"".to_string(), "alpine".to_string()),
+            ]
+        );
+        assert_eq!(
+            ex.targets[0].placement.node_selector["kubernetes.io/arch"],
+            "amd64"
+        );
+        assert_eq!(ex.targets[0].placement.node_name, None);
+        assert_eq!(ex.targets[3].placement.node_name.as_deref(), Some("node-a"));
+    }
+
+    #[test]
+    fn workload_templates_name_their_owner() {
+        let template = json!({"spec": {"containers": [{"name": "side", "image": "envoy"}]}});
+        for kind in [
+            "Deployment",
+            "StatefulSet",
+            "DaemonSet",
+            "ReplicaSet",
+            "ReplicationController",
+            "Job",
+        ] {
+            let obj = json!({"metadata": {"name": "web"}, "spec": {"template": template}});
+            let ex = extract(kind, &obj).unwrap().unwrap();
+            assert_eq!(
+                images(&ex),
+                vec![(
+                    format!("{kind} web, container \"side\""),
+                    "envoy".to_string()
+                )]
+            );
+        }
+        let cron = json!({"metadata": {"name": "nightly"}, "spec": {"jobTemplate": {"spec": {"template": template}}}});
+        let ex = extract("CronJob", &cron).unwrap().unwrap();
+        assert_eq!(images(&ex)[0].0, "CronJob nightly, container \"side\"");
+    }
+
+    #[test]
+    fn tekton_platform_commands_answer_without_a_lookup() {
+        let env = r#"{"linux/amd64":["/ko-app/x"],"linux/arm64/v8":["/ko-app/x"]}"#;
+        let pod = json!({"metadata": {"name": "run-pod"}, "spec": {"containers": [
+            {"name": "step-build", "image": "gcr.io/x/y@sha256:abc", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": env}]},
+            {"name": "step-plain", "image": "busybox"}
+        ]}});
+        let ex = extract("Pod", &pod).unwrap().unwrap();
+        let known: Vec<String> = ex.targets[0]
+            .known_platforms
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(known, vec!["linux/amd64", "linux/arm64/v8"]);
+        assert_eq!(ex.targets[1].known_platforms, None);
+    }
+
+    #[test]
+    fn other_kinds_are_not_pods_and_broken_pods_are_errors() {
+        assert_eq!(extract("ConfigMap", &json!({})).unwrap(), None);
+        let err = extract(
+            "Deployment",
+            &json!({"metadata": {"name": "x"}, "spec": {}}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("spec.template.spec"), "{err}");
+        let err = extract(
+            "Pod",
+            &json!({"metadata": {"name": "x"}, "spec": {"containers": "nope"}}),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("cannot read Pod \"x\""),
+            "{err}"
+        );
+    }
+}

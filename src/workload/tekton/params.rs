@@ -1,0 +1,560 @@
+//! Tekton parameters: what a `$(params...)` expression stands for at admission time.
+//!
+//! Values flow run → pipeline → pipeline task → task → step action. Some are only known when the
+//! run executes (task results, context variables): those stay [`Param::Unknown`] so that an image
+//! built from them is skipped with a warning instead of being checked as a wrong string.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::Bad;
+
+/// One parameter's value as far as admission can know it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    /// A string, an array of strings or an object of strings.
+    Known(Value),
+    /// Only known at run time; holds the expression that made it so, for the warning.
+    Unknown(String),
+}
+
+/// The parameters visible in one scope, by name.
+pub type Params = BTreeMap<String, Param>;
+
+/// Layer `top` over `base`: later scopes win, as Tekton's precedence rules say.
+pub fn overlay(base: &Params, top: &Params) -> Params {
+    let mut out = base.clone();
+    out.extend(top.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
+}
+
+/// The defaults a Task, Pipeline or StepAction declares (`spec.params[].default`).
+pub fn declared_defaults(params: Option<&Value>, path: &str) -> Result<Params, Bad> {
+    let mut out = Params::new();
+    for (i, param) in list(params, path)?.iter().enumerate() {
+        let here = format!("{path}[{i}]");
+        let name = param_name(param, &here)?;
+        if let Some(default) = param.get("default") {
+            // Defaults are literal: Tekton does not substitute inside them.
+            out.insert(name, literal(default, &format!("{here}.default"))?);
+        }
+    }
+    Ok(out)
+}
+
+/// The names a spec declares, with or without a default.
+pub fn declared_names(params: Option<&Value>, path: &str) -> Result<Vec<String>, Bad> {
+    list(params, path)?
+        .iter()
+        .enumerate()
+        .map(|(i, p)| param_name(p, &format!("{path}[{i}]")))
+        .collect()
+}
+
+/// `params: [{name, value}]` of a run, pipeline task or step, each value substituted in `scope`.
+pub fn passed(params: Option<&Value>, scope: &Params, path: &str) -> Result<Params, Bad> {
+    let mut out = Params::new();
+    for (i, param) in list(params, path)?.iter().enumerate() {
+        let here = format!("{path}[{i}]");
+        let name = param_name(param, &here)?;
+        let value = param.get("value").unwrap_or(&Value::Null);
+        out.insert(
+            name,
+            substitute_value(value, scope, &format!("{here}.value"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// A list field that may be absent; anything but a list is bad input.
+pub fn list<'a>(value: Option<&'a Value>, path: &str) -> Result<&'a [Value], Bad> {
+    match value {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(Bad(format!("{path} is not a list"))),
+    }
+}
+
+fn param_name(param: &Value, path: &str) -> Result<String, Bad> {
+    match param.get("name") {
+        Some(Value::String(name)) => Ok(name.clone()),
+        _ => Err(Bad(format!("{path}.name is missing or not a string"))),
+    }
+}
+
+/// A value with no substitution (defaults, run params): scalars become strings as Tekton reads them.
+fn literal(value: &Value, path: &str) -> Result<Param, Bad> {
+    Ok(Param::Known(normalise(value, path)?))
+}
+
+/// Tekton reads YAML numbers and booleans in params as their text; null as the empty string.
+fn normalise(value: &Value, path: &str) -> Result<Value, Bad> {
+    Ok(match value {
+        Value::Null => Value::String(String::new()),
+        Value::Bool(b) => Value::String(b.to_string()),
+        Value::Number(n) => Value::String(n.to_string()),
+        Value::String(_) => value.clone(),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| scalar(v, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), scalar(v, &format!("{path}.{k}"))?)))
+                .collect::<Result<_, Bad>>()?,
+        ),
+    })
+}
+
+fn scalar(value: &Value, path: &str) -> Result<Value, Bad> {
+    match value {
+        Value::Array(_) | Value::Object(_) => Err(Bad(format!("{path} must be a string"))),
+        other => normalise(other, path),
+    }
+}
+
+/// Substitute a param value: a string, an array (where `$(params.a[*])` splices an array param) or
+/// an object. A whole-value reference to an array or object param passes that value through.
+pub fn substitute_value(value: &Value, scope: &Params, path: &str) -> Result<Param, Bad> {
+    let value = normalise(value, path)?;
+    Ok(match &value {
+        Value::String(text) => match whole_reference(text, scope) {
+            Some(param) => param,
+            None => known_or_unknown(substitute(text, scope).map(Value::String)),
+        },
+        Value::Array(items) => {
+            let mut out = Vec::new();
+            for item in items {
+                let text = item.as_str().unwrap_or_default();
+                match whole_reference(text, scope) {
+                    Some(Param::Known(Value::Array(spliced))) => out.extend(spliced),
+                    Some(Param::Unknown(expr)) => return Ok(Param::Unknown(expr)),
+                    _ => match substitute(text, scope) {
+                        Ok(s) => out.push(Value::String(s)),
+                        Err(expr) => return Ok(Param::Unknown(expr)),
+                    },
+                }
+            }
+            Param::Known(Value::Array(out))
+        }
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for (key, item) in map {
+                match substitute(item.as_str().unwrap_or_default(), scope) {
+                    Ok(s) => out.insert(key.clone(), Value::String(s)),
+                    Err(expr) => return Ok(Param::Unknown(expr)),
+                };
+            }
+            Param::Known(Value::Object(out))
+        }
+        _ => Param::Known(value.clone()),
+    })
+}
+
+fn known_or_unknown(result: Result<Value, String>) -> Param {
+    match result {
+        Ok(value) => Param::Known(value),
+        Err(expr) => Param::Unknown(expr),
+    }
+}
+
+/// `$(params.x)` or `$(params.x[*])` standing alone for an array or object param.
+fn whole_reference(text: &str, scope: &Params) -> Option<Param> {
+    let inner = text.trim().strip_prefix("$(")?.strip_suffix(')')?;
+    if inner.contains("$(") {
+        return None;
+    }
+    let reference = parse_reference(inner)?;
+    if !matches!(reference.access.as_slice(), [] | [Access::All]) {
+        return None;
+    }
+    match scope.get(&reference.name) {
+        Some(Param::Known(v @ (Value::Array(_) | Value::Object(_)))) => {
+            Some(Param::Known(v.clone()))
+        }
+        Some(Param::Unknown(expr)) => Some(Param::Unknown(expr.clone())),
+        _ => None,
+    }
+}
+
+/// Replace every `$(...)` in `text`. `Err` carries the first expression admission cannot know.
+pub fn substitute(text: &str, scope: &Params) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("$(") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = closing_paren(after) else {
+            // An unterminated `$(` is not a Tekton variable; Tekton leaves it as written.
+            return Err(rest[start..].to_string());
+        };
+        let expr = &after[..end];
+        out.push_str(&evaluate(expr, scope)?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The `)` closing an expression, skipping any inside quoted keys (`$(params["a)b"])`).
+fn closing_paren(text: &str) -> Option<usize> {
+    let mut quote = None;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, ')') => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The string one expression stands for, or `Err` with the expression as the user wrote it.
+fn evaluate(expr: &str, scope: &Params) -> Result<String, String> {
+    let unknown = || format!("$({expr})");
+    let reference = parse_reference(expr).ok_or_else(unknown)?;
+    let Some(Param::Known(mut value)) = scope.get(&reference.name).cloned() else {
+        return Err(match scope.get(&reference.name) {
+            Some(Param::Unknown(inner)) => inner.clone(),
+            _ => unknown(),
+        });
+    };
+    for access in &reference.access {
+        value = match (access, value) {
+            (Access::Key(key), Value::Object(mut map)) => map.remove(key).ok_or_else(unknown)?,
+            (Access::Index(i), Value::Array(mut items)) if *i < items.len() => {
+                items.swap_remove(*i)
+            }
+            _ => return Err(unknown()),
+        };
+    }
+    match value {
+        Value::String(s) => Ok(s),
+        _ => Err(unknown()),
+    }
+}
+
+/// One step into a param value after its name.
+#[derive(Debug, PartialEq)]
+enum Access {
+    Key(String),
+    Index(usize),
+    /// `[*]`: the whole array, only meaningful where arrays are allowed.
+    All,
+}
+
+#[derive(Debug, PartialEq)]
+struct Reference {
+    name: String,
+    access: Vec<Access>,
+}
+
+/// `params.x`, `params["x"]`, `params['x']`, `inputs.params.x` (v1alpha1 spelling), each followed
+/// by `.key`, `["key"]`, `[N]` or `[*]`. `None` for anything else (results, context, workspaces).
+fn parse_reference(expr: &str) -> Option<Reference> {
+    let expr = expr.trim();
+    let rest = expr
+        .strip_prefix("inputs.params")
+        .or_else(|| expr.strip_prefix("params"))?;
+    let (name, mut rest) = if let Some(dotted) = rest.strip_prefix('.') {
+        let end = dotted.find(['.', '[']).unwrap_or(dotted.len());
+        (dotted[..end].to_string(), &dotted[end..])
+    } else {
+        bracket_key(rest)?
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let mut access = Vec::new();
+    while !rest.is_empty() {
+        if let Some(dotted) = rest.strip_prefix('.') {
+            let end = dotted.find(['.', '[']).unwrap_or(dotted.len());
+            access.push(Access::Key(dotted[..end].to_string()));
+            rest = &dotted[end..];
+        } else if let Some(after) = rest.strip_prefix("[*]") {
+            access.push(Access::All);
+            rest = after;
+        } else if let Some((key, after)) = bracket_key(rest) {
+            access.push(Access::Key(key));
+            rest = after;
+        } else {
+            let inner = rest.strip_prefix('[')?;
+            let end = inner.find(']')?;
+            access.push(Access::Index(inner[..end].trim().parse().ok()?));
+            rest = &inner[end + 1..];
+        }
+    }
+    Some(Reference { name, access })
+}
+
+/// `["key"]` or `['key']` at the start of `text`: the key and what follows.
+fn bracket_key(text: &str) -> Option<(String, &str)> {
+    let inner = text.strip_prefix('[')?;
+    let quote = inner.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+    let inner = &inner[1..];
+    let end = inner.find(quote)?;
+    let after = inner[end + 1..].strip_prefix(']')?;
+    Some((inner[..end].to_string(), after))
+}
+
+/// Every parameter set a `matrix` fans a pipeline task out to (one empty set without a matrix,
+/// none when a matrix param is an empty array: Tekton then skips the task).
+///
+/// `matrix.params` give the Cartesian product; each `matrix.include` entry either adds its params to
+/// the combinations whose matrix values it matches, or, when it matches none, is a combination of
+/// its own (Tekton's rules, simplified where they do not change which images run).
+pub fn matrix_combinations(
+    matrix: Option<&Value>,
+    scope: &Params,
+    path: &str,
+) -> Result<Vec<Params>, Bad> {
+    let Some(matrix) = matrix.filter(|m| !m.is_null()) else {
+        return Ok(vec![Params::new()]);
+    };
+    if !matrix.is_object() {
+        return Err(Bad(format!("{path} is not an object")));
+    }
+    let mut combos = vec![Params::new()];
+    let mut fanned = Vec::new();
+    for (i, param) in list(matrix.get("params"), &format!("{path}.params"))?
+        .iter()
+        .enumerate()
+    {
+        let here = format!("{path}.params[{i}]");
+        let name = param_name(param, &here)?;
+        let value = param.get("value").unwrap_or(&Value::Null);
+        let values = match substitute_value(value, scope, &format!("{here}.value"))? {
+            Param::Known(Value::Array(items)) => items.into_iter().map(Param::Known).collect(),
+            Param::Known(other) => vec![Param::Known(other)],
+            unknown @ Param::Unknown(_) => vec![unknown],
+        };
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        combos = combos
+            .iter()
+            .flat_map(|combo| {
+                values.iter().map(|v| {
+                    let mut next = combo.clone();
+                    next.insert(name.clone(), v.clone());
+                    next
+                })
+            })
+            .collect();
+        fanned.push(name);
+    }
+    let includes = list(matrix.get("include"), &format!("{path}.include"))?;
+    if fanned.is_empty() && !includes.is_empty() {
+        combos.clear();
+    }
+    for (i, include) in includes.iter().enumerate() {
+        let here = format!("{path}.include[{i}]");
+        let params = passed(include.get("params"), scope, &format!("{here}.params"))?;
+        include_combination(&mut combos, &fanned, params);
+    }
+    if combos.is_empty() {
+        combos.push(Params::new());
+    }
+    Ok(combos)
+}
+
+fn include_combination(combos: &mut Vec<Params>, fanned: &[String], params: Params) {
+    let matches = |combo: &Params| {
+        params
+            .iter()
+            .filter(|(k, _)| fanned.contains(k))
+            .all(|(k, v)| combo.get(k) == Some(v))
+    };
+    let mut matched = false;
+    for combo in combos
+        .iter_mut()
+        .filter(|c| !fanned.is_empty() && matches(c))
+    {
+        matched = true;
+        for (k, v) in &params {
+            // An include never overrides the value a matrix param fanned out to.
+            if !fanned.contains(k) {
+                combo.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if !matched {
+        combos.push(params);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope(pairs: &[(&str, Value)]) -> Params {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Param::Known(v.clone())))
+            .collect()
+    }
+
+    #[test]
+    fn substitutes_every_reference_form() {
+        let s = scope(&[
+            ("version", json!("1.22")),
+            ("dotted.name", json!("quay.io/x")),
+            ("obj", json!({"image": "alpine", "tag": "3"})),
+            ("arr", json!(["a", "b"])),
+        ]);
+        let cases = [
+            ("golang:$(params.version)", Ok("golang:1.22")),
+            ("golang:$(params[\"version\"])", Ok("golang:1.22")),
+            ("golang:$(params['version'])", Ok("golang:1.22")),
+            ("golang:$(inputs.params.version)", Ok("golang:1.22")),
+            ("$(params[\"dotted.name\"]):1", Ok("quay.io/x:1")),
+            ("$(params.obj.image):$(params.obj.tag)", Ok("alpine:3")),
+            ("$(params.obj[\"image\"])", Ok("alpine")),
+            ("$(params.arr[1])", Ok("b")),
+            ("plain", Ok("plain")),
+            ("$(params.arr)", Err("$(params.arr)")),
+            ("$(params.arr[*])", Err("$(params.arr[*])")),
+            ("$(params.arr[5])", Err("$(params.arr[5])")),
+            ("$(params.missing)", Err("$(params.missing)")),
+            ("$(tasks.a.results.b)", Err("$(tasks.a.results.b)")),
+            (
+                "$(context.pipelineRun.name)",
+                Err("$(context.pipelineRun.name)"),
+            ),
+            ("$(workspaces.src.path)/x", Err("$(workspaces.src.path)")),
+            ("img:$(params.version", Err("$(params.version")),
+        ];
+        for (text, want) in cases {
+            let got = substitute(text, &s);
+            assert_eq!(
+                got.as_deref(),
+                want.map_err(String::from).as_deref(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_params_carry_the_expression_that_made_them_unknown() {
+        let mut s = Params::new();
+        s.insert(
+            "ref".into(),
+            Param::Unknown("$(tasks.a.results.digest)".into()),
+        );
+        assert_eq!(
+            substitute("x@$(params.ref)", &s),
+            Err("$(tasks.a.results.digest)".into())
+        );
+    }
+
+    #[test]
+    fn whole_values_pass_arrays_and_objects_through() {
+        let s = scope(&[
+            ("arr", json!(["a", "b"])),
+            ("obj", json!({"k": "v"})),
+            ("v", json!("x")),
+        ]);
+        let cases = [
+            (json!("$(params.arr[*])"), Param::Known(json!(["a", "b"]))),
+            (json!("$(params.arr)"), Param::Known(json!(["a", "b"]))),
+            (
+                json!(["$(params.arr[*])", "c"]),
+                Param::Known(json!(["a", "b", "c"])),
+            ),
+            (json!("$(params.obj)"), Param::Known(json!({"k": "v"}))),
+            (json!({"k": "$(params.v)"}), Param::Known(json!({"k": "x"}))),
+            (json!(3), Param::Known(json!("3"))),
+            (json!(true), Param::Known(json!("true"))),
+            (
+                json!("$(tasks.t.results.r)"),
+                Param::Unknown("$(tasks.t.results.r)".into()),
+            ),
+        ];
+        for (value, want) in cases {
+            assert_eq!(substitute_value(&value, &s, "v").unwrap(), want, "{value}");
+        }
+        assert!(substitute_value(&json!([[1]]), &s, "p").is_err());
+    }
+
+    #[test]
+    fn matrix_fans_out_params_and_includes() {
+        let s = scope(&[("platforms", json!(["linux", "windows"]))]);
+        let matrix = json!({
+            "params": [
+                {"name": "platform", "value": "$(params.platforms[*])"},
+                {"name": "browser", "value": ["chrome", "safari"]}
+            ],
+            "include": [
+                {"name": "extra", "params": [{"name": "browser", "value": "chrome"}, {"name": "url", "value": "u"}]},
+                {"name": "new", "params": [{"name": "platform", "value": "mac"}]}
+            ]
+        });
+        let combos = matrix_combinations(Some(&matrix), &s, "m").unwrap();
+        let names: Vec<String> = combos
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|(k, v)| match v {
+                        Param::Known(Value::String(s)) => format!("{k}={s}"),
+                        other => format!("{k}={other:?}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "browser=chrome,platform=linux,url=u",
+                "browser=safari,platform=linux",
+                "browser=chrome,platform=windows,url=u",
+                "browser=safari,platform=windows",
+                "platform=mac",
+            ]
+        );
+    }
+
+    #[test]
+    fn include_only_matrix_makes_one_combination_per_entry() {
+        let matrix = json!({"include": [
+            {"name": "a", "params": [{"name": "ARCH", "value": "amd64"}]},
+            {"name": "b", "params": [{"name": "ARCH", "value": "arm64"}]}
+        ]});
+        let combos = matrix_combinations(Some(&matrix), &Params::new(), "m").unwrap();
+        assert_eq!(combos.len(), 2);
+        assert_eq!(combos[1]["ARCH"], Param::Known(json!("arm64")));
+        assert_eq!(
+            matrix_combinations(None, &Params::new(), "m").unwrap(),
+            vec![Params::new()]
+        );
+        assert!(matrix_combinations(Some(&json!("x")), &Params::new(), "m").is_err());
+        let empty = json!({"params": [{"name": "v", "value": []}]});
+        assert!(
+            matrix_combinations(Some(&empty), &Params::new(), "m")
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn declared_defaults_and_passed_values() {
+        let decl =
+            json!([{"name": "a", "default": "x"}, {"name": "b"}, {"name": "n", "default": 1}]);
+        let d = declared_defaults(Some(&decl), "p").unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d["n"], Param::Known(json!("1")));
+        assert_eq!(declared_names(Some(&decl), "p").unwrap(), ["a", "b", "n"]);
+        let given = json!([{"name": "b", "value": "$(params.a)-y"}]);
+        let p = passed(Some(&given), &d, "p").unwrap();
+        assert_eq!(p["b"], Param::Known(json!("x-y")));
+        assert!(passed(Some(&json!({"a": 1})), &d, "p").is_err());
+        assert!(passed(Some(&json!([{"value": 1}])), &d, "p").is_err());
+    }
+}

@@ -1,0 +1,671 @@
+//! Table-driven tests of Tekton extraction, one rule of issue 7 per test.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::workload::EmptyCatalog;
+
+/// Resources by (kind, name); namespaces are recorded so tests can see what was asked.
+#[derive(Default)]
+struct TestCatalog {
+    resources: HashMap<(String, String), Value>,
+    bundles: HashMap<BundleRef, Value>,
+    asked: Mutex<Vec<String>>,
+}
+
+impl TestCatalog {
+    fn with(mut self, kind: &str, name: &str, spec: Value) -> Self {
+        let object = json!({"apiVersion": "tekton.dev/v1", "kind": kind, "metadata": {"name": name}, "spec": spec});
+        self.resources.insert((kind.into(), name.into()), object);
+        self
+    }
+}
+
+impl Catalog for TestCatalog {
+    fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push(format!("{kind} {namespace}/{name}"));
+        self.resources
+            .get(&(kind.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    fn bundle(&self, reference: &BundleRef) -> Option<Value> {
+        self.bundles.get(reference).cloned()
+    }
+}
+
+fn pairs(ex: &Extraction) -> Vec<(String, String)> {
+    ex.targets
+        .iter()
+        .map(|t| (t.location.scope.clone(), t.image.clone()))
+        .collect()
+}
+
+fn p(scope: &str, image: &str) -> (String, String) {
+    (scope.to_string(), image.to_string())
+}
+
+fn pr(spec: Value) -> Value {
+    json!({"apiVersion": "tekton.dev/v1", "kind": "PipelineRun", "metadata": {"generateName": "run-", "namespace": "ci"}, "spec": spec})
+}
+
+fn tr(spec: Value) -> Value {
+    json!({"apiVersion": "tekton.dev/v1", "kind": "TaskRun", "metadata": {"name": "tr", "namespace": "ci"}, "spec": spec})
+}
+
+fn run_pr(spec: Value, catalog: &TestCatalog) -> Extraction {
+    extract_pipeline_run(&pr(spec), catalog, &ExtractOptions::default()).unwrap()
+}
+
+fn run_tr(spec: Value, catalog: &TestCatalog) -> Extraction {
+    extract_task_run(&tr(spec), catalog, &ExtractOptions::default()).unwrap()
+}
+
+fn assert_clean_warnings(ex: &Extraction) {
+    for w in &ex.warnings {
+        assert!(w.chars().count() < 120, "too long: {w}");
+        assert!(!w.starts_with("Warning"), "{w}");
+    }
+    for t in &ex.targets {
+        assert!(
+            !t.image.contains("$("),
+            "unsubstituted image in a target: {}",
+            t.image
+        );
+    }
+}
+
+#[test]
+fn every_param_reference_form_is_substituted() {
+    let cases = [
+        ("$(params.img)", "alpine:3"),
+        ("$(params[\"img\"])", "alpine:3"),
+        ("$(params['img'])", "alpine:3"),
+        ("golang:$(params.version)", "golang:1.22"),
+        ("$(params.obj.repo):$(params.obj.tag)", "busybox:1"),
+        ("$(params.list[1])", "b:2"),
+        ("$(inputs.params.img)", "alpine:3"),
+    ];
+    for (image, want) in cases {
+        let spec = json!({
+            "params": [{"name": "version", "value": "1.22"}],
+            "taskSpec": {
+                "params": [
+                    {"name": "img", "default": "alpine:3"},
+                    {"name": "version"},
+                    {"name": "obj", "type": "object", "default": {"repo": "busybox", "tag": "1"}},
+                    {"name": "list", "type": "array", "default": ["a:1", "b:2"]}
+                ],
+                "steps": [{"name": "s", "image": image}]
+            }
+        });
+        let ex = run_tr(spec, &TestCatalog::default());
+        assert_eq!(pairs(&ex), vec![p("step \"s\"", want)], "{image}");
+        assert!(ex.warnings.is_empty(), "{image}: {:?}", ex.warnings);
+    }
+}
+
+#[test]
+fn params_follow_run_then_pipeline_task_then_defaults() {
+    let catalog = TestCatalog::default()
+        .with("Task", "kaniko", json!({
+            "params": [{"name": "BUILDER_IMAGE", "default": "task-default"}, {"name": "IMAGE"}],
+            "steps": [{"name": "build", "image": "$(params.BUILDER_IMAGE)"}]
+        }))
+        .with("Pipeline", "build", json!({
+            "params": [{"name": "builder", "default": "pipeline-default"}],
+            "tasks": [
+                {"name": "passed", "taskRef": {"name": "kaniko"},
+                 "params": [{"name": "BUILDER_IMAGE", "value": "$(params.builder)"}, {"name": "IMAGE", "value": "out"}]},
+                {"name": "defaulted", "taskRef": {"name": "kaniko"}}
+            ]
+        }));
+    let cases = [
+        (
+            json!([{"name": "builder", "value": "from-run"}]),
+            "from-run",
+        ),
+        (json!([]), "pipeline-default"),
+        // A run param a referenced Task declares does not reach it unless the pipeline passes it.
+        (
+            json!([{"name": "BUILDER_IMAGE", "value": "ignored"}]),
+            "pipeline-default",
+        ),
+    ];
+    for (run_params, want) in cases {
+        let ex = run_pr(
+            json!({"params": run_params, "pipelineRef": {"name": "build"}}),
+            &catalog,
+        );
+        assert_eq!(
+            pairs(&ex),
+            vec![
+                p("pipeline task \"passed\" step \"build\"", want),
+                p("pipeline task \"defaulted\" step \"build\"", "task-default"),
+            ],
+            "{run_params}"
+        );
+    }
+}
+
+#[test]
+fn embedded_specs_see_propagated_params_with_inner_scope_winning() {
+    let step = json!([{"name": "echo", "image": "$(params.IMG)"}]);
+    let cases = [
+        // Propagated: the run's param reaches an embedded task that never declares it.
+        (json!({"steps": step}), None, "from-run"),
+        // The run's value beats the embedded task's own default.
+        (
+            json!({"params": [{"name": "IMG", "default": "task-default"}], "steps": step}),
+            None,
+            "from-run",
+        ),
+        // An explicit pipeline task param beats the run's value.
+        (json!({"steps": step}), Some("from-task"), "from-task"),
+    ];
+    for (task_spec, explicit, want) in cases {
+        let mut task = json!({"name": "t", "taskSpec": task_spec});
+        if let Some(v) = explicit {
+            task["params"] = json!([{"name": "IMG", "value": v}]);
+        }
+        let spec = json!({
+            "params": [{"name": "IMG", "value": "from-run"}],
+            "pipelineSpec": {"tasks": [task.clone()], "finally": [task]}
+        });
+        let ex = run_pr(spec, &TestCatalog::default());
+        assert_eq!(
+            pairs(&ex),
+            vec![p("pipeline task \"t\" step \"echo\"", want)],
+            "finally tasks share the words and dedupe: {task_spec}"
+        );
+    }
+}
+
+#[test]
+fn step_template_image_is_inherited_and_unnamed_steps_are_numbered() {
+    let spec = json!({"taskSpec": {
+        "stepTemplate": {"image": "$(params.base)"},
+        "params": [{"name": "base", "default": "ubuntu:24.04"}],
+        "steps": [{"name": "own", "image": "alpine"}, {"script": "echo"}, {"name": "inherits"}],
+        "sidecars": [{"name": "docker", "image": "docker:dind"}, {"image": "redis"}]
+    }});
+    let ex = run_tr(spec, &TestCatalog::default());
+    assert_eq!(
+        pairs(&ex),
+        vec![
+            p("step \"own\"", "alpine"),
+            p("step #2", "ubuntu:24.04"),
+            p("step \"inherits\"", "ubuntu:24.04"),
+            p("sidecar \"docker\"", "docker:dind"),
+            p("sidecar #2", "redis"),
+        ]
+    );
+    assert_eq!(ex.targets[1].location.container, "unnamed-1");
+    assert_eq!(ex.targets[0].location.object, None);
+}
+
+#[test]
+fn matrix_gives_one_target_per_value() {
+    let spec = json!({
+        "params": [{"name": "versions", "value": ["1.21", "1.22"]}],
+        "pipelineSpec": {
+            "params": [{"name": "versions", "type": "array"}],
+            "tasks": [{
+                "name": "test",
+                "matrix": {
+                    "params": [{"name": "version", "value": "$(params.versions[*])"}],
+                    "include": [{"name": "tip", "params": [{"name": "version", "value": "tip"}]}]
+                },
+                "taskSpec": {"params": [{"name": "version"}], "steps": [{"name": "go", "image": "golang:$(params.version)"}]}
+            }]
+        }
+    });
+    let ex = run_pr(spec, &TestCatalog::default());
+    let scope = "pipeline task \"test\" step \"go\"";
+    assert_eq!(
+        pairs(&ex),
+        vec![
+            p(scope, "golang:1.21"),
+            p(scope, "golang:1.22"),
+            p(scope, "golang:tip")
+        ]
+    );
+}
+
+#[test]
+fn matrix_params_choose_the_node_selector_per_combination() {
+    let catalog = TestCatalog::default().with("Task", "buildah", json!({
+        "params": [{"name": "IMAGE"}, {"name": "BUILDER_IMAGE", "default": "quay.io/buildah/stable:v1"}],
+        "steps": [{"name": "build", "image": "$(params.BUILDER_IMAGE)"}]
+    }));
+    let spec = json!({
+        "taskRunSpecs": [{"pipelineTaskName": "build", "podTemplate": {"nodeSelector": {"kubernetes.io/arch": "$(params.ARCH)"}}}],
+        "pipelineSpec": {"tasks": [{
+            "name": "build",
+            "taskRef": {"name": "buildah"},
+            "matrix": {"include": [
+                {"name": "amd", "params": [{"name": "ARCH", "value": "amd64"}, {"name": "IMAGE", "value": "out:amd64"}]},
+                {"name": "arm", "params": [{"name": "ARCH", "value": "arm64"}, {"name": "IMAGE", "value": "out:arm64"}]}
+            ]}
+        }]}
+    });
+    let ex = run_pr(spec, &catalog);
+    let arches: Vec<_> = ex
+        .targets
+        .iter()
+        .map(|t| {
+            (
+                t.image.as_str(),
+                t.placement.node_selector["kubernetes.io/arch"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        arches,
+        [
+            ("quay.io/buildah/stable:v1", "amd64"),
+            ("quay.io/buildah/stable:v1", "arm64")
+        ]
+    );
+}
+
+#[test]
+fn step_actions_use_their_own_params() {
+    let catalog = TestCatalog::default().with("StepAction", "clone", json!({
+        "params": [{"name": "image", "default": "git:default"}, {"name": "tag", "default": "1"}],
+        "image": "$(params.image)-$(params.tag)"
+    }));
+    let cases = [
+        (json!([]), "git:default-1"),
+        (
+            json!([{"name": "tag", "value": "$(params.t)"}]),
+            "git:default-2",
+        ),
+        (json!([{"name": "image", "value": "mine"}]), "mine-1"),
+    ];
+    for (step_params, want) in cases {
+        let spec = json!({"taskSpec": {
+            "params": [{"name": "t", "default": "2"}],
+            "steps": [{"name": "clone", "ref": {"name": "clone"}, "params": step_params}]
+        }});
+        let ex = run_tr(spec, &catalog);
+        assert_eq!(pairs(&ex), vec![p("step \"clone\"", want)], "{step_params}");
+    }
+}
+
+#[test]
+fn references_are_read_through_the_catalog() {
+    let task = json!({"steps": [{"name": "s", "image": "alpine"}]});
+    let catalog = TestCatalog::default()
+        .with("Task", "t", task.clone())
+        .with("ClusterTask", "ct", task.clone())
+        .with(
+            "Pipeline",
+            "inner",
+            json!({"tasks": [{"name": "i", "taskRef": {"name": "t"}}]}),
+        );
+    let cases = [
+        (json!({"taskRef": {"name": "t"}}), "Task ci/t"),
+        (
+            json!({"taskRef": {"name": "ct", "kind": "clustertask"}}),
+            "ClusterTask ci/ct",
+        ),
+        (
+            json!({"taskRef": {"name": "ct", "kind": "ClusterTask"}}),
+            "ClusterTask ci/ct",
+        ),
+        (
+            json!({"taskRef": {"resolver": "cluster", "params": [
+                {"name": "kind", "value": "task"}, {"name": "name", "value": "t"}, {"name": "namespace", "value": "shared"}]}}),
+            "Task shared/t",
+        ),
+        (
+            json!({"taskRef": {"resolver": "cluster", "params": [{"name": "name", "value": "$(params.which)"}]}}),
+            "Task ci/t",
+        ),
+    ];
+    for (task_ref, asked) in cases {
+        let mut task = json!({"name": "x", "params": []});
+        task.as_object_mut()
+            .unwrap()
+            .extend(task_ref.as_object().unwrap().clone());
+        let spec =
+            json!({"params": [{"name": "which", "value": "t"}], "pipelineSpec": {"tasks": [task]}});
+        let ex = run_pr(spec, &catalog);
+        assert_eq!(
+            pairs(&ex),
+            vec![p("pipeline task \"x\" step \"s\"", "alpine")],
+            "{task_ref}"
+        );
+        assert!(ex.warnings.is_empty(), "{:?}", ex.warnings);
+        assert_eq!(catalog.asked.lock().unwrap().pop().as_deref(), Some(asked));
+    }
+    // Pipelines in pipelines, by reference and embedded, name the outer task first.
+    let spec = json!({"pipelineSpec": {"tasks": [
+        {"name": "outer", "pipelineRef": {"name": "inner"}},
+        {"name": "emb", "pipelineSpec": {"tasks": [{"name": "deep", "taskSpec": task}]}}
+    ]}});
+    let ex = run_pr(spec, &catalog);
+    assert_eq!(
+        pairs(&ex),
+        vec![
+            p(
+                "pipeline task \"outer\" pipeline task \"i\" step \"s\"",
+                "alpine"
+            ),
+            p(
+                "pipeline task \"emb\" pipeline task \"deep\" step \"s\"",
+                "alpine"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn unreadable_references_warn_and_never_fail() {
+    let catalog = TestCatalog::default().with("Task", "broken", json!({"steps": "nope"}));
+    let cases = [
+        (
+            json!({"taskRef": {"name": "absent"}}),
+            "pipeline task \"x\": Task \"absent\" was not found",
+        ),
+        (
+            json!({"taskRef": {"name": "broken"}}),
+            "pipeline task \"x\": Task \"broken\" cannot be read (steps is not a list)",
+        ),
+        (
+            json!({"taskRef": {"resolver": "git", "params": [{"name": "url", "value": "https://g/r"},
+                {"name": "pathInRepo", "value": "task/x.yaml"}]}}),
+            "pipeline task \"x\": task \"task/x.yaml\" from the git resolver was not checked",
+        ),
+        (
+            json!({"taskRef": {"resolver": "hub", "params": [{"name": "name", "value": "kaniko"}]}}),
+            "pipeline task \"x\": task \"kaniko\" from the hub resolver was not checked",
+        ),
+        (
+            json!({"taskRef": {"resolver": "cluster", "params": [{"name": "name", "value": "$(tasks.a.results.n)"}]}}),
+            "pipeline task \"x\": task from the cluster resolver uses $(tasks.a.results.n), not checked",
+        ),
+    ];
+    for (task_ref, warning) in cases {
+        let mut task = json!({"name": "x"});
+        task.as_object_mut()
+            .unwrap()
+            .extend(task_ref.as_object().unwrap().clone());
+        let ex = run_pr(json!({"pipelineSpec": {"tasks": [task]}}), &catalog);
+        assert!(ex.targets.is_empty());
+        assert_eq!(ex.warnings.len(), 1, "{:?}", ex.warnings);
+        assert!(ex.warnings[0].starts_with(warning), "{:?}", ex.warnings);
+        assert_clean_warnings(&ex);
+    }
+    let ex = run_pr(
+        json!({"pipelineRef": {"resolver": "http", "params": [{"name": "url", "value": "https://x/p.yaml"}]}}),
+        &catalog,
+    );
+    assert_eq!(
+        ex.warnings,
+        ["pipeline \"https://x/p.yaml\" from the http resolver was not checked"]
+    );
+}
+
+#[test]
+fn bundles_are_unresolved_until_the_caller_fetched_them() {
+    let bundle_ref = BundleRef {
+        bundle: "reg.example/tasks:1".into(),
+        kind: "Task".into(),
+        name: "golang-build".into(),
+    };
+    let spec = json!({"pipelineSpec": {"tasks": [
+        {"name": "a", "taskRef": {"resolver": "bundles", "params": [
+            {"name": "bundle", "value": "reg.example/tasks:1"}, {"name": "name", "value": "golang-build"},
+            {"name": "kind", "value": "task"}]}},
+        // The v1beta1 spelling of the same reference.
+        {"name": "b", "taskRef": {"name": "golang-build", "bundle": "reg.example/tasks:1"}}
+    ]}});
+    let mut catalog = TestCatalog::default();
+    let ex = run_pr(spec.clone(), &catalog);
+    assert!(ex.targets.is_empty() && ex.warnings.is_empty(), "{ex:?}");
+    assert_eq!(ex.unresolved_bundles, vec![bundle_ref.clone()]);
+    catalog.bundles.insert(
+        bundle_ref,
+        json!({"kind": "Task", "spec": {"steps": [{"name": "build", "image": "golang:1.22"}]}}),
+    );
+    let ex = run_pr(spec, &catalog);
+    assert!(ex.unresolved_bundles.is_empty());
+    assert_eq!(
+        pairs(&ex),
+        vec![
+            p("pipeline task \"a\" step \"build\"", "golang:1.22"),
+            p("pipeline task \"b\" step \"build\"", "golang:1.22")
+        ]
+    );
+}
+
+#[test]
+fn custom_tasks_are_skipped() {
+    let cases = [
+        json!({"name": "wait", "taskRef": {"apiVersion": "wait.testing.tekton.dev/v1beta1", "kind": "Wait"}}),
+        json!({"name": "wait", "taskRef": {"apiVersion": "example.dev/v0", "kind": "Example", "name": "ex"}}),
+        json!({"name": "wait", "taskSpec": {"apiVersion": "example.dev/v0", "kind": "Example", "spec": {"steps": [{"image": "x"}]}}}),
+    ];
+    for task in cases {
+        let ex = run_pr(
+            json!({"pipelineSpec": {"tasks": [task]}}),
+            &TestCatalog::default(),
+        );
+        assert_eq!(ex, Extraction::default(), "{ex:?}");
+    }
+}
+
+#[test]
+fn unknown_values_skip_the_image_with_a_warning() {
+    let cases = [
+        (
+            "$(tasks.build.results.IMAGE_URL)",
+            "$(tasks.build.results.IMAGE_URL)",
+        ),
+        ("$(params.fromResult)", "$(tasks.build.results.digest)"),
+        ("app@$(params.noDefault)", "$(params.noDefault)"),
+        ("$(context.pipelineRun.name)", "$(context.pipelineRun.name)"),
+        ("$(workspaces.src.path)", "$(workspaces.src.path)"),
+    ];
+    for (image, expr) in cases {
+        let spec = json!({"pipelineSpec": {
+            "params": [{"name": "noDefault"}],
+            "tasks": [{"name": "t", "params": [{"name": "fromResult", "value": "$(tasks.build.results.digest)"}],
+                       "taskSpec": {"steps": [{"name": "s", "image": image}]}}]
+        }});
+        let ex = run_pr(spec, &TestCatalog::default());
+        assert!(ex.targets.is_empty(), "{image}");
+        assert_eq!(
+            ex.warnings,
+            [format!(
+                "pipeline task \"t\" step \"s\": image not checked: {expr} is unknown at admission"
+            )]
+        );
+    }
+}
+
+#[test]
+fn only_images_that_run_and_those_the_user_names_are_targets() {
+    let kaniko = json!({
+        "params": [{"name": "IMAGE"}, {"name": "BASE_IMAGE", "default": "debian:12"},
+                   {"name": "BUILDER_IMAGE", "default": "gcr.io/kaniko-project/executor:v1"}],
+        "steps": [{"name": "build", "image": "$(params.BUILDER_IMAGE)", "args": ["--destination=$(params.IMAGE)"]}]
+    });
+    let catalog = TestCatalog::default().with("Task", "kaniko", kaniko);
+    let object = json!({
+        "kind": "PipelineRun",
+        "metadata": {"name": "r", "annotations": {"archgate.io/images": " node:22 , ,python:3.13"}},
+        "spec": {"pipelineSpec": {"tasks": [
+            {"name": "build", "taskRef": {"name": "kaniko"}, "params": [{"name": "IMAGE", "value": "reg/app:1"}]},
+            {"name": "other", "taskRef": {"name": "missing"}, "params": [{"name": "BASE_IMAGE", "value": "alpine"}]}
+        ]}}
+    });
+    let plain = extract_pipeline_run(&object, &catalog, &ExtractOptions::default()).unwrap();
+    let options = ExtractOptions {
+        tekton_image_params: vec!["BASE_IMAGE".into()],
+    };
+    let with_params = extract_pipeline_run(&object, &catalog, &options).unwrap();
+    let build = p(
+        "pipeline task \"build\" step \"build\"",
+        "gcr.io/kaniko-project/executor:v1",
+    );
+    let annotation = "annotation \"archgate.io/images\"";
+    assert_eq!(
+        pairs(&plain),
+        vec![
+            build.clone(),
+            p(annotation, "node:22"),
+            p(annotation, "python:3.13")
+        ]
+    );
+    assert_eq!(
+        pairs(&with_params),
+        vec![
+            p("pipeline task \"build\" param \"BASE_IMAGE\"", "debian:12"),
+            build,
+            p("pipeline task \"other\" param \"BASE_IMAGE\"", "alpine"),
+            p(annotation, "node:22"),
+            p(annotation, "python:3.13"),
+        ]
+    );
+    // TaskRun: the run's own param value.
+    let spec = json!({"params": [{"name": "BASE_IMAGE", "value": "fedora"}], "taskRef": {"name": "kaniko"}});
+    let ex = extract_task_run(&tr(spec), &catalog, &options).unwrap();
+    assert_eq!(pairs(&ex)[0], p("param \"BASE_IMAGE\"", "fedora"));
+}
+
+#[test]
+fn placement_comes_from_every_pod_template_field() {
+    let task = json!({"steps": [{"name": "s", "image": "alpine"}]});
+    let affinity = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]}]}}});
+    let tolerations = json!([{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]);
+    let selector = json!({"kubernetes.io/os": "windows"});
+    let pipeline =
+        json!({"tasks": [{"name": "a", "taskSpec": task}, {"name": "b", "taskSpec": task}]});
+    let cases = [
+        json!({"taskRunTemplate": {"podTemplate": {"nodeSelector": selector}},
+               "taskRunSpecs": [{"pipelineTaskName": "b", "podTemplate": {"affinity": affinity, "tolerations": tolerations}}],
+               "pipelineSpec": pipeline}),
+        json!({"podTemplate": {"nodeSelector": selector},
+               "taskRunSpecs": [{"pipelineTaskName": "b", "taskPodTemplate": {"affinity": affinity, "tolerations": tolerations}}],
+               "pipelineSpec": pipeline}),
+    ];
+    for spec in cases {
+        let ex = run_pr(spec, &TestCatalog::default());
+        let [a, b] = &ex.targets[..] else {
+            panic!("{ex:?}")
+        };
+        assert_eq!(a.placement.node_selector["kubernetes.io/os"], "windows");
+        assert!(a.placement.required_affinity.is_none() && a.placement.tolerations.is_empty());
+        assert_eq!(b.placement.node_selector["kubernetes.io/os"], "windows");
+        assert!(b.placement.required_affinity.is_some());
+        assert_eq!(b.placement.tolerations[0].key.as_deref(), Some("dedicated"));
+    }
+    let spec = json!({"podTemplate": {"tolerations": tolerations, "affinity": affinity}, "taskSpec": task});
+    let ex = run_tr(spec, &TestCatalog::default());
+    assert!(ex.targets[0].placement.required_affinity.is_some());
+    assert_eq!(ex.targets[0].placement.tolerations.len(), 1);
+}
+
+#[test]
+fn identical_targets_are_reported_once() {
+    let step = json!({"name": "s", "image": "alpine"});
+    let spec = json!({"taskSpec": {"steps": [step, step], "sidecars": [step]}});
+    let ex = run_tr(spec, &TestCatalog::default());
+    assert_eq!(
+        pairs(&ex),
+        vec![p("step \"s\"", "alpine"), p("sidecar \"s\"", "alpine")]
+    );
+}
+
+#[test]
+fn bad_input_is_an_error_that_names_the_field() {
+    let cases = [
+        (json!("text"), "it is not an object"),
+        (
+            json!({"metadata": {"generateName": "g-"}}),
+            "it has no spec",
+        ),
+        (
+            pr(json!({})),
+            "spec has neither pipelineRef nor pipelineSpec",
+        ),
+        (
+            pr(json!({"params": {"a": 1}, "pipelineSpec": {}})),
+            "spec.params is not a list",
+        ),
+        (
+            pr(json!({"pipelineSpec": {"tasks": [{"taskSpec": {}}]}})),
+            "tasks[0].name is missing",
+        ),
+        (
+            pr(
+                json!({"pipelineSpec": {"tasks": [{"name": "t", "taskSpec": {"steps": [{"image": 3}]}}]}}),
+            ),
+            "steps[0].image is not a string",
+        ),
+        (
+            pr(json!({"pipelineSpec": {"finally": [{"name": "t", "taskSpec": {"steps": {}}}]}})),
+            "steps is not a list",
+        ),
+        (
+            pr(json!({"podTemplate": {"tolerations": "x"}, "pipelineSpec": {}})),
+            "the run's pod template",
+        ),
+        (
+            pr(json!({"pipelineSpec": {"tasks": [{"name": "t"}]}})),
+            "tasks[0] has no taskRef",
+        ),
+    ];
+    for (object, reason) in cases {
+        let err =
+            extract_pipeline_run(&object, &EmptyCatalog, &ExtractOptions::default()).unwrap_err();
+        assert_eq!(err.kind, "PipelineRun");
+        assert!(err.reason.contains(reason), "{err}");
+    }
+    let err = extract_task_run(
+        &json!({"metadata": {"generateName": "g-"}, "spec": {"taskSpec": {"sidecars": [1]}}}),
+        &EmptyCatalog,
+        &ExtractOptions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot read TaskRun \"g-*\": sidecars[0] is not an object"
+    );
+}
+
+#[test]
+fn long_warnings_are_cut_below_the_api_server_limit() {
+    let name = "n".repeat(200);
+    let ex = run_tr(json!({"taskRef": {"name": name}}), &TestCatalog::default());
+    assert_eq!(ex.warnings.len(), 1);
+    assert_eq!(ex.warnings[0].chars().count(), 119);
+    assert!(ex.warnings[0].ends_with('…'));
+}
+
+#[test]
+fn definitions_extract_with_their_defaults() {
+    let task = json!({"kind": "Task", "spec": {"params": [{"name": "v", "default": "3"}], "steps": [{"image": "alpine:$(params.v)"}]}});
+    let ex = extract_definition("Task", &task, &EmptyCatalog, &ExtractOptions::default()).unwrap();
+    assert_eq!(pairs(&ex), vec![p("step #1", "alpine:3")]);
+    let action = json!({"kind": "StepAction", "spec": {"image": "git"}});
+    let ex = extract_definition(
+        "StepAction",
+        &action,
+        &EmptyCatalog,
+        &ExtractOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(pairs(&ex), vec![p("image", "git")]);
+    assert!(extract_definition("Pod", &task, &EmptyCatalog, &ExtractOptions::default()).is_err());
+}

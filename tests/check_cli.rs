@@ -1,0 +1,598 @@
+//! `archgate check` as CI runs it: the built binary, a real registry, and the exit-code and
+//! output contract of issue 2 (other tools parse this, so it is asserted exactly).
+//!
+//! The child never sees the developer's docker config or `ARCHGATE_*` settings: `HOME` and
+//! `DOCKER_CONFIG` point at empty temporary directories and the variables are removed.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use base64::Engine;
+use common::{Fixtures, Registry, push_standard_fixtures};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const ARCHGATE: &str = env!("CARGO_BIN_EXE_archgate");
+
+/// What the binary did: exit code, stdout, stderr.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"))
+    }
+
+    /// The one stdout line mentioning `needle`.
+    #[track_caller]
+    fn line_with(&self, needle: &str) -> &str {
+        let lines: Vec<&str> = self
+            .stdout
+            .lines()
+            .filter(|l| l.contains(needle))
+            .collect();
+        assert_eq!(lines.len(), 1, "lines with {needle:?}:\n{self}");
+        lines[0]
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A sandbox for the child: empty HOME and DOCKER_CONFIG.
+struct Sandbox {
+    home: TempDir,
+    docker_config: TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+            docker_config: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(ARCHGATE);
+        command
+            .arg("check")
+            .args(args)
+            .env("HOME", self.home.path())
+            .env("DOCKER_CONFIG", self.docker_config.path())
+            .env_remove("RUST_LOG");
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            if name.starts_with("ARCHGATE_") || name.to_ascii_lowercase().ends_with("_proxy") {
+                command.env_remove(name);
+            }
+        }
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.run_with_stdin(args, None)
+    }
+
+    fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run archgate");
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = child.wait_with_output().unwrap();
+        Run {
+            code: status.code().expect("archgate was killed by a signal"),
+            stdout: String::from_utf8(stdout).unwrap(),
+            stderr: String::from_utf8(stderr).unwrap(),
+        }
+    }
+}
+
+/// A plain registry with the standard fixtures; `insecure` is the flag that reaches it.
+struct Setup {
+    registry: Registry,
+    fixtures: Fixtures,
+    insecure: String,
+    sandbox: Sandbox,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        common::install_crypto_provider();
+        let registry = Registry::start().await;
+        let fixtures = push_standard_fixtures(&registry).await;
+        let insecure = format!("--insecure-registry={}", registry.host());
+        Self {
+            registry,
+            fixtures,
+            insecure,
+            sandbox: Sandbox::new(),
+        }
+    }
+
+    /// `archgate check --insecure-registry HOST args...`
+    fn check(&self, args: &[&str]) -> Run {
+        let mut all = vec![self.insecure.as_str()];
+        all.extend_from_slice(args);
+        self.sandbox.run(&all)
+    }
+
+    fn check_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        let mut all = vec![self.insecure.as_str()];
+        all.extend_from_slice(args);
+        self.sandbox.run_with_stdin(&all, Some(stdin))
+    }
+
+    fn image(&self, path: &str) -> String {
+        format!("{}/{path}", self.registry.host())
+    }
+}
+
+#[tokio::test]
+async fn images_pass_fail_or_are_not_found_with_the_contracted_exit_codes() {
+    let setup = Setup::start().await;
+    let f = &setup.fixtures;
+
+    let multi = f.multi.reference();
+    let run = setup.check(&[&multi]);
+    assert_eq!(run.code, 0, "{run}");
+    let line = run.line_with(&multi);
+    assert!(line.starts_with("ok"), "{run}");
+    assert!(line.contains("linux/amd64, linux/arm64/v8"), "{run}");
+    assert!(!line.contains("unknown"), "attestations are not platforms:\n{run}");
+
+    // Single manifests (platform from the config) and a Docker list pass on amd64 too.
+    for image in [&f.single_amd64, &f.docker_list] {
+        let run = setup.check(&[&image.reference()]);
+        assert_eq!(run.code, 0, "{run}");
+    }
+
+    // The image built on an Apple Silicon laptop.
+    let cuda = f.ai_base_cuda.reference();
+    let run = setup.check(&[&cuda]);
+    assert_eq!(run.code, 1, "{run}");
+    let line = run.line_with(&cuda);
+    assert!(line.contains("missing linux/amd64"), "{run}");
+    assert!(line.contains("available: linux/arm64/v8"), "{run}");
+
+    let missing = setup.image("cerebral/ai-base:no-such-tag");
+    let run = setup.check(&[&missing]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.line_with(&missing).contains("not found"), "{run}");
+
+    // One report for several images; the worst exit code wins.
+    let run = setup.check(&[&multi, &cuda, &missing]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.stdout.lines().count(), 3, "{run}");
+
+    // Windows keeps its os.version in the report.
+    let run = setup.check(&["-p", "windows/amd64", &f.windows.reference()]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("windows/amd64 (10.0.17763.5329)"), "{run}");
+}
+
+#[tokio::test]
+async fn every_platform_flag_must_be_provided() {
+    let setup = Setup::start().await;
+    let f = &setup.fixtures;
+    let both = ["-p", "linux/amd64", "-p", "linux/arm64"];
+
+    let run = setup.check(&[&both[..], &[&f.multi.reference()]].concat());
+    assert_eq!(run.code, 0, "{run}");
+
+    // amd64 + arm/v7: arm64 is missing, amd64 is not.
+    let list = f.docker_list.reference();
+    let run = setup.check(&[&both[..], &[&list]].concat());
+    assert_eq!(run.code, 1, "{run}");
+    let line = run.line_with(&list);
+    assert!(line.contains("missing linux/arm64"), "{run}");
+    assert!(!line.contains("missing linux/amd64"), "{run}");
+    assert!(line.contains("available: linux/amd64, linux/arm/v7"), "{run}");
+
+    // arm64 only: amd64 is missing, arm64 (written arm64/v8 by the registry) is there.
+    let cuda = f.ai_base_cuda.reference();
+    let run = setup.check(&[&both[..], &[&cuda]].concat());
+    println!("DEBUG {run}");
+    assert_eq!(run.code, 1, "{run}");
+    let line = run.line_with(&cuda);
+    assert!(line.contains("missing linux/amd64"), "{run}");
+    assert!(!line.contains("missing linux/amd64, linux/arm64"), "{run}");
+
+    // Only arm64 required: the arm-only image passes and the amd64-only image fails.
+    let run = setup.check(&["--platform", "linux/arm64/v8", &cuda]);
+    assert_eq!(run.code, 0, "{run}");
+    let amd64 = f.single_amd64.reference();
+    let run = setup.check(&["-p", "linux/aarch64", &amd64]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.line_with(&amd64).contains("missing linux/arm64"), "{run}");
+
+    // Comma-separated values are the same as repeated flags.
+    let run = setup.check(&["-p", "linux/amd64,linux/arm64", "-o", "json", &list]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.json()[0]["missing"], json!(["linux/arm64"]), "{run}");
+}
+
+#[tokio::test]
+async fn json_output_has_the_contracted_shape() {
+    let setup = Setup::start().await;
+    let f = &setup.fixtures;
+    let missing = setup.image("nobody/nothing:v1");
+    let run = setup.check(&[
+        "-o",
+        "json",
+        &f.multi.reference(),
+        &f.ai_base_cuda.reference(),
+        &missing,
+    ]);
+    assert_eq!(run.code, 1, "{run}");
+    let report = run.json();
+    assert_eq!(
+        report,
+        json!([
+            {
+                "image": f.multi.reference(),
+                "digest": f.multi.digest,
+                "platforms": ["linux/amd64", "linux/arm64/v8"],
+                "missing": [],
+                "error": null,
+            },
+            {
+                "image": f.ai_base_cuda.reference(),
+                "digest": f.ai_base_cuda.digest,
+                "platforms": ["linux/arm64/v8"],
+                "missing": ["linux/amd64"],
+                "error": null,
+            },
+            {
+                "image": missing,
+                "digest": null,
+                "platforms": [],
+                "missing": [],
+                "error": "not found",
+            },
+        ]),
+        "{run}"
+    );
+}
+
+/// A multi-document file: a Deployment (init + regular container), a Pod, a CronJob and a
+/// ConfigMap that is not a workload (its image-looking value must be ignored).
+fn workloads_yaml(setup: &Setup) -> String {
+    let f = &setup.fixtures;
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      initContainers:
+        - name: migrate
+          image: {cuda}
+      containers:
+        - name: app
+          image: {multi}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: debug
+spec:
+  containers:
+    - name: shell
+      image: {single}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: nightly
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers:
+            - name: report
+              image: {list}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+data:
+  image: {nothing}
+"#,
+        cuda = f.ai_base_cuda.reference(),
+        multi = f.multi.reference(),
+        single = f.single_amd64.reference(),
+        list = f.docker_list.reference(),
+        nothing = setup.image("nobody/nothing:v1"),
+    )
+}
+
+/// `(object, container, missing)` of each JSON report entry.
+fn located(report: &Value) -> Vec<(String, String, Value)> {
+    report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["object"].as_str().unwrap().to_owned(),
+                entry["container"].as_str().unwrap().to_owned(),
+                entry["missing"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn files_check_every_container_of_every_workload_and_name_them() {
+    let setup = Setup::start().await;
+    let f = &setup.fixtures;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("workloads.yaml");
+    let yaml = workloads_yaml(&setup);
+    std::fs::write(&path, &yaml).unwrap();
+    let file = path.to_str().unwrap();
+
+    let run = setup.check(&["-f", file]);
+    println!("DEBUG {run}");
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.stdout.lines().count(), 4, "ConfigMap skipped:\n{run}");
+    assert!(!run.stdout.contains("nobody/nothing"), "{run}");
+    let line = run.line_with("migrate");
+    assert!(line.starts_with("FAIL"), "{run}");
+    assert!(line.contains("Deployment") && line.contains("web"), "{run}");
+    assert!(line.contains(&f.ai_base_cuda.reference()), "{run}");
+    assert!(line.contains("missing linux/amd64"), "{run}");
+    assert!(line.contains("available: linux/arm64/v8"), "{run}");
+    for (container, object) in [("app", "web"), ("shell", "debug"), ("report", "nightly")] {
+        let line = run.line_with(&format!("\"{container}\""));
+        assert!(line.starts_with("ok"), "{run}");
+        assert!(line.contains(object), "{run}");
+    }
+
+    let run = setup.check(&["-f", file, "-o", "json"]);
+    assert_eq!(run.code, 1, "{run}");
+    let report = run.json();
+    assert_eq!(
+        located(&report),
+        [
+            ("Deployment/web".into(), "migrate".into(), json!(["linux/amd64"])),
+            ("Deployment/web".into(), "app".into(), json!([])),
+            ("Pod/debug".into(), "shell".into(), json!([])),
+            ("CronJob/nightly".into(), "report".into(), json!([])),
+        ],
+        "{run}"
+    );
+    let entry = &report[3];
+    assert_eq!(entry["image"], f.docker_list.reference());
+    assert_eq!(entry["digest"], f.docker_list.digest);
+    assert_eq!(entry["platforms"], json!(["linux/amd64", "linux/arm/v7"]));
+    assert_eq!(entry["error"], Value::Null);
+
+    // `-f -` reads the same documents from stdin; files and images mix.
+    let run = setup.check_stdin(
+        &["-f", "-", "-o", "json", &f.multi.reference()],
+        &yaml,
+    );
+    assert_eq!(run.code, 1, "{run}");
+    let report = run.json();
+    assert_eq!(report.as_array().unwrap().len(), 5, "{run}");
+    assert_eq!(located(&Value::Array(report.as_array().unwrap()[1..].to_vec())).len(), 4);
+    assert_eq!(report[0]["image"], f.multi.reference());
+    assert!(report[0].get("object").is_none(), "{run}");
+}
+
+#[tokio::test]
+async fn a_pod_pinned_to_arm64_is_checked_against_arm64_only() {
+    let setup = Setup::start().await;
+    let cuda = setup.fixtures.ai_base_cuda.reference();
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: on-arm
+spec:
+  nodeSelector:
+    kubernetes.io/arch: arm64
+  containers:
+    - name: trainer
+      image: {cuda}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: anywhere
+spec:
+  containers:
+    - name: trainer
+      image: {cuda}
+"#
+    );
+    let both = ["-p", "linux/amd64", "-p", "linux/arm64", "-f", "-"];
+    let run = setup.check_stdin(&[&both[..], &["-o", "json"]].concat(), &yaml);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(
+        located(&run.json()),
+        [
+            ("Pod/on-arm".into(), "trainer".into(), json!([])),
+            ("Pod/anywhere".into(), "trainer".into(), json!(["linux/amd64"])),
+        ],
+        "{run}"
+    );
+    let run = setup.check_stdin(&both, &yaml);
+    assert!(run.line_with("on-arm").starts_with("ok"), "{run}");
+    let line = run.line_with("anywhere");
+    assert!(line.starts_with("FAIL") && line.contains("missing linux/amd64"), "{run}");
+
+    // Only the pinned pod, only arm64 nodes would take it: it passes.
+    let pinned = yaml.split("---").next().unwrap();
+    let run = setup.check_stdin(&both, pinned);
+    assert_eq!(run.code, 0, "{run}");
+}
+
+#[tokio::test]
+async fn usage_errors_and_unreachable_registries_exit_2() {
+    let setup = Setup::start().await;
+    let multi = setup.fixtures.multi.reference();
+
+    let run = setup.check(&["Not/A:Valid:Reference"]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stdout.contains("invalid image reference"), "{run}");
+    assert!(run.stdout.contains("Not/A:Valid:Reference"), "{run}");
+
+    for bad in ["linux", "Linux/AMD64", "linux/amd64/v8/x"] {
+        let run = setup.check(&["-p", bad, &multi]);
+        assert_eq!(run.code, 2, "{bad}: {run}");
+        assert!(run.stderr.contains("invalid platform"), "{run}");
+        assert!(run.stdout.is_empty(), "{run}");
+    }
+
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let image = format!("{closed}/team/app:v1");
+    let run = setup.sandbox.run(&["--insecure-registry", &closed, &image]);
+    assert_eq!(run.code, 2, "{run}");
+    let line = run.line_with(&image);
+    assert!(line.contains("unreachable") && line.contains(&closed), "{run}");
+
+    // A finding and a registry that could not be asked: trouble (2) outranks findings (1).
+    let cuda = setup.fixtures.ai_base_cuda.reference();
+    let run = setup.sandbox.run(&[
+        "--insecure-registry",
+        &closed,
+        "--insecure-registry",
+        setup.registry.host(),
+        &cuda,
+        &image,
+    ]);
+    assert_eq!(run.code, 2, "{run}");
+
+    let run = setup.check(&["--no-such-flag", &multi]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("--no-such-flag"), "{run}");
+
+    let run = setup.check(&["-o", "yaml", &multi]);
+    assert_eq!(run.code, 2, "{run}");
+
+    let run = setup.check(&[]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("nothing to check"), "{run}");
+
+    let run = setup.check(&["-f", "/nonexistent/pods.yaml"]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("/nonexistent/pods.yaml"), "{run}");
+}
+
+/// Writes a docker `config.json` with basic-auth credentials for `host` into `dir`.
+fn write_docker_config(dir: &Path, host: &str, user: &str, password: &str) {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let json = json!({ "auths": { host: { "auth": auth } } });
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+}
+
+#[tokio::test]
+async fn tls_registry_with_docker_config_and_registry_ca() {
+    common::install_crypto_provider();
+    let registry = Registry::start_tls_auth("ci", "s3cret-pw").await;
+    let fixtures = push_standard_fixtures(&registry).await;
+    let sandbox = Sandbox::new();
+    let credentials = tempfile::tempdir().unwrap();
+    write_docker_config(credentials.path(), registry.host(), "ci", "s3cret-pw");
+    let config = credentials.path().join("config.json");
+    let config = config.to_str().unwrap();
+    let ca = registry.ca_path().to_str().unwrap();
+    let multi = fixtures.multi.reference();
+    let cuda = fixtures.ai_base_cuda.reference();
+
+    let run = sandbox.run(&["--docker-config", config, "--registry-ca", ca, &multi]);
+    assert_eq!(run.code, 0, "{run}");
+    let run = sandbox.run(&["--docker-config", config, "--registry-ca", ca, &cuda]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.line_with(&cuda).contains("missing linux/amd64"), "{run}");
+
+    // No credentials: the registry refuses, so it could not be asked.
+    let run = sandbox.run(&["--registry-ca", ca, &multi]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.line_with(&multi).contains("refused access"), "{run}");
+
+    // Wrong password: the same.
+    let wrong = tempfile::tempdir().unwrap();
+    write_docker_config(wrong.path(), registry.host(), "ci", "wrong");
+    let wrong_config = wrong.path().join("config.json");
+    let run = sandbox.run(&[
+        "--docker-config",
+        wrong_config.to_str().unwrap(),
+        "--registry-ca",
+        ca,
+        &multi,
+    ]);
+    assert_eq!(run.code, 2, "{run}");
+
+    // Without the CA the certificate is not trusted.
+    let run = sandbox.run(&["--docker-config", config, &multi]);
+    assert_eq!(run.code, 2, "{run}");
+
+    // The default place: $DOCKER_CONFIG/config.json.
+    let run = sandbox
+        .command(&["--registry-ca", ca, &multi])
+        .env("DOCKER_CONFIG", credentials.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // A --docker-config that does not exist is bad usage, naming the file.
+    let run = sandbox.run(&["--docker-config", "/nonexistent/config.json", "--registry-ca", ca, &multi]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("/nonexistent/config.json"), "{run}");
+}

@@ -1,0 +1,690 @@
+//! The resolution engine against a real registry (Debian's `docker-registry`), mostly through the
+//! counting proxy so that every cache claim of issue 2 is proved by the requests that reached the
+//! registry, not by timings.
+//!
+//! About `GET /v2/` ("Base") requests: oci-client asks the registry's version endpoint before
+//! every call to a registry that sends no auth challenge (it caches tokens, and an open registry
+//! gives it none to cache). So a HEAD costs a ping plus the HEAD, a cold index lookup two pings,
+//! a cold single-manifest lookup three. The tests count manifest and blob requests by method and
+//! kind, and assert the pings separately, so a change in that behaviour shows up here.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use archgate::metrics::Metrics;
+use archgate::platform::Platform;
+use archgate::reference::ImageRef;
+use archgate::resolver::{Credentials, RegistryOptions, Resolution, ResolveError, Resolver};
+use archgate::review::{self, Exemptions, RECHECK_AFTER};
+use archgate::scheduling::NodeView;
+use archgate::workload::{Location, Placement, Target};
+use base64::Engine;
+use common::{
+    CountingProxy, Counts, Fault, FaultRule, Fixtures, ImageSpec, PlatformSpec, PushedImage,
+    Registry, RequestKind, push_standard_fixtures,
+};
+
+/// A plain registry with the standard fixtures, and a counting proxy in front of it.
+struct Setup {
+    // Kept alive for the test's duration; dropped (killed) at its end.
+    registry: Registry,
+    proxy: CountingProxy,
+    fixtures: Fixtures,
+}
+
+impl Setup {
+    async fn start() -> Self {
+        common::install_crypto_provider();
+        let registry = Registry::start().await;
+        let fixtures = push_standard_fixtures(&registry).await;
+        let proxy = CountingProxy::start(registry.host()).await;
+        Self {
+            registry,
+            proxy,
+            fixtures,
+        }
+    }
+
+    /// Options that speak plain HTTP to the proxy.
+    fn options(&self) -> RegistryOptions {
+        RegistryOptions {
+            insecure: vec![self.proxy.host().to_owned()],
+            ..RegistryOptions::default()
+        }
+    }
+
+    /// A reference to `image` through the proxy: `127.0.0.1:PROXY/repository:tag`.
+    fn tag_ref(&self, image: &PushedImage) -> ImageRef {
+        self.written(&format!("{}:{}", image.repository, image.tag))
+    }
+
+    /// `127.0.0.1:PROXY/<path>`, parsed.
+    fn written(&self, path: &str) -> ImageRef {
+        ImageRef::parse(&format!("{}/{path}", self.proxy.host())).unwrap()
+    }
+}
+
+fn resolver(options: RegistryOptions) -> Resolver {
+    Resolver::new(options, Arc::new(Metrics::new())).unwrap()
+}
+
+fn anonymous() -> Credentials {
+    Credentials::default()
+}
+
+/// `os/arch[/variant][ (os.version)]` of each platform, as messages show them.
+fn names(resolution: &Resolution) -> Vec<String> {
+    resolution
+        .platforms
+        .iter()
+        .map(Platform::to_string)
+        .collect()
+}
+
+/// Requests of one lookup, as `(base pings, HEAD manifest, GET manifest, GET blob, total)`.
+fn tally(counts: &Counts) -> (u64, u64, u64, u64, u64) {
+    (
+        counts.get("GET", RequestKind::Base),
+        counts.get("HEAD", RequestKind::Manifest),
+        counts.get("GET", RequestKind::Manifest),
+        counts.get("GET", RequestKind::Blob),
+        counts.total(),
+    )
+}
+
+#[tokio::test]
+async fn every_fixture_shape_resolves_to_its_platforms_and_costs_what_it_should() {
+    let setup = Setup::start().await;
+    let resolver = resolver(setup.options());
+    let f = &setup.fixtures;
+    // (image, platforms as shown, config blob fetched?)
+    let cases: [(&PushedImage, &[&str], bool); 6] = [
+        // OCI index with buildkit attestations: the unknown/unknown entries are left out.
+        (&f.multi, &["linux/amd64", "linux/arm64/v8"], false),
+        (&f.ai_base_cuda, &["linux/arm64/v8"], false),
+        (&f.docker_list, &["linux/amd64", "linux/arm/v7"], false),
+        // Single manifests: the platform comes from the config blob.
+        (&f.single_amd64, &["linux/amd64"], true),
+        (&f.single_arm64, &["linux/arm64/v8"], true),
+        // Windows keeps its os.version, which messages show.
+        (&f.windows, &["windows/amd64 (10.0.17763.5329)"], false),
+    ];
+    for (image, platforms, via_config) in cases {
+        setup.proxy.reset();
+        let reference = setup.tag_ref(image);
+        let resolution = resolver
+            .resolve(&reference, &anonymous())
+            .await
+            .unwrap_or_else(|e| panic!("{reference}: {e}"));
+        assert_eq!(resolution.digest, image.digest, "{reference}");
+        assert_eq!(names(&resolution), platforms, "{reference}");
+        let blobs = u64::from(via_config);
+        // One ping per registry call: HEAD, manifest GET, and the config GET when there is one.
+        assert_eq!(
+            tally(&setup.proxy.counts()),
+            (2 + blobs, 1, 1, blobs, 4 + 2 * blobs),
+            "requests for {reference}: {:?}",
+            setup.proxy.counts()
+        );
+    }
+    let windows = resolver
+        .resolve(&setup.tag_ref(&f.windows), &anonymous())
+        .await
+        .unwrap();
+    assert_eq!(
+        windows.platforms[0].os_version.as_deref(),
+        Some("10.0.17763.5329")
+    );
+    assert!(
+        windows.platforms[0].satisfies(&Platform::parse("windows/amd64").unwrap()),
+        "os.version is shown, not matched"
+    );
+}
+
+#[tokio::test]
+async fn missing_tag_and_unknown_repository_are_not_found() {
+    let setup = Setup::start().await;
+    let resolver = resolver(setup.options());
+    let registry = setup.proxy.host().to_owned();
+    for path in ["fixtures/multi:no-such-tag", "nobody/nothing:latest"] {
+        let error = resolver
+            .resolve(&setup.written(path), &anonymous())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            ResolveError::NotFound {
+                registry: registry.clone()
+            },
+            "{path}"
+        );
+        assert!(error.is_not_found());
+    }
+    // A digest that the repository does not hold is not found either.
+    let absent = format!("fixtures/multi@sha256:{}", "0".repeat(64));
+    let error = resolver
+        .resolve(&setup.written(&absent), &anonymous())
+        .await
+        .unwrap_err();
+    assert!(error.is_not_found(), "{error:?}");
+}
+
+#[tokio::test]
+async fn digest_references_resolve_the_digest_without_asking_for_a_tag() {
+    let setup = Setup::start().await;
+    let resolver = resolver(setup.options());
+    let f = &setup.fixtures;
+    // Another build of the same repository under another tag.
+    let s390x = ImageSpec::oci_index("fixtures/multi", "old", [("linux", "s390x", None)])
+        .push(&setup.registry)
+        .await;
+
+    let cases = [
+        // Pinned index.
+        (
+            format!("fixtures/multi@{}", f.multi.digest),
+            f.multi.digest.clone(),
+            vec!["linux/amd64", "linux/arm64/v8"],
+        ),
+        // Tag and digest disagree: the runtime pulls the digest, and so do we.
+        (
+            format!("fixtures/multi:latest@{}", s390x.digest),
+            s390x.digest.clone(),
+            vec!["linux/s390x"],
+        ),
+        // A child manifest of an index, pinned: a single image, platform from its config.
+        (
+            format!(
+                "fixtures/multi@{}",
+                f.multi.manifest_for("linux/arm64/v8").digest
+            ),
+            f.multi.manifest_for("linux/arm64/v8").digest.clone(),
+            vec!["linux/arm64/v8"],
+        ),
+    ];
+    for (path, digest, platforms) in cases {
+        setup.proxy.reset();
+        let reference = setup.written(&path);
+        let resolution = resolver.resolve(&reference, &anonymous()).await.unwrap();
+        assert_eq!(resolution.digest, digest, "{path}");
+        assert_eq!(names(&resolution), platforms, "{path}");
+        let counts = setup.proxy.counts();
+        assert_eq!(
+            counts.get("HEAD", RequestKind::Manifest),
+            0,
+            "{path}: a digest needs no tag lookup"
+        );
+        assert_eq!(counts.get("GET", RequestKind::Manifest), 1, "{path}");
+        assert_eq!(resolver.tag_age(&reference, &anonymous()).await, None);
+    }
+}
+
+#[tokio::test]
+async fn warm_lookups_make_no_registry_requests() {
+    let setup = Setup::start().await;
+    let resolver = resolver(setup.options());
+    let f = &setup.fixtures;
+    let references = [
+        setup.tag_ref(&f.multi),
+        setup.tag_ref(&f.single_amd64),
+        setup.written(&format!("fixtures/windows@{}", f.windows.digest)),
+    ];
+    let mut first = Vec::new();
+    for reference in &references {
+        first.push(resolver.resolve(reference, &anonymous()).await.unwrap());
+    }
+    setup.proxy.reset();
+    for _ in 0..20 {
+        for (reference, expected) in references.iter().zip(&first) {
+            let again = resolver.resolve(reference, &anonymous()).await.unwrap();
+            assert_eq!(&again, expected);
+        }
+    }
+    assert_eq!(setup.proxy.counts(), Counts::default(), "warm lookups");
+    assert_eq!(resolver.cached_images().await, 3);
+}
+
+#[tokio::test]
+async fn a_tag_past_its_ttl_costs_one_head_and_nothing_more_when_the_digest_is_known() {
+    let setup = Setup::start().await;
+    let ttl = Duration::from_millis(300);
+    let resolver = resolver(RegistryOptions {
+        tag_ttl: ttl,
+        ..setup.options()
+    });
+    let f = &setup.fixtures;
+    // The single-manifest image would cost a manifest GET and a config GET if re-fetched.
+    for image in [&f.single_amd64, &f.multi] {
+        let reference = setup.tag_ref(image);
+        let first = resolver.resolve(&reference, &anonymous()).await.unwrap();
+        let age = resolver.tag_age(&reference, &anonymous()).await.unwrap();
+        assert!(age < ttl, "{age:?}");
+
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        setup.proxy.reset();
+        let again = resolver.resolve(&reference, &anonymous()).await.unwrap();
+        assert_eq!(again, first);
+        // One HEAD (plus oci-client's version ping), no manifest GET, no blob.
+        assert_eq!(
+            tally(&setup.proxy.counts()),
+            (1, 1, 0, 0, 2),
+            "{reference}: {:?}",
+            setup.proxy.counts()
+        );
+        // The tag's answer is fresh again.
+        let age = resolver.tag_age(&reference, &anonymous()).await.unwrap();
+        assert!(age < ttl, "{age:?}");
+    }
+}
+
+#[tokio::test]
+async fn not_found_is_remembered_for_its_ttl_then_asked_again() {
+    let setup = Setup::start().await;
+    let not_found_ttl = Duration::from_millis(1500);
+    let resolver = resolver(RegistryOptions {
+        not_found_ttl,
+        ..setup.options()
+    });
+    let reference = setup.written("fixtures/late:v1");
+    let started = Instant::now();
+    let error = resolver
+        .resolve(&reference, &anonymous())
+        .await
+        .unwrap_err();
+    assert!(error.is_not_found(), "{error:?}");
+    // A missing tag answers HEAD with a bare 404 (no digest header), so oci-client retries with a
+    // GET to read the error body: two manifest requests, each after a ping.
+    assert_eq!(tally(&setup.proxy.counts()), (2, 1, 1, 0, 4));
+
+    // The tag appears now, but the not-found answer stands until its TTL ends.
+    let late = ImageSpec::oci_index("fixtures/late", "v1", [("linux", "amd64", None)])
+        .push(&setup.registry)
+        .await;
+    setup.proxy.reset();
+    let error = resolver
+        .resolve(&reference, &anonymous())
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < not_found_ttl,
+        "the machine was too slow to observe the cached not-found"
+    );
+    assert!(error.is_not_found());
+    assert_eq!(setup.proxy.counts(), Counts::default(), "cached not-found");
+
+    tokio::time::sleep(
+        not_found_ttl.saturating_sub(started.elapsed()) + Duration::from_millis(100),
+    )
+    .await;
+    let found = resolver.resolve(&reference, &anonymous()).await.unwrap();
+    assert_eq!(found.digest, late.digest);
+    assert_eq!(names(&found), ["linux/amd64"]);
+    assert_eq!(setup.proxy.counts().get("HEAD", RequestKind::Manifest), 1);
+}
+
+#[tokio::test]
+async fn registry_errors_are_not_cached() {
+    let setup = Setup::start().await;
+    let resolver = resolver(setup.options());
+    let reference = setup.tag_ref(&setup.fixtures.multi);
+    // A HEAD answered 500 carries no digest header, so oci-client falls back to a GET: fail both.
+    setup.proxy.set_fault(
+        FaultRule::new(Fault::Status {
+            status: 500,
+            retry_after: None,
+        })
+        .only(RequestKind::Manifest)
+        .times(2),
+    );
+    let error = resolver
+        .resolve(&reference, &anonymous())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ResolveError::Unreachable { reason, .. } if reason.contains("500")),
+        "{error:?}"
+    );
+    assert_eq!(setup.proxy.counts().kind(RequestKind::Manifest), 2);
+    assert_eq!(resolver.tag_age(&reference, &anonymous()).await, None);
+
+    // The registry recovered: the very next lookup asks again and succeeds.
+    setup.proxy.reset();
+    let resolution = resolver.resolve(&reference, &anonymous()).await.unwrap();
+    assert_eq!(resolution.digest, setup.fixtures.multi.digest);
+    assert_eq!(tally(&setup.proxy.counts()), (2, 1, 1, 0, 4));
+
+    // The same for the digest → platforms step: a failed manifest GET is not remembered either.
+    let pinned = setup.written(&format!(
+        "fixtures/dockerlist@{}",
+        setup.fixtures.docker_list.digest
+    ));
+    setup.proxy.set_fault(
+        FaultRule::new(Fault::Status {
+            status: 503,
+            retry_after: None,
+        })
+        .only(RequestKind::Manifest)
+        .times(1),
+    );
+    let error = resolver.resolve(&pinned, &anonymous()).await.unwrap_err();
+    assert!(
+        matches!(error, ResolveError::Unreachable { .. }),
+        "{error:?}"
+    );
+    let resolution = resolver.resolve(&pinned, &anonymous()).await.unwrap();
+    assert_eq!(names(&resolution), ["linux/amd64", "linux/arm/v7"]);
+}
+
+/// 40 reviews of one cold image at once: one set of registry requests, shared by all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_lookups_share_one_registry_round_trip() {
+    let setup = Setup::start().await;
+    let resolver = Arc::new(resolver(setup.options()));
+    // (image, config blob GETs)
+    for (image, blobs) in [
+        (&setup.fixtures.single_arm64, 1),
+        (&setup.fixtures.multi, 0),
+    ] {
+        setup.proxy.reset();
+        let reference = setup.tag_ref(image);
+        let lookups: Vec<_> = (0..40)
+            .map(|_| {
+                let resolver = resolver.clone();
+                let reference = reference.clone();
+                tokio::spawn(async move { resolver.resolve(&reference, &anonymous()).await })
+            })
+            .collect();
+        for lookup in lookups {
+            let resolution = lookup.await.unwrap().unwrap();
+            assert_eq!(resolution.digest, image.digest);
+        }
+        assert_eq!(
+            tally(&setup.proxy.counts()),
+            (2 + blobs, 1, 1, blobs, 4 + 2 * blobs),
+            "{reference}: {:?}",
+            setup.proxy.counts()
+        );
+    }
+}
+
+#[tokio::test]
+async fn refresh_re_resolves_a_moved_tag() {
+    let setup = Setup::start().await;
+    let resolver = resolver(setup.options()); // default 60 s tag TTL
+    let reference = setup.tag_ref(&setup.fixtures.ai_base_cuda);
+    let before = resolver.resolve(&reference, &anonymous()).await.unwrap();
+    assert_eq!(names(&before), ["linux/arm64/v8"]);
+
+    // Rebuilt with buildx for both platforms and pushed to the same tag.
+    let rebuilt = ImageSpec::oci_index(
+        "cerebral/ai-base",
+        "cuda",
+        [
+            PlatformSpec::new("linux", "amd64"),
+            PlatformSpec::new("linux", "arm64").variant("v8"),
+        ],
+    )
+    .with_attestations()
+    .with_revision("2")
+    .push(&setup.registry)
+    .await;
+    assert_ne!(rebuilt.digest, before.digest);
+
+    setup.proxy.reset();
+    let cached = resolver.resolve(&reference, &anonymous()).await.unwrap();
+    assert_eq!(cached, before, "within the TTL the cached digest stands");
+    assert_eq!(setup.proxy.counts(), Counts::default());
+
+    let after = resolver.refresh(&reference, &anonymous()).await.unwrap();
+    assert_eq!(after.digest, rebuilt.digest);
+    assert_eq!(names(&after), ["linux/amd64", "linux/arm64/v8"]);
+    assert_eq!(tally(&setup.proxy.counts()), (2, 1, 1, 0, 4));
+
+    // The refreshed answer is what later lookups see.
+    setup.proxy.reset();
+    assert_eq!(
+        resolver.resolve(&reference, &anonymous()).await.unwrap(),
+        after
+    );
+    assert_eq!(setup.proxy.counts(), Counts::default());
+}
+
+/// Writes a docker `config.json` with basic-auth credentials for `host`.
+fn docker_config(dir: &tempfile::TempDir, host: &str, user: &str, password: &str) -> PathBuf {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let json = serde_json::json!({ "auths": { host: { "auth": auth } } });
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn tls_registry_with_htpasswd_needs_the_ca_and_the_credentials() {
+    common::install_crypto_provider();
+    let registry = Registry::start_tls_auth("ci", "s3cret-pw").await;
+    let fixtures = push_standard_fixtures(&registry).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = Credentials::load(Some(&docker_config(
+        &dir,
+        registry.host(),
+        "ci",
+        "s3cret-pw",
+    )))
+    .unwrap();
+    let options = RegistryOptions {
+        ca_pem: Some(registry.ca_pem().as_bytes().to_vec()),
+        ..RegistryOptions::default()
+    };
+    let resolver = resolver(options);
+    let multi = ImageRef::parse(&fixtures.multi.reference()).unwrap();
+    let single = ImageRef::parse(&fixtures.single_arm64.reference()).unwrap();
+    let unauthorized = ResolveError::Unauthorized {
+        registry: registry.host().to_owned(),
+    };
+
+    // Anonymous first, on the same resolver: the refusal must not stick to the host.
+    let error = resolver.resolve(&multi, &anonymous()).await.unwrap_err();
+    assert_eq!(error, unauthorized);
+
+    let resolution = resolver.resolve(&multi, &good).await.unwrap();
+    assert_eq!(resolution.digest, fixtures.multi.digest);
+    assert_eq!(names(&resolution), ["linux/amd64", "linux/arm64/v8"]);
+    // The config blob is fetched with the credentials too.
+    let resolution = resolver.resolve(&single, &good).await.unwrap();
+    assert_eq!(names(&resolution), ["linux/arm64/v8"]);
+
+    // Cached per credential identity: anonymous still cannot see what `good` resolved.
+    let error = resolver.resolve(&multi, &anonymous()).await.unwrap_err();
+    assert_eq!(error, unauthorized);
+
+    let wrong_dir = tempfile::tempdir().unwrap();
+    let wrong = Credentials::load(Some(&docker_config(
+        &wrong_dir,
+        registry.host(),
+        "ci",
+        "wrong",
+    )))
+    .unwrap();
+    let error = resolver.resolve(&multi, &wrong).await.unwrap_err();
+    assert_eq!(error, unauthorized);
+
+    // Without the CA the registry's certificate is not trusted: it cannot be asked.
+    let untrusting = self::resolver(RegistryOptions::default());
+    let error = untrusting.resolve(&multi, &good).await.unwrap_err();
+    assert!(
+        matches!(&error, ResolveError::Unreachable { reason, .. } if reason.to_lowercase().contains("certificate")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_port_is_unreachable() {
+    common::install_crypto_provider();
+    let host = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let resolver = resolver(RegistryOptions {
+        insecure: vec![host.clone()],
+        ..RegistryOptions::default()
+    });
+    let reference = ImageRef::parse(&format!("{host}/team/app:v1")).unwrap();
+    let error = resolver
+        .resolve(&reference, &anonymous())
+        .await
+        .unwrap_err();
+    match &error {
+        ResolveError::Unreachable { registry, reason } => {
+            assert_eq!(registry, &host);
+            assert!(reason.to_lowercase().contains("refused"), "{reason}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    // Not cached: asking again asks again (and fails the same way).
+    assert_eq!(resolver.tag_age(&reference, &anonymous()).await, None);
+}
+
+#[tokio::test]
+async fn a_registry_slower_than_the_request_timeout_is_a_timeout() {
+    let setup = Setup::start().await;
+    let request_timeout = Duration::from_millis(300);
+    let resolver = resolver(RegistryOptions {
+        request_timeout,
+        ..setup.options()
+    });
+    setup.proxy.set_fault(
+        FaultRule::new(Fault::Delay(Duration::from_secs(3))).only(RequestKind::Manifest),
+    );
+    let reference = setup.tag_ref(&setup.fixtures.multi);
+    let started = Instant::now();
+    let error = resolver
+        .resolve(&reference, &anonymous())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        ResolveError::Timeout {
+            registry: setup.proxy.host().to_owned()
+        }
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+
+    // Timeouts are not cached either.
+    setup.proxy.clear_fault();
+    let resolution = resolver.resolve(&reference, &anonymous()).await.unwrap();
+    assert_eq!(resolution.digest, setup.fixtures.multi.digest);
+}
+
+fn target(image: &ImageRef) -> Target {
+    Target {
+        location: Location::container(None, "app"),
+        image: image.written().to_owned(),
+        placement: Arc::new(Placement::default()),
+        known_platforms: None,
+    }
+}
+
+/// Runs the review pipeline for `images` on linux/amd64 nodes; returns each image's missing
+/// platforms, or `None` when its lookup failed (not found).
+async fn review_missing(resolver: &Resolver, images: &[&ImageRef]) -> Vec<Option<Vec<String>>> {
+    let nodes = [NodeView::synthetic(
+        &Platform::parse("linux/amd64").unwrap(),
+    )];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let targets = images.iter().map(|i| target(i)).collect();
+    review::check(
+        targets,
+        &nodes,
+        resolver,
+        &anonymous(),
+        &Exemptions::default(),
+        deadline,
+    )
+    .await
+    .iter()
+    .map(|checked| match &checked.outcome {
+        archgate::policy::Outcome::Resolved(_) => {
+            Some(checked.missing().iter().map(Platform::to_string).collect())
+        }
+        archgate::policy::Outcome::Failed(e) => {
+            assert!(e.is_not_found(), "{e:?}");
+            None
+        }
+        archgate::policy::Outcome::Invalid(e) => panic!("{e}"),
+    })
+    .collect()
+}
+
+/// Never deny on a stale tag: an answer that would deny (a missing platform, or not found) is
+/// asked again once it is older than `RECHECK_AFTER`; a younger one stands, and an answer that
+/// allows is never re-asked. Both TTLs are long, so only the recheck can see the new pushes.
+#[tokio::test]
+async fn a_denying_answer_older_than_recheck_after_is_asked_again() {
+    let setup = Setup::start().await;
+    let resolver = resolver(RegistryOptions {
+        tag_ttl: Duration::from_secs(600),
+        not_found_ttl: Duration::from_secs(600),
+        ..setup.options()
+    });
+    let ai_base = setup.tag_ref(&setup.fixtures.ai_base_cuda);
+    let multi = setup.tag_ref(&setup.fixtures.multi);
+    let late = setup.written("cerebral/late:v1");
+    let images = [&ai_base, &multi, &late];
+
+    let first_asked = Instant::now();
+    let first = review_missing(&resolver, &images).await;
+    assert_eq!(
+        first,
+        [Some(vec!["linux/amd64".to_owned()]), Some(vec![]), None]
+    );
+
+    // The developer rebuilds for amd64 and pushes the missing image.
+    let rebuilt = ImageSpec::oci_index(
+        "cerebral/ai-base",
+        "cuda",
+        [
+            PlatformSpec::new("linux", "amd64"),
+            PlatformSpec::new("linux", "arm64").variant("v8"),
+        ],
+    )
+    .with_attestations()
+    .with_revision("2")
+    .push(&setup.registry)
+    .await;
+    ImageSpec::oci_index("cerebral/late", "v1", [("linux", "amd64", None)])
+        .push(&setup.registry)
+        .await;
+
+    // Answers younger than RECHECK_AFTER stand: the denial is repeated without asking.
+    setup.proxy.reset();
+    let young = review_missing(&resolver, &images).await;
+    assert!(
+        first_asked.elapsed() < RECHECK_AFTER,
+        "the machine was too slow to observe a young answer"
+    );
+    assert_eq!(young, first);
+    assert_eq!(setup.proxy.counts(), Counts::default());
+
+    let wait = (RECHECK_AFTER + Duration::from_millis(200)).saturating_sub(first_asked.elapsed());
+    tokio::time::sleep(wait).await;
+    setup.proxy.reset();
+    let old = review_missing(&resolver, &images).await;
+    assert_eq!(old, [Some(vec![]), Some(vec![]), Some(vec![])]);
+    // Two rechecks (ai-base and late), each a HEAD and a GET of the new index; multi allowed, so
+    // it was not asked again.
+    assert_eq!(
+        tally(&setup.proxy.counts()),
+        (4, 2, 2, 0, 8),
+        "{:?}",
+        setup.proxy.counts()
+    );
+    let now = resolver.resolve(&ai_base, &anonymous()).await.unwrap();
+    assert_eq!(now.digest, rebuilt.digest);
+}

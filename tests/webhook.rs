@@ -1,0 +1,673 @@
+//! The webhook end to end: `archgate serve` settings, real TLS, a real registry (through a counting
+//! proxy), and the AdmissionReview payloads in ../shared/fixtures/admissionreview.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+use archgate::cli::{Cli, Command};
+use archgate::config::Settings;
+use archgate::serve::{self, Running};
+use common::{CountingProxy, Fault, Fixtures, Registry, RequestKind};
+
+const FIXTURES: &str = "../shared/fixtures/admissionreview";
+
+/// A registry with the standard fixtures behind a counting proxy.
+struct World {
+    _registry: Registry,
+    proxy: CountingProxy,
+    fixtures: Fixtures,
+}
+
+impl World {
+    async fn new() -> Self {
+        common::install_crypto_provider();
+        let registry = Registry::start().await;
+        let fixtures = common::push_standard_fixtures(&registry).await;
+        let proxy = CountingProxy::start(registry.host()).await;
+        Self {
+            _registry: registry,
+            proxy,
+            fixtures,
+        }
+    }
+
+    /// An image reference through the proxy, so every registry request is counted.
+    fn image(&self, repository: &str, tag: &str) -> String {
+        format!("{}/{repository}:{tag}", self.proxy.host())
+    }
+
+    fn multi(&self) -> String {
+        self.image(&self.fixtures.multi.repository, &self.fixtures.multi.tag)
+    }
+
+    fn arm_only(&self) -> String {
+        self.image(
+            &self.fixtures.ai_base_cuda.repository,
+            &self.fixtures.ai_base_cuda.tag,
+        )
+    }
+}
+
+/// Serving certificates laid out the way the kubelet mounts a Secret: `tls.crt -> ..data/tls.crt`,
+/// `..data -> ..<timestamp>`; rotation swaps `..data` atomically.
+struct MountedSecret {
+    dir: tempfile::TempDir,
+    generation: u32,
+    ca_pem: String,
+}
+
+impl MountedSecret {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut me = Self {
+            dir,
+            generation: 0,
+            ca_pem: String::new(),
+        };
+        me.rotate();
+        std::os::unix::fs::symlink("..data/tls.crt", me.path().join("tls.crt")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.key", me.path().join("tls.key")).unwrap();
+        me
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a new CA + certificate into a fresh timestamped directory and swaps `..data`.
+    fn rotate(&mut self) {
+        self.generation += 1;
+        let bundle = archgate::certs::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let data = format!("..2026_11_23_{:02}", self.generation);
+        let data_dir = self.path().join(&data);
+        std::fs::create_dir(&data_dir).unwrap();
+        std::fs::write(data_dir.join("tls.crt"), &bundle.cert_pem).unwrap();
+        std::fs::write(data_dir.join("tls.key"), &bundle.key_pem).unwrap();
+        let tmp = self.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&data, &tmp).unwrap();
+        std::fs::rename(&tmp, self.path().join("..data")).unwrap();
+        self.ca_pem = bundle.ca_pem;
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.path().join("tls.crt")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.path().join("tls.key")
+    }
+}
+
+struct Webhook {
+    running: Option<Running>,
+    secret: MountedSecret,
+    client: reqwest::Client,
+}
+
+fn client_trusting(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+impl Webhook {
+    /// `archgate serve` parsed from real flags, with port 0 listeners.
+    async fn start(world: &World, extra: &[&str]) -> Self {
+        let secret = MountedSecret::new();
+        let (cert, key) = (secret.cert(), secret.key());
+        let mut argv: Vec<String> = [
+            "archgate",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--insecure-registry",
+            world.proxy.host(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        let running = serve::start(settings).await.unwrap();
+        let client = client_trusting(&secret.ca_pem);
+        Self {
+            running: Some(running),
+            secret,
+            client,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "https://localhost:{}{path}",
+            self.running.as_ref().unwrap().webhook.port()
+        )
+    }
+
+    fn admin(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}{path}",
+            self.running.as_ref().unwrap().admin.port()
+        )
+    }
+
+    async fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url("/validate"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Sends a review and returns its `response` object, checking the envelope on the way.
+    async fn review(&self, review: &Value) -> Value {
+        let resp = self.post(serde_json::to_vec(review).unwrap()).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(body["kind"], "AdmissionReview");
+        let response = body["response"].clone();
+        assert_eq!(
+            response["uid"], review["request"]["uid"],
+            "uid must be echoed"
+        );
+        assert!(response.get("patch").is_none() && response.get("patchType").is_none());
+        response
+    }
+}
+
+fn load(name: &str) -> Value {
+    let text = std::fs::read_to_string(Path::new(FIXTURES).join(name))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e} (../shared must sit beside the checkout)"));
+    let value: Value = serde_json::from_str(&text).unwrap();
+    if value.get("request").is_some() {
+        value
+    } else {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": value})
+    }
+}
+
+/// Replaces every container image in the review's objects with `image`.
+fn rewrite_images(value: &mut Value, image: &str) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "image" && v.is_string() {
+                    *v = Value::String(image.to_string());
+                } else {
+                    rewrite_images(v, image);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_images(v, image)),
+        _ => {}
+    }
+}
+
+fn message(response: &Value) -> String {
+    response["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn fixture_files() -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in ["", "kubewarden-verify-image-signatures"] {
+        for entry in std::fs::read_dir(Path::new(FIXTURES).join(dir)).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".json") {
+                out.push(if dir.is_empty() {
+                    name
+                } else {
+                    format!("{dir}/{name}")
+                });
+            }
+        }
+    }
+    out.sort();
+    assert!(
+        out.len() >= 13,
+        "expected the shared AdmissionReview fixtures, found {out:?}"
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fixture_gets_the_right_answer() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    for name in fixture_files() {
+        let original = load(&name);
+        let kind = original["request"]["kind"]["kind"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let has_images = original.to_string().contains("\"image\"");
+
+        let mut good = original.clone();
+        rewrite_images(&mut good, &world.multi());
+        let r = hook.review(&good).await;
+        assert_eq!(r["allowed"], true, "{name} with a multi-arch image: {r}");
+
+        let mut bad = original.clone();
+        rewrite_images(&mut bad, &world.arm_only());
+        let r = hook.review(&bad).await;
+        if !has_images {
+            assert_eq!(r["allowed"], true, "{name} has no images: {r}");
+            continue;
+        }
+        assert_eq!(r["allowed"], false, "{name} with an arm64-only image: {r}");
+        assert_eq!(r["status"]["code"], 403, "{name}");
+        let msg = message(&r);
+        let expected = format!(
+            "image \"{}\" is missing linux/amd64 (available: linux/arm64/v8)",
+            world.arm_only()
+        );
+        assert!(msg.contains(&expected), "{name}: {msg}");
+        assert!(
+            msg.contains("rebuild for every platform: docker buildx build --platform linux/amd64"),
+            "{name}: {msg}"
+        );
+        let first = msg.lines().next().unwrap();
+        if kind == "Pod" {
+            assert!(first.starts_with("container \""), "{name}: {first}");
+        } else {
+            assert!(first.starts_with(&format!("{kind} ")), "{name}: {first}");
+            assert!(first.contains(", container \""), "{name}: {first}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_messages_for_pods() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let missing = world.image("fixtures/multi", "no-such-tag");
+    let mut review = load(
+        "kubewarden-verify-image-signatures/pod_creation_with_init_container.request-only.json",
+    );
+    review["request"]["object"]["spec"]["initContainers"][0]["image"] = json!(missing);
+    review["request"]["object"]["spec"]["containers"][0]["image"] = json!(world.arm_only());
+    let r = hook.review(&review).await;
+    assert_eq!(r["allowed"], false);
+    let lines: Vec<String> = message(&r).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("container \"init\" image \"{missing}\" not found in registry"),
+            format!(
+                "container \"nginx\" image \"{}\" is missing linux/amd64 (available: linux/arm64/v8)",
+                world.arm_only()
+            ),
+            "rebuild for every platform: docker buildx build --platform linux/amd64 ..."
+                .to_string(),
+        ]
+    );
+    // An arm64 node selector makes the arm-only image fine; the missing one is still missing.
+    review["request"]["object"]["spec"]["nodeSelector"] = json!({"kubernetes.io/arch": "arm64"});
+    let hook2 = Webhook::start(&world, &["-p", "linux/amd64", "-p", "linux/arm64"]).await;
+    let r = hook2.review(&review).await;
+    let msg = message(&r);
+    assert!(!msg.contains("is missing"), "{msg}");
+    assert!(msg.contains("not found in registry"), "{msg}");
+    // A selector no configured platform matches: allowed, with a warning.
+    review["request"]["object"]["spec"]["nodeSelector"] = json!({"kubernetes.io/arch": "s390x"});
+    let r = hook2.review(&review).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("no node platform matches"),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modes_warn_and_audit_allow() {
+    let world = World::new().await;
+    let mut review =
+        load("kubewarden-verify-image-signatures/deployment_creation_signed.request-only.json");
+    rewrite_images(&mut review, &world.arm_only());
+    let warn = Webhook::start(&world, &["--mode", "warn"]).await;
+    let r = warn.review(&review).await;
+    assert_eq!(r["allowed"], true);
+    let warnings = r["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{r}");
+    let w = warnings[0].as_str().unwrap();
+    assert!(
+        w.chars().count() <= 120 && !w.starts_with("Warning:"),
+        "{w}"
+    );
+    let audit = Webhook::start(&world, &["--mode", "audit"]).await;
+    let r = audit.review(&review).await;
+    assert_eq!(r["allowed"], true);
+    assert!(r.get("warnings").is_none(), "{r}");
+    let metrics = audit
+        .client
+        .get(audit.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("archgate_reviews_total{decision=\"audited\",operation=\"CREATE\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_check_only_new_images_and_delete_is_allowed() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let mut review =
+        load("kubewarden-verify-image-signatures/deployment_creation_signed.request-only.json");
+    rewrite_images(&mut review, &world.arm_only());
+    let old = review["request"]["object"].clone();
+    review["request"]["operation"] = json!("UPDATE");
+    review["request"]["oldObject"] = old.clone();
+    review["request"]["object"]["metadata"]["labels"] = json!({"edited": "yes"});
+    let r = hook.review(&review).await;
+    assert_eq!(
+        r["allowed"], true,
+        "an unrelated edit must never be blocked: {r}"
+    );
+    assert_eq!(
+        world.proxy.counts().kind(RequestKind::Manifest),
+        0,
+        "no image was new, nothing to look up"
+    );
+
+    let containers = review["request"]["object"]["spec"]["template"]["spec"]["containers"]
+        .as_array_mut()
+        .unwrap();
+    containers.push(json!({"name": "side", "image": world.image("fixtures/single-arm64", "v1")}));
+    let r = hook.review(&review).await;
+    assert_eq!(r["allowed"], false);
+    let msg = message(&r);
+    assert!(msg.contains("container \"side\""), "{msg}");
+    assert!(
+        !msg.contains(&world.arm_only()),
+        "the old image must not be re-judged: {msg}"
+    );
+
+    review["request"]["operation"] = json!("DELETE");
+    assert_eq!(hook.review(&review).await["allowed"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_containers_subresource() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let mut review = load(
+        "kubewarden-verify-image-signatures/pod_creation_with_init_container.request-only.json",
+    );
+    rewrite_images(&mut review, &world.multi());
+    let old = review["request"]["object"].clone();
+    review["request"]["operation"] = json!("UPDATE");
+    review["request"]["subResource"] = json!("ephemeralcontainers");
+    review["request"]["oldObject"] = old;
+    review["request"]["object"]["spec"]["ephemeralContainers"] =
+        json!([{"name": "debugger", "image": world.arm_only()}]);
+    let r = hook.review(&review).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        message(&r).starts_with("container \"debugger\""),
+        "{}",
+        message(&r)
+    );
+    // Other subresources never add images.
+    review["request"]["subResource"] = json!("status");
+    assert_eq!(hook.review(&review).await["allowed"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_get_400_and_the_server_keeps_going() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let bad: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"{".to_vec(),
+        b"[]".to_vec(),
+        b"null".to_vec(),
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+        br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#
+            .to_vec(),
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":5}}"#
+            .to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x01],
+    ];
+    for body in bad {
+        let resp = hook.post(body.clone()).await;
+        assert_eq!(resp.status(), 400, "{:?}", String::from_utf8_lossy(&body));
+        assert!(!resp.text().await.unwrap().is_empty());
+    }
+    let huge = vec![b' '; 5 << 20];
+    assert_eq!(hook.post(huge).await.status(), 413);
+    let wrong_path = hook
+        .client
+        .post(hook.url("/mutate"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_path.status(), 404);
+    let mut review = load("v1-pod-create.real-gke.kube-rs.json");
+    rewrite_images(&mut review, &world.multi());
+    assert_eq!(
+        hook.review(&review).await["allowed"],
+        true,
+        "still serving after bad input"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_reviews_make_no_registry_requests() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let mut review = load("v1-pod-create.real-gke.kube-rs.json");
+    rewrite_images(&mut review, &world.multi());
+    assert_eq!(hook.review(&review).await["allowed"], true);
+    let cold = world.proxy.counts();
+    assert_eq!(cold.get("HEAD", RequestKind::Manifest), 1, "{cold:?}");
+    assert_eq!(cold.get("GET", RequestKind::Manifest), 1, "{cold:?}");
+    world.proxy.reset();
+    for _ in 0..50 {
+        assert_eq!(hook.review(&review).await["allowed"], true);
+    }
+    assert_eq!(
+        world.proxy.counts().total(),
+        0,
+        "{:?}",
+        world.proxy.counts()
+    );
+    let metrics = hook
+        .client
+        .get(hook.admin("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("archgate_lookups_total{cache=\"hit\"} 50"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_reviews_share_one_lookup() {
+    let world = World::new().await;
+    let hook = Arc::new(Webhook::start(&world, &[]).await);
+    let mut review = load("v1-pod-create.real-gke.kube-rs.json");
+    rewrite_images(&mut review, &world.image("fixtures/single-amd64", "v1"));
+    // Slow the registry down so all 40 reviews arrive while the first lookup is in flight.
+    world
+        .proxy
+        .set_fault(Fault::Delay(Duration::from_millis(300)));
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let hook = hook.clone();
+            let review = review.clone();
+            tokio::spawn(async move { hook.review(&review).await["allowed"].as_bool() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Some(true));
+    }
+    let counts = world.proxy.counts();
+    assert_eq!(counts.get("HEAD", RequestKind::Manifest), 1, "{counts:?}");
+    assert_eq!(counts.get("GET", RequestKind::Manifest), 1, "{counts:?}");
+    assert_eq!(
+        counts.get("GET", RequestKind::Blob),
+        1,
+        "single-arch: one config blob: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_trouble_is_answered_within_the_deadline() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &["--review-deadline", "1"]).await;
+    let mut review = load("v1-pod-create.real-gke.kube-rs.json");
+    rewrite_images(&mut review, &world.multi());
+    world.proxy.set_fault(Fault::Delay(Duration::from_secs(4)));
+    let started = Instant::now();
+    let r = hook.review(&review).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered after {took:?}"
+    );
+    assert_eq!(r["allowed"], true, "default --on-registry-error allow: {r}");
+    let w = r["warnings"][0].as_str().unwrap();
+    assert!(
+        w.contains(world.proxy.host()) && w.contains("not checked"),
+        "{w}"
+    );
+
+    let strict = Webhook::start(
+        &world,
+        &["--review-deadline", "1", "--on-registry-error", "deny"],
+    )
+    .await;
+    let mut review = load("v1-pod-create.real-gke.kube-rs.json");
+    rewrite_images(&mut review, &world.image("fixtures/dockerlist", "v1"));
+    let r = strict.review(&review).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        message(&r).contains("did not answer in time"),
+        "{}",
+        message(&r)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_and_http2() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let get = |path: &str| hook.client.get(hook.admin(path)).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    let mut review = load("v1-pod-create.real-gke.kube-rs.json");
+    rewrite_images(&mut review, &world.multi());
+    let resp = hook.post(serde_json::to_vec(&review).unwrap()).await;
+    assert_eq!(
+        resp.version(),
+        reqwest::Version::HTTP_2,
+        "ALPN should pick h2"
+    );
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    for name in [
+        "archgate_reviews_total{decision=\"allowed\",operation=\"CREATE\"} 1",
+        "archgate_review_duration_seconds_count 1",
+        "archgate_lookups_total{cache=\"miss\"} 1",
+        "archgate_registry_requests_total{status=\"2xx\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from {metrics}");
+    }
+    let h1 = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(hook.secret.ca_pem.as_bytes()).unwrap()])
+        .http1_only()
+        .build()
+        .unwrap();
+    let resp = h1
+        .post(hook.url("/validate"))
+        .body(serde_json::to_vec(&review).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_by_symlink_swap() {
+    let world = World::new().await;
+    let mut hook = Webhook::start(&world, &[]).await;
+    let old_ca = hook.secret.ca_pem.clone();
+    assert_eq!(
+        hook.client
+            .get(hook.url("/validate"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    hook.secret.rotate();
+    let new_client = client_trusting(&hook.secret.ca_pem);
+    // The poll interval is one second; allow a few.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match new_client.get(hook.url("/validate")).send().await {
+            Ok(resp) => {
+                assert_eq!(resp.status(), 405);
+                break;
+            }
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("new certificate never served: {e}"),
+        }
+    }
+    // A fresh connection trusting only the old CA is now refused: the old certificate is gone.
+    let old_client = client_trusting(&old_ca);
+    assert!(old_client.get(hook.url("/validate")).send().await.is_err());
+    // A broken rotation (key does not match) keeps the current certificate.
+    std::fs::write(hook.secret.path().join("..data/tls.key"), "not a key").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        client_trusting(&hook.secret.ca_pem)
+            .get(hook.url("/validate"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    hook.running.take().unwrap().shutdown().await;
+}
