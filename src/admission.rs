@@ -147,7 +147,7 @@ impl Admission {
         };
         let verdict = policy::decide(&checked, &notes, &policy);
         for finding in &verdict.findings {
-            info!(finding = %finding, "finding");
+            info!(%finding, detail = ?finding, "finding");
         }
         let decision = match (verdict.allowed, verdict.findings.is_empty(), mode) {
             (false, _, _) => Decision::Denied,

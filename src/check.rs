@@ -243,7 +243,7 @@ fn line(c: Checked, object: Option<String>) -> Line {
         error,
         object,
         container: has_object.then(|| c.target.location.container.clone()),
-        scope: has_object.then(|| c.target.location.to_string()),
+        scope: has_object.then(|| c.target.location.scope.clone()),
         exit,
     }
 }

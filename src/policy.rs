@@ -162,7 +162,11 @@ impl fmt::Display for Finding {
             }
             Finding::InvalidReference { at, error } => write!(f, "{at}: {error}"),
             Finding::RegistryTrouble { at, image, error } => {
-                write!(f, "{at} image {image:?} was not checked: {error}")
+                write!(
+                    f,
+                    "{at} image {image:?} was not checked: {}",
+                    error.summary()
+                )
             }
             Finding::NoCandidates { at, image } => write!(
                 f,

@@ -33,11 +33,7 @@ impl Run {
     /// The one stdout line mentioning `needle`.
     #[track_caller]
     fn line_with(&self, needle: &str) -> &str {
-        let lines: Vec<&str> = self
-            .stdout
-            .lines()
-            .filter(|l| l.contains(needle))
-            .collect();
+        let lines: Vec<&str> = self.stdout.lines().filter(|l| l.contains(needle)).collect();
         assert_eq!(lines.len(), 1, "lines with {needle:?}:\n{self}");
         lines[0]
     }
@@ -172,7 +168,10 @@ async fn images_pass_fail_or_are_not_found_with_the_contracted_exit_codes() {
     let line = run.line_with(&multi);
     assert!(line.starts_with("ok"), "{run}");
     assert!(line.contains("linux/amd64, linux/arm64/v8"), "{run}");
-    assert!(!line.contains("unknown"), "attestations are not platforms:\n{run}");
+    assert!(
+        !line.contains("unknown"),
+        "attestations are not platforms:\n{run}"
+    );
 
     // Single manifests (platform from the config) and a Docker list pass on amd64 too.
     for image in [&f.single_amd64, &f.docker_list] {
@@ -201,7 +200,10 @@ async fn images_pass_fail_or_are_not_found_with_the_contracted_exit_codes() {
     // Windows keeps its os.version in the report.
     let run = setup.check(&["-p", "windows/amd64", &f.windows.reference()]);
     assert_eq!(run.code, 0, "{run}");
-    assert!(run.stdout.contains("windows/amd64 (10.0.17763.5329)"), "{run}");
+    assert!(
+        run.stdout.contains("windows/amd64 (10.0.17763.5329)"),
+        "{run}"
+    );
 }
 
 #[tokio::test]
@@ -220,12 +222,14 @@ async fn every_platform_flag_must_be_provided() {
     let line = run.line_with(&list);
     assert!(line.contains("missing linux/arm64"), "{run}");
     assert!(!line.contains("missing linux/amd64"), "{run}");
-    assert!(line.contains("available: linux/amd64, linux/arm/v7"), "{run}");
+    assert!(
+        line.contains("available: linux/amd64, linux/arm/v7"),
+        "{run}"
+    );
 
     // arm64 only: amd64 is missing, arm64 (written arm64/v8 by the registry) is there.
     let cuda = f.ai_base_cuda.reference();
     let run = setup.check(&[&both[..], &[&cuda]].concat());
-    println!("DEBUG {run}");
     assert_eq!(run.code, 1, "{run}");
     let line = run.line_with(&cuda);
     assert!(line.contains("missing linux/amd64"), "{run}");
@@ -237,7 +241,10 @@ async fn every_platform_flag_must_be_provided() {
     let amd64 = f.single_amd64.reference();
     let run = setup.check(&["-p", "linux/aarch64", &amd64]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.line_with(&amd64).contains("missing linux/arm64"), "{run}");
+    assert!(
+        run.line_with(&amd64).contains("missing linux/arm64"),
+        "{run}"
+    );
 
     // Comma-separated values are the same as repeated flags.
     let run = setup.check(&["-p", "linux/amd64,linux/arm64", "-o", "json", &list]);
@@ -377,21 +384,30 @@ async fn files_check_every_container_of_every_workload_and_name_them() {
     let file = path.to_str().unwrap();
 
     let run = setup.check(&["-f", file]);
-    println!("DEBUG {run}");
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.stdout.lines().count(), 4, "ConfigMap skipped:\n{run}");
     assert!(!run.stdout.contains("nobody/nothing"), "{run}");
-    let line = run.line_with("migrate");
-    assert!(line.starts_with("FAIL"), "{run}");
-    assert!(line.contains("Deployment") && line.contains("web"), "{run}");
-    assert!(line.contains(&f.ai_base_cuda.reference()), "{run}");
-    assert!(line.contains("missing linux/amd64"), "{run}");
-    assert!(line.contains("available: linux/arm64/v8"), "{run}");
-    for (container, object) in [("app", "web"), ("shell", "debug"), ("report", "nightly")] {
-        let line = run.line_with(&format!("\"{container}\""));
-        assert!(line.starts_with("ok"), "{run}");
-        assert!(line.contains(object), "{run}");
-    }
+    // Each line names the object once, then the container, then the image as written.
+    let expected = [
+        format!(
+            "FAIL  Deployment/web container \"migrate\" image {}: missing linux/amd64 \
+             (available: linux/arm64/v8)",
+            f.ai_base_cuda.reference()
+        ),
+        format!(
+            "ok    Deployment/web container \"app\" image {} (linux/amd64, linux/arm64/v8)",
+            f.multi.reference()
+        ),
+        format!(
+            "ok    Pod/debug container \"shell\" image {} (linux/amd64)",
+            f.single_amd64.reference()
+        ),
+        format!(
+            "ok    CronJob/nightly container \"report\" image {} (linux/amd64, linux/arm/v7)",
+            f.docker_list.reference()
+        ),
+    ];
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), expected, "{run}");
 
     let run = setup.check(&["-f", file, "-o", "json"]);
     assert_eq!(run.code, 1, "{run}");
@@ -399,7 +415,11 @@ async fn files_check_every_container_of_every_workload_and_name_them() {
     assert_eq!(
         located(&report),
         [
-            ("Deployment/web".into(), "migrate".into(), json!(["linux/amd64"])),
+            (
+                "Deployment/web".into(),
+                "migrate".into(),
+                json!(["linux/amd64"])
+            ),
             ("Deployment/web".into(), "app".into(), json!([])),
             ("Pod/debug".into(), "shell".into(), json!([])),
             ("CronJob/nightly".into(), "report".into(), json!([])),
@@ -413,14 +433,14 @@ async fn files_check_every_container_of_every_workload_and_name_them() {
     assert_eq!(entry["error"], Value::Null);
 
     // `-f -` reads the same documents from stdin; files and images mix.
-    let run = setup.check_stdin(
-        &["-f", "-", "-o", "json", &f.multi.reference()],
-        &yaml,
-    );
+    let run = setup.check_stdin(&["-f", "-", "-o", "json", &f.multi.reference()], &yaml);
     assert_eq!(run.code, 1, "{run}");
     let report = run.json();
     assert_eq!(report.as_array().unwrap().len(), 5, "{run}");
-    assert_eq!(located(&Value::Array(report.as_array().unwrap()[1..].to_vec())).len(), 4);
+    assert_eq!(
+        located(&Value::Array(report.as_array().unwrap()[1..].to_vec())).len(),
+        4
+    );
     assert_eq!(report[0]["image"], f.multi.reference());
     assert!(report[0].get("object").is_none(), "{run}");
 }
@@ -458,14 +478,21 @@ spec:
         located(&run.json()),
         [
             ("Pod/on-arm".into(), "trainer".into(), json!([])),
-            ("Pod/anywhere".into(), "trainer".into(), json!(["linux/amd64"])),
+            (
+                "Pod/anywhere".into(),
+                "trainer".into(),
+                json!(["linux/amd64"])
+            ),
         ],
         "{run}"
     );
     let run = setup.check_stdin(&both, &yaml);
     assert!(run.line_with("on-arm").starts_with("ok"), "{run}");
     let line = run.line_with("anywhere");
-    assert!(line.starts_with("FAIL") && line.contains("missing linux/amd64"), "{run}");
+    assert!(
+        line.starts_with("FAIL") && line.contains("missing linux/amd64"),
+        "{run}"
+    );
 
     // Only the pinned pod, only arm64 nodes would take it: it passes.
     let pinned = yaml.split("---").next().unwrap();
@@ -498,7 +525,10 @@ async fn usage_errors_and_unreachable_registries_exit_2() {
     let run = setup.sandbox.run(&["--insecure-registry", &closed, &image]);
     assert_eq!(run.code, 2, "{run}");
     let line = run.line_with(&image);
-    assert!(line.contains("unreachable") && line.contains(&closed), "{run}");
+    assert!(
+        line.contains("unreachable") && line.contains(&closed),
+        "{run}"
+    );
 
     // A finding and a registry that could not be asked: trouble (2) outranks findings (1).
     let cuda = setup.fixtures.ai_base_cuda.reference();
@@ -553,7 +583,10 @@ async fn tls_registry_with_docker_config_and_registry_ca() {
     assert_eq!(run.code, 0, "{run}");
     let run = sandbox.run(&["--docker-config", config, "--registry-ca", ca, &cuda]);
     assert_eq!(run.code, 1, "{run}");
-    assert!(run.line_with(&cuda).contains("missing linux/amd64"), "{run}");
+    assert!(
+        run.line_with(&cuda).contains("missing linux/amd64"),
+        "{run}"
+    );
 
     // No credentials: the registry refuses, so it could not be asked.
     let run = sandbox.run(&["--registry-ca", ca, &multi]);
@@ -592,7 +625,13 @@ async fn tls_registry_with_docker_config_and_registry_ca() {
     );
 
     // A --docker-config that does not exist is bad usage, naming the file.
-    let run = sandbox.run(&["--docker-config", "/nonexistent/config.json", "--registry-ca", ca, &multi]);
+    let run = sandbox.run(&[
+        "--docker-config",
+        "/nonexistent/config.json",
+        "--registry-ca",
+        ca,
+        &multi,
+    ]);
     assert_eq!(run.code, 2, "{run}");
     assert!(run.stderr.contains("/nonexistent/config.json"), "{run}");
 }

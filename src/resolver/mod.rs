@@ -91,6 +91,17 @@ impl ResolveError {
         }
     }
 
+    /// One short clause for a warning line (the full reason goes to the log).
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Unreachable { registry, .. } => format!("registry {registry} is unreachable"),
+            Self::InvalidManifest { registry, .. } => {
+                format!("registry {registry} served an unreadable manifest")
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The image does not exist: a finding about the image, not trouble with the registry.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })

@@ -1,0 +1,375 @@
+//! Keeping the stores in sync with the API server: one watcher per resource, each a spawned task
+//! that feeds a kube reflector store `Writer`, and [`Health`], which says when the view is stale.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, NodeStatus, NodeSystemInfo, Secret, ServiceAccount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{Lookup, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use super::ClusterView;
+use super::state::{
+    ClusterState, DOCKER_CFG, DOCKER_CONFIG_JSON, PullSecretStores, Stores, TektonKind, TektonStore,
+};
+use crate::metrics::Metrics;
+use crate::resolver::Credentials;
+
+/// Starts the reflectors and returns the view they feed. Returns at once: readiness
+/// ([`ClusterView::ready`]) turns true when every store has listed once.
+///
+/// Secrets are watched through two field-selected watches (`type=kubernetes.io/dockerconfigjson`
+/// and `type=kubernetes.io/dockercfg`: a field selector cannot say "either"), not one watch filtered
+/// here. RBAC cannot narrow a grant by Secret type, so the privilege is the same either way, but
+/// the API server then never sends archgate any other Secret: no service-account tokens, TLS keys or
+/// Helm releases cross the wire or sit in its memory, and their churn costs nothing.
+///
+/// ServiceAccounts are watched only with `pull_secrets`: their pull-secret names are all archgate
+/// reads from them.
+pub async fn watch(
+    credentials: Credentials,
+    metrics: Arc<Metrics>,
+    pull_secrets: bool,
+) -> anyhow::Result<Arc<dyn ClusterView>> {
+    let client = Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client")?;
+    let health = Arc::new(Health::new(metrics));
+    let start = |kind: &'static str| Start {
+        kind,
+        health: health.clone(),
+    };
+    let nodes = start("Node").spawn(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        (),
+        false,
+    );
+    let namespaces = start("Namespace").spawn(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        (),
+        false,
+    );
+    let pull_secrets = pull_secrets.then(|| PullSecretStores {
+        service_accounts: start("ServiceAccount").spawn(
+            Api::<ServiceAccount>::all(client.clone()),
+            watcher::Config::default(),
+            (),
+            false,
+        ),
+        secrets: [DOCKER_CONFIG_JSON, DOCKER_CFG]
+            .into_iter()
+            .map(|kind| {
+                start("Secret").spawn(
+                    Api::<Secret>::all(client.clone()),
+                    watcher::Config::default().fields(&format!("type={kind}")),
+                    (),
+                    false,
+                )
+            })
+            .collect(),
+    });
+    let tekton = TektonKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let resource = kind.api_resource();
+            TektonStore {
+                kind,
+                // Tekton may not be installed: a missing resource counts as empty and synced.
+                store: start(kind.name()).spawn(
+                    Api::<DynamicObject>::all_with(client.clone(), &resource),
+                    watcher::Config::default(),
+                    resource,
+                    true,
+                ),
+            }
+        })
+        .collect();
+    let stores = Stores {
+        nodes,
+        namespaces,
+        pull_secrets,
+        tekton,
+    };
+    info!("watching the cluster for nodes, namespaces, pull secrets and Tekton resources");
+    Ok(Arc::new(ClusterState::from_stores(stores, credentials)))
+}
+
+struct Start {
+    kind: &'static str,
+    health: Arc<Health>,
+}
+
+impl Start {
+    fn spawn<K>(
+        self,
+        api: Api<K>,
+        config: watcher::Config,
+        dyntype: <K as Resource>::DynamicType,
+        optional: bool,
+    ) -> Store<K>
+    where
+        K: Resource + Lookup<DynamicType = <K as Resource>::DynamicType> + Reduce,
+        K: Clone + PartialEq + DeserializeOwned + Debug + Send + Sync + 'static,
+        <K as Resource>::DynamicType: Eq + Hash + Clone + Send + Sync,
+    {
+        let writer = Writer::new(dyntype.clone());
+        let store = writer.as_reader();
+        // Lists come from the API server's watch cache (resourceVersion=0), not etcd: every
+        // replica relisting after an outage must not become a load spike.
+        let events = watcher(api, config.any_semantic()).default_backoff();
+        tokio::spawn(drive(
+            self.kind,
+            events,
+            writer,
+            dyntype,
+            optional,
+            self.health,
+        ));
+        store
+    }
+}
+
+/// Cuts an object down to what archgate reads before it enters a store: memory, and for Nodes
+/// fewer changes (heartbeat status updates become no-ops that do not invalidate the node views).
+pub trait Reduce {
+    fn reduce(self) -> Self;
+}
+
+impl Reduce for Node {
+    fn reduce(self) -> Self {
+        let info = self
+            .status
+            .and_then(|s| s.node_info)
+            .map(|i| NodeSystemInfo {
+                operating_system: i.operating_system,
+                architecture: i.architecture,
+                ..NodeSystemInfo::default()
+            });
+        Node {
+            metadata: ObjectMeta {
+                name: self.metadata.name,
+                labels: self.metadata.labels,
+                ..ObjectMeta::default()
+            },
+            spec: self.spec.map(|s| k8s_openapi::api::core::v1::NodeSpec {
+                taints: s.taints,
+                unschedulable: s.unschedulable,
+                ..Default::default()
+            }),
+            status: info.map(|i| NodeStatus {
+                node_info: Some(i),
+                ..NodeStatus::default()
+            }),
+        }
+    }
+}
+
+impl Reduce for Namespace {
+    fn reduce(self) -> Self {
+        Namespace {
+            metadata: ObjectMeta {
+                name: self.metadata.name,
+                labels: self.metadata.labels,
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        }
+    }
+}
+
+impl Reduce for ServiceAccount {
+    fn reduce(self) -> Self {
+        ServiceAccount {
+            metadata: identity(self.metadata),
+            image_pull_secrets: self.image_pull_secrets,
+            ..ServiceAccount::default()
+        }
+    }
+}
+
+impl Reduce for Secret {
+    /// Annotations go: `kubectl.kubernetes.io/last-applied-configuration` repeats the data.
+    fn reduce(self) -> Self {
+        Secret {
+            metadata: identity(self.metadata),
+            type_: self.type_,
+            data: self.data,
+            ..Secret::default()
+        }
+    }
+}
+
+impl Reduce for DynamicObject {
+    fn reduce(mut self) -> Self {
+        self.metadata.managed_fields = None;
+        if let Some(annotations) = &mut self.metadata.annotations {
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+        if let Some(map) = self.data.as_object_mut() {
+            map.remove("status");
+        }
+        self
+    }
+}
+
+/// Name, namespace and resourceVersion: what keys a store entry and the parsed-secret cache.
+fn identity(meta: ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        uid: meta.uid,
+        ..ObjectMeta::default()
+    }
+}
+
+/// Applies a watcher's events to `writer` until the stream ends (it never does for a live
+/// watcher with backoff). Errors are the stream's to retry; here they only mark the view stale.
+///
+/// `optional` is for CRDs that may not be installed: "the resource does not exist" (404) then
+/// makes the store empty and synced, once, instead of holding readiness back forever. The watcher
+/// keeps retrying, so installing Tekton later fills the store without a restart.
+pub async fn drive<K, S>(
+    kind: &'static str,
+    events: S,
+    mut writer: Writer<K>,
+    dyntype: K::DynamicType,
+    optional: bool,
+    health: Arc<Health>,
+) where
+    K: Lookup + Reduce + Clone + PartialEq + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+    S: Stream<Item = watcher::Result<watcher::Event<K>>>,
+{
+    let store = writer.as_reader();
+    let mut events = std::pin::pin!(events);
+    let mut absent_logged = false;
+    while let Some(item) = events.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) if optional && is_missing(&error) => {
+                health.recovered(kind);
+                if !absent_logged {
+                    info!(
+                        kind,
+                        "resource not served by the API server; treated as empty"
+                    );
+                    absent_logged = true;
+                }
+                writer.apply_watcher_event(&watcher::Event::Init);
+                writer.apply_watcher_event(&watcher::Event::InitDone);
+                continue;
+            }
+            Err(error) if is_expired(&error) => {
+                // 410 Gone: the watch fell behind and the watcher relists; routine, not an outage.
+                debug!(kind, %error, "watch expired; relisting");
+                continue;
+            }
+            Err(error) => {
+                health.failed(kind, &error);
+                continue;
+            }
+        };
+        health.recovered(kind);
+        absent_logged = false;
+        let event = match event {
+            watcher::Event::Apply(object) => {
+                let object = object.reduce();
+                let key = ObjectRef::from_obj_with(&object, dyntype.clone());
+                if store.get(&key).is_some_and(|old| *old == object) {
+                    // Nothing archgate reads changed (e.g. a Node's status heartbeat).
+                    continue;
+                }
+                watcher::Event::Apply(object)
+            }
+            watcher::Event::InitApply(object) => watcher::Event::InitApply(object.reduce()),
+            other => other,
+        };
+        writer.apply_watcher_event(&event);
+    }
+}
+
+fn api_status(error: &watcher::Error) -> Option<u16> {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+fn is_missing(error: &watcher::Error) -> bool {
+    api_status(error) == Some(404)
+}
+
+fn is_expired(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(s) if s.code == 410)
+}
+
+/// Which watches are failing, reflected in `archgate_cluster_view_stale` and logged once per
+/// outage (not once per watch or per retry).
+pub struct Health {
+    metrics: Arc<Metrics>,
+    failing: Mutex<HashSet<&'static str>>,
+    /// Fast path: every event calls [`Health::recovered`], which usually has nothing to do.
+    any_failing: AtomicBool,
+}
+
+impl Health {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            failing: Mutex::new(HashSet::new()),
+            any_failing: AtomicBool::new(false),
+        }
+    }
+
+    /// A watch of `kind` failed; its store keeps the last known state.
+    pub fn failed(&self, kind: &'static str, error: &watcher::Error) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let outage_starts = failing.is_empty();
+        if failing.insert(kind) {
+            if outage_starts {
+                warn!(kind, %error, "lost the API server watch; serving the last known cluster state");
+            } else {
+                debug!(kind, %error, "watch failing");
+            }
+        }
+        self.any_failing.store(true, Ordering::Release);
+        self.metrics.cluster_stale.set(1);
+    }
+
+    /// A watch of `kind` delivered an event again.
+    pub fn recovered(&self, kind: &'static str) {
+        if !self.any_failing.load(Ordering::Acquire) {
+            return;
+        }
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if failing.remove(kind) && failing.is_empty() {
+            self.any_failing.store(false, Ordering::Release);
+            self.metrics.cluster_stale.set(0);
+            info!("API server watches recovered; cluster view is current");
+        }
+    }
+
+    /// Whether any watch is failing now.
+    pub fn stale(&self) -> bool {
+        self.any_failing.load(Ordering::Acquire)
+    }
+}
