@@ -223,14 +223,14 @@ fn prune_threshold(stores: &PullSecretStores) -> usize {
     2 * stores.secrets.iter().map(Store::len).sum::<usize>() + 64
 }
 
+/// `Credentials::from_docker_config` or `Credentials::from_dockercfg`.
+type ParseConfig = fn(&[u8], &str) -> Result<Credentials, CredentialsError>;
+
 /// A docker config Secret's credentials. Never logs the data: serde's messages can quote the
 /// offending value, so a parse failure is reported without its reason.
 fn parse_secret(secret: &Secret, namespace: &str, name: &str) -> Option<Credentials> {
     let kind = secret.type_.as_deref().unwrap_or_default();
-    let (data_key, parse): (
-        &str,
-        fn(&[u8], &str) -> Result<Credentials, CredentialsError>,
-    ) = match kind {
+    let (data_key, parse): (&str, ParseConfig) = match kind {
         DOCKER_CONFIG_JSON => (".dockerconfigjson", Credentials::from_docker_config),
         DOCKER_CFG => (".dockercfg", Credentials::from_dockercfg),
         _ => {
