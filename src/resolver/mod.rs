@@ -237,6 +237,18 @@ impl Resolver {
         Ok(client)
     }
 
+    /// The registry client and credentials archgate would use for `image`, for callers that
+    /// fetch other content from registries (Tekton bundles). Same client per identity as lookups.
+    pub fn client_for(
+        &self,
+        image: &ImageRef,
+        credentials: &Credentials,
+    ) -> Result<(Arc<Client>, RegistryAuth), ResolveError> {
+        let (auth, identity) = credentials.for_registry(image.registry());
+        let client = self.client(identity).map_err(|e| classify(image, e))?;
+        Ok((client, auth))
+    }
+
     /// The platforms `image` provides, as seen with `credentials`.
     pub async fn resolve(
         &self,
