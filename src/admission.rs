@@ -3,21 +3,23 @@
 //! Wire types are kube's (`kube::core::admission`); this module only decides which part of the
 //! object to look at and turns a [`Verdict`] into an [`AdmissionResponse`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::join_all;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, Status};
 use serde_json::Value;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::bundles::{Bundles, WithBundles};
 use crate::cluster::ClusterView;
 use crate::metrics::{Decision, Metrics, ReviewLabels};
 use crate::policy::{self, Mode, Policy, Verdict};
 use crate::resolver::Resolver;
 use crate::review::{self, Exemptions};
-use crate::workload::{self, ExtractOptions, Extraction};
+use crate::workload::{self, BundleRef, Catalog, ExtractOptions, Extraction};
 
 /// Everything a review needs, shared across requests.
 pub struct Admission {
@@ -29,7 +31,11 @@ pub struct Admission {
     pub exemptions: Exemptions,
     pub extract: ExtractOptions,
     pub metrics: Arc<Metrics>,
+    pub bundles: Bundles,
 }
+
+/// Resources fetched from Tekton bundles for one review, at most.
+const MAX_BUNDLE_RESOURCES: usize = 64;
 
 /// Why a body is not an AdmissionReview we can answer (HTTP 400).
 #[derive(Debug, thiserror::Error)]
@@ -108,23 +114,64 @@ impl Admission {
         if mode == Mode::Off {
             return (allow(vec![]), Decision::Allowed);
         }
-        let extraction = match self.extract(req) {
-            Ok(Some(extraction)) => extraction,
-            Ok(None) => return (allow(vec![]), Decision::Allowed),
-            Err(e) => {
-                warn!(error = %e, "object not readable; allowed");
-                return (allow(vec![policy_clip(&e.to_string())]), Decision::Error);
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let base = self.cluster.catalog();
+        let mut fetched = HashMap::new();
+        let mut notes = Vec::new();
+        // Bundles can name bundles: fetch and extract again, a bounded number of rounds.
+        let extraction = loop {
+            let catalog = WithBundles {
+                base: base.as_ref(),
+                fetched: &fetched,
+            };
+            let extraction = match self.extract(req, &catalog) {
+                Ok(Some(extraction)) => extraction,
+                Ok(None) => return (allow(vec![]), Decision::Allowed),
+                Err(e) => {
+                    warn!(error = %e, "object not readable; allowed");
+                    return (allow(vec![policy_clip(&e.to_string())]), Decision::Error);
+                }
+            };
+            let wanted: Vec<BundleRef> = extraction
+                .unresolved_bundles
+                .iter()
+                .filter(|b| !fetched.contains_key(*b))
+                .cloned()
+                .collect();
+            if wanted.is_empty() || fetched.len() >= MAX_BUNDLE_RESOURCES {
+                break extraction;
+            }
+            // Bundles are pulled with the webhook's own credentials and the namespace's default ones.
+            let bundle_credentials = self.cluster.credentials(namespace, &Default::default());
+            let results = join_all(wanted.iter().map(|b| {
+                tokio::time::timeout_at(
+                    deadline,
+                    self.bundles.fetch(&self.resolver, &bundle_credentials, b),
+                )
+            }))
+            .await;
+            let before = fetched.len();
+            for (reference, result) in wanted.into_iter().zip(results) {
+                match result {
+                    Ok(Ok(resource)) => {
+                        fetched.insert(reference, resource);
+                    }
+                    Ok(Err(e)) => notes.push(policy_clip(&format!(
+                        "{} {:?} from bundle {} was not checked: {e}",
+                        reference.kind, reference.name, reference.bundle
+                    ))),
+                    Err(_) => notes.push(policy_clip(&format!(
+                        "{} {:?} from bundle {} was not checked: the registry did not answer in time",
+                        reference.kind, reference.name, reference.bundle
+                    ))),
+                }
+            }
+            if fetched.len() == before {
+                break extraction;
             }
         };
-        // Tekton bundles would have to be pulled and unpacked; say so rather than guess.
-        let mut notes = extraction.warnings.clone();
-        notes.extend(extraction.unresolved_bundles.iter().map(|b| {
-            policy_clip(&format!(
-                "{} {:?} from bundle {} was not checked",
-                b.kind, b.name, b.bundle
-            ))
-        }));
-        let deadline = tokio::time::Instant::now() + self.deadline;
+        notes.extend(extraction.warnings.iter().cloned());
+
         let nodes = self.cluster.nodes();
         // Every target of one object comes from the same pod template (or, for Tekton, runs under
         // the same service account), so the first one's pull secrets stand for all.
@@ -162,6 +209,7 @@ impl Admission {
     fn extract(
         &self,
         req: &AdmissionRequest<DynamicObject>,
+        catalog: &dyn Catalog,
     ) -> Result<Option<Extraction>, workload::ExtractError> {
         let kind = req.kind.kind.as_str();
         let group = req.kind.group.as_str();
@@ -179,11 +227,8 @@ impl Admission {
         let Some(object) = req.object.as_ref() else {
             return Ok(None);
         };
-        let catalog = self.cluster.catalog();
         let object = as_value(object, req);
-        let Some(mut extraction) =
-            workload::extract(kind, &object, catalog.as_ref(), &self.extract)?
-        else {
+        let Some(mut extraction) = workload::extract(kind, &object, catalog, &self.extract)? else {
             return Ok(None);
         };
         if req.operation == Operation::Update
@@ -191,12 +236,11 @@ impl Admission {
         {
             let old = as_value(old, req);
             // An old object we cannot read must not block the update: treat it as empty.
-            let before: HashSet<String> =
-                workload::extract(kind, &old, catalog.as_ref(), &self.extract)
-                    .ok()
-                    .flatten()
-                    .map(|e| e.targets.into_iter().map(|t| t.image).collect())
-                    .unwrap_or_default();
+            let before: HashSet<String> = workload::extract(kind, &old, catalog, &self.extract)
+                .ok()
+                .flatten()
+                .map(|e| e.targets.into_iter().map(|t| t.image).collect())
+                .unwrap_or_default();
             extraction.targets.retain(|t| !before.contains(&t.image));
         }
         Ok(Some(extraction))

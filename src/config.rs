@@ -1,6 +1,7 @@
 //! Settings for `serve`: the YAML config file merged with flags (flags win), validated with
 //! errors that name the fix.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,6 +45,12 @@ pub struct FileConfig {
     #[serde(default)]
     pub insecure_registries: Vec<String>,
     pub registry_ca: Option<PathBuf>,
+    /// Requests in flight to one registry host, at most (default 16).
+    pub registry_concurrency: Option<usize>,
+    /// Registry host → mirror hosts (`HOST[:PORT]`) asked in order before it, as containerd's
+    /// hosts.toml: `{"docker.io": ["mirror.internal:5000"]}`.
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, Vec<String>>,
     pub docker_config: Option<PathBuf>,
     pub pull_secrets: Option<bool>,
     #[serde(default)]
@@ -176,6 +183,12 @@ pub enum ConfigError {
         "--review-deadline must be between 0.1 and 29 seconds (the API server waits at most 30), got {0:?}"
     )]
     Deadline(Duration),
+    #[error("registryConcurrency must be at least 1 (requests in flight to one registry host)")]
+    RegistryConcurrency,
+    #[error(
+        "mirrors.{registry}: {value:?} is not a registry host: write HOST[:PORT] without scheme or path, and list plain-HTTP mirrors in insecureRegistries"
+    )]
+    Mirror { registry: String, value: String },
     #[error("--registry-ca {path}: {source}")]
     RegistryCa {
         path: PathBuf,
@@ -257,6 +270,8 @@ impl Settings {
             review_deadline,
             insecure_registries,
             registry_ca,
+            registry_concurrency,
+            mirrors,
             docker_config,
             pull_secrets,
             exempt_namespaces,
@@ -313,6 +328,12 @@ impl Settings {
                 .map(|d| d.0)
                 .unwrap_or(defaults.not_found_ttl),
             max_images: cache.max_images.unwrap_or(defaults.max_images),
+            concurrency: match registry_concurrency {
+                Some(0) => return Err(ConfigError::RegistryConcurrency),
+                Some(n) => n,
+                None => defaults.concurrency,
+            },
+            mirrors: check_mirrors(mirrors)?,
             ..defaults
         };
 
@@ -341,6 +362,27 @@ impl Settings {
             },
         })
     }
+}
+
+/// Mirror hosts are written as in image references; a URL would silently never match.
+fn check_mirrors(
+    mirrors: BTreeMap<String, Vec<String>>,
+) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+    for (registry, hosts) in &mirrors {
+        for value in std::iter::once(registry).chain(hosts) {
+            let bad = value.is_empty()
+                || value.contains("://")
+                || value.contains('/')
+                || value.chars().any(char::is_whitespace);
+            if bad {
+                return Err(ConfigError::Mirror {
+                    registry: registry.clone(),
+                    value: value.clone(),
+                });
+            }
+        }
+    }
+    Ok(mirrors)
 }
 
 fn parse_addr(text: &str) -> SocketAddr {
@@ -394,6 +436,11 @@ mod tests {
         assert_eq!(s.deadline, Duration::from_secs(3));
         assert_eq!(s.registry.tag_ttl, Duration::from_secs(30));
         assert_eq!(s.extract.tekton_image_params, vec!["BASE_IMAGE"]);
+        assert_eq!(
+            s.registry.concurrency,
+            crate::resolver::throttle::DEFAULT_CONCURRENCY
+        );
+        assert!(s.registry.mirrors.is_empty());
         let PlatformSource::Static(list) = &s.platforms else {
             panic!()
         };
@@ -403,6 +450,23 @@ mod tests {
         assert_eq!(
             s.platforms,
             PlatformSource::Static(vec![Platform::parse("linux/s390x").unwrap()])
+        );
+    }
+
+    #[test]
+    fn registry_manners_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "selfSigned: true\nregistryConcurrency: 4\nmirrors:\n  docker.io: [mirror-a.internal:5000, mirror-b.internal]\n",
+        )
+        .unwrap();
+        let s = serve(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(s.registry.concurrency, 4);
+        assert_eq!(
+            s.registry.mirrors["docker.io"],
+            ["mirror-a.internal:5000", "mirror-b.internal"]
         );
     }
 
@@ -433,6 +497,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("lisen"), "{err}");
+        std::fs::write(&path, "registryConcurrency: 0\n").unwrap();
+        let err = serve(&["--self-signed", "--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("registryConcurrency"), "{err}");
+        std::fs::write(
+            &path,
+            "mirrors:\n  docker.io: [\"https://mirror.example/v2\"]\n",
+        )
+        .unwrap();
+        let err = serve(&["--self-signed", "--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mirrors.docker.io") && err.contains("HOST[:PORT]"),
+            "{err}"
+        );
         assert!(parse_duration("fast").is_err());
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
     }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod bundles;
 pub mod certs;
 pub mod check;
 pub mod cli;

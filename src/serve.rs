@@ -74,6 +74,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         exemptions: settings.exemptions.clone(),
         extract: settings.extract.clone(),
         metrics: metrics.clone(),
+        bundles: Default::default(),
     });
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);

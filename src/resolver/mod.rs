@@ -7,10 +7,18 @@
 //!
 //! moka's `try_get_with` runs one initialiser per key, so concurrent reviews of one cold image share
 //! a single registry round trip; errors are returned to every waiter and not cached.
+//!
+//! Every request to a registry host passes its [`Throttle`]: at most `concurrency` in flight, none
+//! while the host is paused after a 429. Mirrors (containerd's hosts.toml idea) are asked in order
+//! before the origin; whatever host answers, cache entries stay keyed by the origin reference.
 
 pub mod credentials;
 pub mod manifest;
+pub mod throttle;
 
+use std::collections::BTreeMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,9 +29,11 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use tracing::{debug, warn};
 
 pub use credentials::{Credentials, CredentialsError, Identity};
 use manifest::{Document, ManifestError};
+pub use throttle::Throttle;
 
 use crate::metrics::{CacheResult, Metrics, StatusClass};
 use crate::platform::Platform;
@@ -42,6 +52,11 @@ pub struct RegistryOptions {
     pub not_found_ttl: Duration,
     /// Upper bound on cached digests (each entry is a few hundred bytes).
     pub max_images: u64,
+    /// Requests in flight to one registry host, at most (mirrors count as their own hosts).
+    pub concurrency: usize,
+    /// Registry host (`docker.io`, `HOST[:PORT]`) → mirror hosts asked in order before it.
+    /// Insecure and CA settings apply to a mirror by its own host name.
+    pub mirrors: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for RegistryOptions {
@@ -54,6 +69,8 @@ impl Default for RegistryOptions {
             tag_ttl: Duration::from_secs(60),
             not_found_ttl: Duration::from_secs(10),
             max_images: 100_000,
+            concurrency: throttle::DEFAULT_CONCURRENCY,
+            mirrors: BTreeMap::new(),
         }
     }
 }
@@ -78,6 +95,20 @@ pub enum ResolveError {
     Timeout { registry: String },
     #[error("registry {registry} served an unreadable manifest: {reason}")]
     InvalidManifest { registry: String, reason: String },
+    /// The registry answered 429; no request goes to it until the pause is over.
+    #[error(
+        "registry {registry} is rate limiting archgate (429 Too Many Requests): not asked again for {}s",
+        whole_seconds(*.retry_in)
+    )]
+    RateLimited {
+        registry: String,
+        retry_in: Duration,
+    },
+}
+
+/// Seconds for a message, rounded up: "0s" would read as "now".
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 impl ResolveError {
@@ -87,7 +118,8 @@ impl ResolveError {
             | Self::Unauthorized { registry }
             | Self::Unreachable { registry, .. }
             | Self::Timeout { registry }
-            | Self::InvalidManifest { registry, .. } => registry,
+            | Self::InvalidManifest { registry, .. }
+            | Self::RateLimited { registry, .. } => registry,
         }
     }
 
@@ -98,6 +130,10 @@ impl ResolveError {
             Self::InvalidManifest { registry, .. } => {
                 format!("registry {registry} served an unreadable manifest")
             }
+            Self::RateLimited { registry, retry_in } => format!(
+                "registry {registry} is rate limiting (paused {}s)",
+                whole_seconds(*retry_in)
+            ),
             other => other.to_string(),
         }
     }
@@ -155,6 +191,45 @@ impl Expiry<Key, DigestEntry> for DigestExpiry {
     }
 }
 
+/// One host to ask for an image: a mirror, or (always last) the origin registry.
+struct Hop<'a> {
+    /// `HOST[:PORT]` the requests go to; throttles and error messages are per host.
+    host: &'a str,
+    mirror: bool,
+    auth: RegistryAuth,
+    identity: Identity,
+}
+
+impl Hop<'_> {
+    /// `origin` addressed to this hop (oci-client sends the origin as `?ns=` to a mirror).
+    fn reference(&self, origin: &Reference) -> Reference {
+        let mut reference = origin.clone();
+        if self.mirror {
+            reference.set_mirror_registry(self.host.to_string());
+        }
+        reference
+    }
+}
+
+/// Where to ask, in order, and who is asking.
+struct Route<'a> {
+    hops: Vec<Hop<'a>>,
+    /// The cache key's identity: the origin credentials' identity, mixed with the mirrors' when
+    /// any mirror is asked with credentials (what a private mirror showed must not be served
+    /// to a caller without them).
+    identity: Identity,
+}
+
+impl Route<'_> {
+    fn mirrors(&self) -> &[Hop<'_>] {
+        &self.hops[..self.hops.len() - 1]
+    }
+
+    fn origin(&self) -> &Hop<'_> {
+        &self.hops[self.hops.len() - 1]
+    }
+}
+
 /// Resolves images to platforms; cheap to share (`Arc`) across requests.
 pub struct Resolver {
     options: RegistryOptions,
@@ -164,6 +239,9 @@ pub struct Resolver {
     clients: std::sync::RwLock<std::collections::HashMap<Identity, Arc<Client>>>,
     tags: Cache<Key, TagEntry>,
     digests: Cache<Key, DigestEntry>,
+    /// `options.mirrors` with registry keys normalised (`index.docker.io` is `docker.io`).
+    mirrors: BTreeMap<String, Vec<String>>,
+    throttle: Throttle,
     metrics: Arc<Metrics>,
 }
 
@@ -194,6 +272,13 @@ impl Resolver {
                 missing: options.not_found_ttl,
             })
             .build();
+        let mirrors = options
+            .mirrors
+            .iter()
+            .filter(|(_, hosts)| !hosts.is_empty())
+            .map(|(registry, hosts)| (credentials::normalize_host(registry), hosts.clone()))
+            .collect();
+        let throttle = Throttle::new(options.concurrency);
         let clients = Default::default();
         let resolver = Self {
             options,
@@ -201,6 +286,8 @@ impl Resolver {
             clients,
             tags,
             digests,
+            mirrors,
+            throttle,
             metrics,
         };
         // Build the anonymous client now so a bad CA fails at start, not on the first review.
@@ -237,6 +324,43 @@ impl Resolver {
         Ok(client)
     }
 
+    /// The hosts to ask for `image` (its mirrors, then its registry) with their credentials.
+    fn route<'a>(&'a self, image: &'a ImageRef, credentials: &Credentials) -> Route<'a> {
+        let mirrors = self
+            .mirrors
+            .get(&credentials::normalize_host(image.registry()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut hops: Vec<Hop<'a>> = Vec::with_capacity(mirrors.len() + 1);
+        for host in mirrors {
+            let (auth, identity) = credentials.for_registry(host);
+            hops.push(Hop {
+                host,
+                mirror: true,
+                auth,
+                identity,
+            });
+        }
+        let (auth, identity) = credentials.for_registry(image.registry());
+        hops.push(Hop {
+            host: image.registry(),
+            mirror: false,
+            auth,
+            identity,
+        });
+        let identity = if hops.iter().all(|h| !h.mirror || h.identity == 0) {
+            identity
+        } else {
+            let mut hasher = DefaultHasher::new();
+            for hop in &hops {
+                (hop.host, hop.identity).hash(&mut hasher);
+            }
+            // Never 0: that is anonymous.
+            hasher.finish().max(1)
+        };
+        Route { hops, identity }
+    }
+
     /// The registry client and credentials archgate would use for `image`, for callers that
     /// fetch other content from registries (Tekton bundles). Same client per identity as lookups.
     pub fn client_for(
@@ -245,7 +369,9 @@ impl Resolver {
         credentials: &Credentials,
     ) -> Result<(Arc<Client>, RegistryAuth), ResolveError> {
         let (auth, identity) = credentials.for_registry(image.registry());
-        let client = self.client(identity).map_err(|e| classify(image, e))?;
+        let client = self
+            .client(identity)
+            .map_err(|e| classify(image.registry(), e))?;
         Ok((client, auth))
     }
 
@@ -255,9 +381,9 @@ impl Resolver {
         image: &ImageRef,
         credentials: &Credentials,
     ) -> Result<Resolution, ResolveError> {
-        let (auth, identity) = credentials.for_registry(image.registry());
+        let route = self.route(image, credentials);
         let cold = AtomicBool::new(false);
-        let result = self.lookup(image, &auth, identity, &cold).await;
+        let result = self.lookup(image, &route, &cold).await;
         let cache = if cold.load(Ordering::Relaxed) {
             CacheResult::Miss
         } else {
@@ -274,7 +400,7 @@ impl Resolver {
         image: &ImageRef,
         credentials: &Credentials,
     ) -> Result<Resolution, ResolveError> {
-        let (_, identity) = credentials.for_registry(image.registry());
+        let identity = self.route(image, credentials).identity;
         self.tags.invalidate(&(identity, image.canonical())).await;
         self.resolve(image, credentials).await
     }
@@ -285,7 +411,7 @@ impl Resolver {
         if image.digest().is_some() {
             return None;
         }
-        let (_, identity) = credentials.for_registry(image.registry());
+        let identity = self.route(image, credentials).identity;
         let entry = self.tags.get(&(identity, image.canonical())).await?;
         Some(entry.checked.elapsed())
     }
@@ -293,8 +419,7 @@ impl Resolver {
     async fn lookup(
         &self,
         image: &ImageRef,
-        auth: &RegistryAuth,
-        identity: Identity,
+        route: &Route<'_>,
         cold: &AtomicBool,
     ) -> Result<Resolution, ResolveError> {
         let digest = match image.digest() {
@@ -302,9 +427,9 @@ impl Resolver {
             None => {
                 let entry = self
                     .tags
-                    .try_get_with((identity, image.canonical()), async {
+                    .try_get_with((route.identity, image.canonical()), async {
                         cold.store(true, Ordering::Relaxed);
-                        self.head(image, auth, identity).await
+                        self.head(image, route).await
                     })
                     .await
                     .map_err(|e| (*e).clone())?;
@@ -314,12 +439,15 @@ impl Resolver {
                 digest
             }
         };
-        let key = (identity, format!("{}@{digest}", image.repository_path()));
+        let key = (
+            route.identity,
+            format!("{}@{digest}", image.repository_path()),
+        );
         let entry = self
             .digests
             .try_get_with(key, async {
                 cold.store(true, Ordering::Relaxed);
-                self.fetch_platforms(image, &digest, auth, identity).await
+                self.fetch_platforms(image, &digest, route).await
             })
             .await
             .map_err(|e| (*e).clone())?;
@@ -329,19 +457,35 @@ impl Resolver {
         }
     }
 
-    /// Tag → digest with one HEAD request (Docker Hub does not count HEADs against pull limits).
-    async fn head(
-        &self,
-        image: &ImageRef,
-        auth: &RegistryAuth,
-        identity: Identity,
-    ) -> Result<TagEntry, ResolveError> {
-        let client = self.client(identity).map_err(|e| classify(image, e))?;
+    /// Tag → digest: the first mirror that knows the tag, else the origin's answer.
+    async fn head(&self, image: &ImageRef, route: &Route<'_>) -> Result<TagEntry, ResolveError> {
+        for hop in route.mirrors() {
+            match self.head_at(image, hop).await {
+                Ok(entry) if entry.digest.is_some() => return Ok(entry),
+                Ok(_) => debug!(mirror = hop.host, "tag not in mirror; trying the next host"),
+                Err(error) => {
+                    debug!(mirror = hop.host, %error, "mirror failed; trying the next host")
+                }
+            }
+        }
+        self.head_at(image, route.origin()).await
+    }
+
+    /// Tag → digest at one host with one HEAD request (Docker Hub does not count HEADs against
+    /// pull limits).
+    async fn head_at(&self, image: &ImageRef, hop: &Hop<'_>) -> Result<TagEntry, ResolveError> {
+        let client = self
+            .client(hop.identity)
+            .map_err(|e| classify(hop.host, e))?;
+        let reference = hop.reference(image.reference());
         let result = self
-            .timed(client.fetch_manifest_digest(image.reference(), auth))
+            .ask(
+                hop.host,
+                client.fetch_manifest_digest(&reference, &hop.auth),
+            )
             .await;
         let checked = Instant::now();
-        match result.map_err(|e| classify(image, e)) {
+        match result {
             Ok(digest) => Ok(TagEntry {
                 digest: Some(digest),
                 checked,
@@ -354,26 +498,54 @@ impl Resolver {
         }
     }
 
-    /// Digest → platforms: the index lists them; a single image keeps its platform in the config.
+    /// Digest → platforms: the first mirror that serves the digest, else the origin's answer.
+    /// The content is checked against the digest, so any host's copy is as good as the origin's.
     async fn fetch_platforms(
         &self,
         image: &ImageRef,
         digest: &str,
-        auth: &RegistryAuth,
-        identity: Identity,
+        route: &Route<'_>,
     ) -> Result<DigestEntry, ResolveError> {
-        let client = self.client(identity).map_err(|e| classify(image, e))?;
-        let reference = image.with_digest(digest);
+        for hop in route.mirrors() {
+            match self.platforms_at(image, digest, hop).await {
+                Ok(entry) if entry.0.is_some() => return Ok(entry),
+                Ok(_) => debug!(
+                    mirror = hop.host,
+                    "digest not in mirror; trying the next host"
+                ),
+                Err(error) => {
+                    debug!(mirror = hop.host, %error, "mirror failed; trying the next host")
+                }
+            }
+        }
+        self.platforms_at(image, digest, route.origin()).await
+    }
+
+    /// Digest → platforms at one host: the index lists them; a single image keeps its platform
+    /// in the config.
+    async fn platforms_at(
+        &self,
+        image: &ImageRef,
+        digest: &str,
+        hop: &Hop<'_>,
+    ) -> Result<DigestEntry, ResolveError> {
+        let client = self
+            .client(hop.identity)
+            .map_err(|e| classify(hop.host, e))?;
+        let reference = hop.reference(&image.with_digest(digest));
         let pulled = self
-            .timed(client.pull_manifest_raw(&reference, auth, manifest::ACCEPT))
+            .ask(
+                hop.host,
+                client.pull_manifest_raw(&reference, &hop.auth, manifest::ACCEPT),
+            )
             .await;
-        let body = match pulled.map_err(|e| classify(image, e)) {
+        let body = match pulled {
             Ok((body, _)) => body,
             Err(ResolveError::NotFound { .. }) => return Ok(DigestEntry(None)),
             Err(e) => return Err(e),
         };
         let invalid = |e: ManifestError| ResolveError::InvalidManifest {
-            registry: image.registry().to_string(),
+            registry: hop.host.to_string(),
             reason: e.to_string(),
         };
         let platforms = match manifest::parse_manifest(&body).map_err(invalid)? {
@@ -386,37 +558,31 @@ impl Resolver {
                 if config_size > manifest::MAX_CONFIG_BYTES {
                     return Err(invalid(ManifestError::ConfigTooLarge(config_size)));
                 }
-                vec![
-                    self.fetch_config(&client, &reference, &config_digest, image)
-                        .await?,
-                ]
+                let mut blob = Vec::new();
+                self.ask(
+                    hop.host,
+                    client.pull_blob(&reference, config_digest.as_str(), &mut blob),
+                )
+                .await?;
+                vec![manifest::parse_config(&blob).map_err(invalid)?]
             }
         };
         Ok(DigestEntry(Some(platforms.into())))
     }
 
-    async fn fetch_config(
+    /// Runs one registry call through `host`'s throttle, recording its latency and status
+    /// class; a 429 pauses the host.
+    async fn ask<T>(
         &self,
-        client: &Client,
-        reference: &Reference,
-        config_digest: &str,
-        image: &ImageRef,
-    ) -> Result<Platform, ResolveError> {
-        let mut blob = Vec::new();
-        self.timed(client.pull_blob(reference, config_digest, &mut blob))
-            .await
-            .map_err(|e| classify(image, e))?;
-        manifest::parse_config(&blob).map_err(|e| ResolveError::InvalidManifest {
-            registry: image.registry().to_string(),
-            reason: e.to_string(),
-        })
-    }
-
-    /// Runs one registry call, recording its latency and status class.
-    async fn timed<T>(
-        &self,
+        host: &str,
         call: impl Future<Output = Result<T, OciDistributionError>>,
-    ) -> Result<T, OciDistributionError> {
+    ) -> Result<T, ResolveError> {
+        let rate_limited = |retry_in| ResolveError::RateLimited {
+            registry: host.to_string(),
+            retry_in,
+        };
+        // The call is a lazy future: nothing is sent before the throttle lets it through.
+        let pass = self.throttle.enter(host).await.map_err(rate_limited)?;
         let started = Instant::now();
         let result = call.await;
         let class = match &result {
@@ -424,7 +590,22 @@ impl Resolver {
             Err(e) => status_class(e),
         };
         self.metrics.observe_registry(class, started.elapsed());
-        result
+        match result {
+            Ok(value) => {
+                pass.succeeded();
+                Ok(value)
+            }
+            Err(e) if is_rate_limit(&e) => {
+                let retry_in = pass.rate_limited();
+                warn!(
+                    registry = host,
+                    retry_in_ms = retry_in.as_millis() as u64,
+                    "registry rate limited; pausing lookups"
+                );
+                Err(rate_limited(retry_in))
+            }
+            Err(e) => Err(classify(host, e)),
+        }
     }
 
     /// Number of digests currently cached (eventually consistent; for measurements and tests).
@@ -458,9 +639,21 @@ fn status_class(e: &OciDistributionError) -> StatusClass {
     }
 }
 
-/// Maps oci-client's errors onto what an operator can act on.
-fn classify(image: &ImageRef, e: OciDistributionError) -> ResolveError {
-    let registry = image.registry().to_string();
+/// A 429, bare or as a distribution error envelope (`TOOMANYREQUESTS`).
+fn is_rate_limit(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ServerError { code: 429, .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| e.code == OciErrorCode::Toomanyrequests),
+        _ => false,
+    }
+}
+
+/// Maps oci-client's errors onto what an operator can act on (429 is [`is_rate_limit`]'s).
+fn classify(registry: &str, e: OciDistributionError) -> ResolveError {
+    let registry = registry.to_string();
     match e {
         OciDistributionError::ImageManifestNotFoundError(_) => ResolveError::NotFound { registry },
         OciDistributionError::ServerError { code: 404, .. } => ResolveError::NotFound { registry },
@@ -530,4 +723,84 @@ fn describe_transport(e: &(dyn std::error::Error + 'static)) -> String {
     }
     parts.dedup();
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_client::errors::{OciEnvelope, OciError};
+
+    #[test]
+    fn a_429_in_any_shape_is_rate_limiting() {
+        let bare = OciDistributionError::ServerError {
+            code: 429,
+            url: "u".into(),
+            message: String::new(),
+        };
+        let envelope = OciDistributionError::RegistryError {
+            envelope: OciEnvelope {
+                errors: vec![OciError {
+                    code: OciErrorCode::Toomanyrequests,
+                    message: "pull rate limit".into(),
+                    detail: serde_json::Value::Null,
+                }],
+            },
+            url: "u".into(),
+        };
+        assert!(is_rate_limit(&bare) && is_rate_limit(&envelope));
+        let other = OciDistributionError::ServerError {
+            code: 503,
+            url: "u".into(),
+            message: String::new(),
+        };
+        assert!(!is_rate_limit(&other));
+
+        let e = ResolveError::RateLimited {
+            registry: "docker.io".into(),
+            retry_in: Duration::from_millis(1500),
+        };
+        assert_eq!(e.registry(), "docker.io");
+        assert_eq!(
+            e.summary(),
+            "registry docker.io is rate limiting (paused 2s)"
+        );
+        assert!(e.to_string().contains("429") && !e.is_not_found());
+    }
+
+    #[test]
+    fn mirrors_come_first_and_credentials_for_them_split_the_cache() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let options = RegistryOptions {
+            mirrors: BTreeMap::from([(
+                "index.docker.io".to_string(),
+                vec!["m1.internal:5000".to_string(), "m2.internal".to_string()],
+            )]),
+            ..RegistryOptions::default()
+        };
+        let resolver = Resolver::new(options, Arc::new(Metrics::new())).unwrap();
+        let nginx = ImageRef::parse("nginx:1.27").unwrap();
+        let anonymous = Credentials::default();
+        let route = resolver.route(&nginx, &anonymous);
+        let hosts: Vec<&str> = route.hops.iter().map(|h| h.host).collect();
+        assert_eq!(hosts, ["m1.internal:5000", "m2.internal", "docker.io"]);
+        assert_eq!(route.identity, 0);
+        let to_mirror = route.hops[0].reference(nginx.reference());
+        assert_eq!(to_mirror.resolve_registry(), "m1.internal:5000");
+        assert_eq!(
+            to_mirror.whole(),
+            nginx.canonical(),
+            "cache keys stay the origin's"
+        );
+
+        let other = ImageRef::parse("ghcr.io/a/b:1").unwrap();
+        assert_eq!(resolver.route(&other, &anonymous).hops.len(), 1);
+
+        let config = br#"{"auths": {"m2.internal": {"auth": "dTpw"}}}"#;
+        let with_mirror_secret = Credentials::from_docker_config(config, "test").unwrap();
+        let route = resolver.route(&nginx, &with_mirror_secret);
+        assert_ne!(
+            route.identity, 0,
+            "a private mirror's answers are not anonymous"
+        );
+    }
 }

@@ -724,3 +724,47 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Pushes a Tekton bundle (one gzipped-tar layer per resource, annotated with kind and name as
+/// Tekton's bundle contract requires) and returns the manifest digest.
+pub async fn push_tekton_bundle(
+    registry: &Registry,
+    repository: &str,
+    tag: &str,
+    resources: &[(&str, &str, &str)],
+) -> String {
+    let config = b"{}".to_vec();
+    let config_digest = push_blob(registry, repository, &config).await;
+    let mut layers = Vec::new();
+    for (kind, name, yaml) in resources {
+        let layer = gzip_stored(&tar_with_file(
+            &format!("{kind}-{name}.yaml"),
+            yaml.as_bytes(),
+        ));
+        let digest = push_blob(registry, repository, &layer).await;
+        layers.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest,
+            "size": layer.len(),
+            "annotations": {
+                "dev.tekton.image.apiVersion": "tekton.dev/v1",
+                "dev.tekton.image.kind": kind.to_ascii_lowercase(),
+                "dev.tekton.image.name": name,
+            }
+        }));
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_types::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.cdf.tekton.catalog.v1beta1+yaml", "digest": config_digest, "size": config.len()},
+        "layers": layers,
+    });
+    push_manifest(
+        registry,
+        repository,
+        tag,
+        media_types::OCI_MANIFEST,
+        &to_bytes(&manifest),
+    )
+    .await
+}

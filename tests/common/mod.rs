@@ -9,10 +9,11 @@
 pub mod images;
 pub mod proxy;
 pub mod registry;
+pub mod webhook;
 
 pub use images::{
     Fixtures, ImageFormat, ImageSpec, PlatformSpec, PushedImage, PushedManifest, media_types,
-    push_image, push_standard_fixtures,
+    push_image, push_standard_fixtures, push_tekton_bundle,
 };
 pub use proxy::{CountingProxy, Counts, Fault, FaultRule, RequestKind};
 pub use registry::{Credentials, Registry};

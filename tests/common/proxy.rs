@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -159,6 +160,11 @@ struct Shared {
     client: reqwest::Client,
     counts: Mutex<Counts>,
     fault: Mutex<Option<FaultRule>>,
+    /// Requests being handled now, and the most ever handled at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// Client connections currently open.
+    connections: AtomicUsize,
 }
 
 /// A counting, fault-injecting HTTP/1.1 + h2c reverse proxy on 127.0.0.1. Stops on drop.
@@ -187,6 +193,9 @@ impl CountingProxy {
             client,
             counts: Mutex::default(),
             fault: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         Self { shared, accept }
@@ -216,6 +225,33 @@ impl CountingProxy {
     pub fn clear_fault(&self) {
         *self.shared.fault.lock().unwrap() = None;
     }
+
+    /// The most requests this proxy has been handling at the same moment since it started (a
+    /// request counts from arrival until its response head is ready, delays included).
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Client connections open right now (idle keep-alive ones included).
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Decrements a counter when dropped, so cancelled and failed work is uncounted too.
+struct Held<'a>(&'a AtomicUsize);
+
+impl<'a> Held<'a> {
+    fn enter(counter: &'a AtomicUsize) -> (Self, usize) {
+        let now = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        (Self(counter), now)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for CountingProxy {
@@ -235,6 +271,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let Ok((stream, _)) = accepted else { continue };
                 let shared = shared.clone();
                 connections.spawn(async move {
+                    let _open = Held::enter(&shared.connections);
+                    let shared = shared.clone();
                     let service = service_fn(move |request| handle(shared.clone(), request));
                     // Errors here are clients going away or injected resets: nothing to report.
                     let _ = auto::Builder::new(TokioExecutor::new())
@@ -264,6 +302,8 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, InjectedReset> {
     let kind = RequestKind::of(request.uri().path());
+    let (_in_flight, now) = Held::enter(&shared.in_flight);
+    shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
     shared
         .counts
         .lock()

@@ -1,0 +1,67 @@
+//! An AdmissionReview body as the API server sends it: decode, extract the images of the object
+//! and of the old object the way the webhook does, then build and encode the response.
+//!
+//! Run with: cargo fuzz run -s none -a admission_review fuzz/corpus/admission_review fuzz/seeds/admission_review
+#![no_main]
+
+use archgate::admission;
+use archgate::policy::Verdict;
+use archgate::workload::{self, EmptyCatalog};
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fuzz_target!(|body: &[u8]| {
+    let Ok(req) = admission::decode(body) else {
+        return;
+    };
+    let kind = req.kind.kind.as_str();
+    for object in [req.object.as_ref(), req.old_object.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        // The same JSON `admission::as_value` builds: the body plus the metadata extractors read.
+        let meta = &object.metadata;
+        let name = meta
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| req.name.clone());
+        let mut value = object.data.clone();
+        if let Value::Object(map) = &mut value {
+            map.insert(
+                "metadata".into(),
+                serde_json::json!({
+                    "name": name,
+                    "generateName": meta.generate_name,
+                    "namespace": meta.namespace.clone().or_else(|| req.namespace.clone()),
+                    "annotations": meta.annotations,
+                    "labels": meta.labels,
+                }),
+            );
+        }
+        match workload::extract(kind, &value, &EmptyCatalog, &Default::default()) {
+            Ok(Some(extraction)) => {
+                for target in &extraction.targets {
+                    let _ = target.location.to_string();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = e.to_string();
+            }
+        }
+    }
+    // Both response shapes: a plain allow, and a denial with warnings.
+    for verdict in [
+        Verdict::default(),
+        Verdict {
+            allowed: false,
+            message: Some(format!("denied {kind}")),
+            warnings: vec!["warning".into()],
+            findings: Vec::new(),
+        },
+    ] {
+        let review = admission::respond(&req, &verdict).into_review();
+        serde_json::to_vec(&review).expect("a response always encodes");
+    }
+});

@@ -1,0 +1,257 @@
+//! Tekton bundles: the Pipelines and Tasks a run names with `resolver: bundles` live in an OCI
+//! image, one resource per layer. Tekton's bundle contract: each layer carries the annotations
+//! `dev.tekton.image.kind` (lower-case), `dev.tekton.image.name` and `dev.tekton.image.apiVersion`,
+//! and holds a (usually gzipped) tar with one YAML or JSON file, the resource.
+//!
+//! Fetched resources are cached briefly (a bundle tag can move) and shared across reviews.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::reference::ImageRef;
+use crate::resolver::{Credentials, Resolver};
+use crate::workload::{BundleRef, Catalog};
+
+const KIND_ANNOTATION: &str = "dev.tekton.image.kind";
+const NAME_ANNOTATION: &str = "dev.tekton.image.name";
+/// Tekton allows at most 20 resources per bundle; a resource is a few KiB of YAML.
+const MAX_LAYER_BYTES: i64 = 4 << 20;
+const ACCEPT: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("{0}")]
+    Reference(String),
+    #[error("{0}")]
+    Registry(String),
+    #[error("bundle has no {kind} named {name:?}")]
+    NoSuchResource { kind: String, name: String },
+    #[error("bundle layer is not a Tekton resource: {0}")]
+    Layer(String),
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(default)]
+    layers: Vec<Layer>,
+}
+
+#[derive(Deserialize)]
+struct Layer {
+    digest: String,
+    #[serde(default)]
+    size: i64,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// Fetches and caches resources out of Tekton bundles.
+pub struct Bundles {
+    /// Only successes are cached: a registry hiccup must not hide a bundle for minutes.
+    cache: Cache<(u64, BundleRef), Arc<Value>>,
+}
+
+impl Default for Bundles {
+    fn default() -> Self {
+        Self {
+            cache: Cache::builder()
+                .max_capacity(1_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+        }
+    }
+}
+
+impl Bundles {
+    /// The resource `reference` names, read from its bundle with `credentials`.
+    pub async fn fetch(
+        &self,
+        resolver: &Resolver,
+        credentials: &Credentials,
+        reference: &BundleRef,
+    ) -> Result<Arc<Value>, BundleError> {
+        let image = ImageRef::parse(&reference.bundle)
+            .map_err(|e| BundleError::Reference(e.to_string()))?;
+        let identity = credentials.for_registry(image.registry()).1;
+        self.cache
+            .try_get_with(
+                (identity, reference.clone()),
+                fetch(resolver, credentials, &image, reference),
+            )
+            .await
+            .map_err(|e| (*e).clone())
+    }
+}
+
+async fn fetch(
+    resolver: &Resolver,
+    credentials: &Credentials,
+    image: &ImageRef,
+    reference: &BundleRef,
+) -> Result<Arc<Value>, BundleError> {
+    let registry_error =
+        |e: String| BundleError::Registry(format!("registry {}: {e}", image.registry()));
+    let (client, auth) = resolver
+        .client_for(image, credentials)
+        .map_err(|e| BundleError::Registry(e.to_string()))?;
+    let (body, _) = client
+        .pull_manifest_raw(image.reference(), &auth, ACCEPT)
+        .await
+        .map_err(|e| registry_error(e.to_string()))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&body).map_err(|e| BundleError::Layer(format!("manifest: {e}")))?;
+    let layer =
+        find_layer(&manifest.layers, &reference.kind, &reference.name).ok_or_else(|| {
+            BundleError::NoSuchResource {
+                kind: reference.kind.to_ascii_lowercase(),
+                name: reference.name.clone(),
+            }
+        })?;
+    if layer.size > MAX_LAYER_BYTES {
+        return Err(BundleError::Layer(format!("layer is {} bytes", layer.size)));
+    }
+    let mut blob = Vec::new();
+    client
+        .pull_blob(image.reference(), layer.digest.as_str(), &mut blob)
+        .await
+        .map_err(|e| registry_error(e.to_string()))?;
+    read_resource(&blob).map(Arc::new)
+}
+
+fn find_layer<'a>(layers: &'a [Layer], kind: &str, name: &str) -> Option<&'a Layer> {
+    layers.iter().find(|l| {
+        l.annotations
+            .get(KIND_ANNOTATION)
+            .is_some_and(|k| k.eq_ignore_ascii_case(kind))
+            && l.annotations
+                .get(NAME_ANNOTATION)
+                .is_some_and(|n| n == name)
+    })
+}
+
+/// The one file in a layer's tar (gzipped or not), parsed as YAML or JSON.
+pub fn read_resource(blob: &[u8]) -> Result<Value, BundleError> {
+    let mut tar_bytes = Vec::new();
+    if blob.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(blob)
+            .take(MAX_LAYER_BYTES as u64 * 4)
+            .read_to_end(&mut tar_bytes)
+            .map_err(|e| BundleError::Layer(format!("gzip: {e}")))?;
+    } else {
+        tar_bytes.extend_from_slice(blob);
+    }
+    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+    let entries = archive
+        .entries()
+        .map_err(|e| BundleError::Layer(format!("tar: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| BundleError::Layer(format!("tar: {e}")))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let mut text = String::new();
+        entry
+            .by_ref()
+            .take(MAX_LAYER_BYTES as u64)
+            .read_to_string(&mut text)
+            .map_err(|e| BundleError::Layer(format!("file: {e}")))?;
+        let value: Value =
+            serde_saphyr::from_str(&text).map_err(|e| BundleError::Layer(e.to_string()))?;
+        if value.get("kind").is_none() {
+            return Err(BundleError::Layer("the resource has no kind".into()));
+        }
+        return Ok(value);
+    }
+    Err(BundleError::Layer("the layer holds no file".into()))
+}
+
+/// A catalog with fetched bundle resources in front of another catalog.
+pub struct WithBundles<'a> {
+    pub base: &'a dyn Catalog,
+    pub fetched: &'a HashMap<BundleRef, Arc<Value>>,
+}
+
+impl Catalog for WithBundles<'_> {
+    fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.base.get(kind, namespace, name)
+    }
+
+    fn bundle(&self, reference: &BundleRef) -> Option<Value> {
+        self.fetched
+            .get(reference)
+            .map(|v| (**v).clone())
+            .or_else(|| self.base.bundle(reference))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(name: &str, contents: &str) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, name, contents.as_bytes())
+            .unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn reads_plain_and_gzipped_layers() {
+        let yaml = "apiVersion: tekton.dev/v1\nkind: Task\nmetadata: {name: build}\nspec:\n  steps: [{name: s, image: alpine}]\n";
+        let plain = tar_of("task.yaml", yaml);
+        assert_eq!(read_resource(&plain).unwrap()["metadata"]["name"], "build");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &plain).unwrap();
+        let gzipped = gz.finish().unwrap();
+        assert_eq!(read_resource(&gzipped).unwrap()["kind"], "Task");
+    }
+
+    #[test]
+    fn bad_layers_are_errors() {
+        assert!(read_resource(b"").is_err());
+        assert!(read_resource(&[0x1f, 0x8b, 0, 0]).is_err());
+        assert!(read_resource(&tar_of("x.yaml", "just: data\n")).is_err());
+        assert!(read_resource(&tar_of("x.yaml", ": : :\n- [")).is_err());
+    }
+
+    #[test]
+    fn layers_are_found_by_kind_and_name() {
+        let layer = |kind: &str, name: &str| Layer {
+            digest: format!("sha256:{kind}{name}"),
+            size: 1,
+            annotations: [
+                (KIND_ANNOTATION.to_string(), kind.to_string()),
+                (NAME_ANNOTATION.to_string(), name.to_string()),
+            ]
+            .into(),
+        };
+        let layers = vec![
+            layer("task", "a"),
+            layer("pipeline", "a"),
+            layer("task", "b"),
+        ];
+        assert_eq!(
+            find_layer(&layers, "Task", "b").unwrap().digest,
+            "sha256:taskb"
+        );
+        assert_eq!(
+            find_layer(&layers, "pipeline", "a").unwrap().digest,
+            "sha256:pipelinea"
+        );
+        assert!(find_layer(&layers, "Task", "c").is_none());
+    }
+}

@@ -1,0 +1,221 @@
+//! archgate's webhook started in process from real `serve` flags, with a kubelet-style mounted
+//! certificate Secret, in front of the real registry harness.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+use archgate::cli::{Cli, Command};
+use archgate::config::Settings;
+use archgate::serve::{self, Running};
+
+use super::{CountingProxy, Fixtures, Registry};
+
+pub const FIXTURES: &str = "../shared/fixtures/admissionreview";
+
+/// A registry with the standard fixtures behind a counting proxy.
+pub struct World {
+    pub registry: Registry,
+    pub proxy: CountingProxy,
+    pub fixtures: Fixtures,
+}
+
+impl World {
+    pub async fn new() -> Self {
+        super::install_crypto_provider();
+        let registry = Registry::start().await;
+        let fixtures = super::push_standard_fixtures(&registry).await;
+        let proxy = CountingProxy::start(registry.host()).await;
+        Self {
+            registry,
+            proxy,
+            fixtures,
+        }
+    }
+
+    /// An image reference through the proxy, so every registry request is counted.
+    pub fn image(&self, repository: &str, tag: &str) -> String {
+        format!("{}/{repository}:{tag}", self.proxy.host())
+    }
+
+    pub fn multi(&self) -> String {
+        self.image(&self.fixtures.multi.repository, &self.fixtures.multi.tag)
+    }
+
+    pub fn arm_only(&self) -> String {
+        self.image(
+            &self.fixtures.ai_base_cuda.repository,
+            &self.fixtures.ai_base_cuda.tag,
+        )
+    }
+}
+
+/// Serving certificates laid out the way the kubelet mounts a Secret: `tls.crt -> ..data/tls.crt`,
+/// `..data -> ..<timestamp>`; rotation swaps `..data` atomically.
+pub struct MountedSecret {
+    dir: tempfile::TempDir,
+    generation: u32,
+    pub ca_pem: String,
+}
+
+impl MountedSecret {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut me = Self {
+            dir,
+            generation: 0,
+            ca_pem: String::new(),
+        };
+        me.rotate();
+        std::os::unix::fs::symlink("..data/tls.crt", me.path().join("tls.crt")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.key", me.path().join("tls.key")).unwrap();
+        me
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a new CA + certificate into a fresh timestamped directory and swaps `..data`.
+    pub fn rotate(&mut self) {
+        self.generation += 1;
+        let bundle = archgate::certs::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let data = format!("..2026_11_23_{:02}", self.generation);
+        let data_dir = self.path().join(&data);
+        std::fs::create_dir(&data_dir).unwrap();
+        std::fs::write(data_dir.join("tls.crt"), &bundle.cert_pem).unwrap();
+        std::fs::write(data_dir.join("tls.key"), &bundle.key_pem).unwrap();
+        let tmp = self.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&data, &tmp).unwrap();
+        std::fs::rename(&tmp, self.path().join("..data")).unwrap();
+        self.ca_pem = bundle.ca_pem;
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.path().join("tls.crt")
+    }
+
+    pub fn key(&self) -> PathBuf {
+        self.path().join("tls.key")
+    }
+}
+
+pub struct Webhook {
+    pub running: Option<Running>,
+    pub secret: MountedSecret,
+    pub client: reqwest::Client,
+}
+
+pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+impl Webhook {
+    /// `archgate serve` parsed from real flags, with port 0 listeners.
+    pub async fn start(world: &World, extra: &[&str]) -> Self {
+        let secret = MountedSecret::new();
+        let (cert, key) = (secret.cert(), secret.key());
+        let mut argv: Vec<String> = [
+            "archgate",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--insecure-registry",
+            world.proxy.host(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        let running = serve::start(settings).await.unwrap();
+        let client = client_trusting(&secret.ca_pem);
+        Self {
+            running: Some(running),
+            secret,
+            client,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "https://localhost:{}{path}",
+            self.running.as_ref().unwrap().webhook.port()
+        )
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}{path}",
+            self.running.as_ref().unwrap().admin.port()
+        )
+    }
+
+    pub async fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url("/validate"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Sends a review and returns its `response` object, checking the envelope on the way.
+    pub async fn review(&self, review: &Value) -> Value {
+        let resp = self.post(serde_json::to_vec(review).unwrap()).await;
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(body["kind"], "AdmissionReview");
+        let response = body["response"].clone();
+        assert_eq!(
+            response["uid"], review["request"]["uid"],
+            "uid must be echoed"
+        );
+        assert!(response.get("patch").is_none() && response.get("patchType").is_none());
+        response
+    }
+}
+
+pub fn load(name: &str) -> Value {
+    let text = std::fs::read_to_string(Path::new(FIXTURES).join(name))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e} (../shared must sit beside the checkout)"));
+    let value: Value = serde_json::from_str(&text).unwrap();
+    if value.get("request").is_some() {
+        value
+    } else {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": value})
+    }
+}
+
+/// Replaces every container image in the review's objects with `image`.
+pub fn rewrite_images(value: &mut Value, image: &str) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "image" && v.is_string() {
+                    *v = Value::String(image.to_string());
+                } else {
+                    rewrite_images(v, image);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_images(v, image)),
+        _ => {}
+    }
+}
