@@ -450,11 +450,11 @@ impl Outcome {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn percentile(&mut self, p: f64) -> f64 {
+    /// Needs `latencies_us` sorted (`merge` sorts them).
+    fn percentile(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return f64::NAN;
         }
-        self.latencies_us.sort_unstable();
         let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
         f64::from(self.latencies_us[i]) / 1000.0
     }
@@ -575,6 +575,7 @@ async fn merge(tasks: Vec<tokio::task::JoinHandle<Outcome>>, started: Instant) -
         all.latencies_us.extend(out.latencies_us);
     }
     all.elapsed = started.elapsed();
+    all.latencies_us.sort_unstable();
     all
 }
 
@@ -630,7 +631,7 @@ async fn run(plan: Plan) {
     println!("|---|---|---|---|---|---|---|---|---|");
     let (mut null_rps, mut archgate_rps) = (Vec::new(), Vec::new());
     let mut failures = 0;
-    for (round, name, outcome) in &mut rows {
+    for (round, name, outcome) in &rows {
         let (p50, p99) = (outcome.percentile(0.50), outcome.percentile(0.99));
         println!(
             "| {round} | {name} | {} | {} | {:.0} | {p50:.3} | {p99:.3} | {:.2} | {:.2} |",
@@ -667,7 +668,7 @@ async fn run(plan: Plan) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for server in [&null, &archgate] {
-        let mut outcome = measured(server, fixed_rate(server, plan, &body, &expected)).await;
+        let outcome = measured(server, fixed_rate(server, plan, &body, &expected)).await;
         println!(
             "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |",
             server.name,

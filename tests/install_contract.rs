@@ -129,7 +129,6 @@ fn rbac_grants_what_the_code_watches_and_nothing_to_write() {
     for resource in [
         "nodes",
         "namespaces",
-        "serviceaccounts",
         "pipelines",
         "tasks",
         "clustertasks",
@@ -140,10 +139,14 @@ fn rbac_grants_what_the_code_watches_and_nothing_to_write() {
             "{resource}"
         );
     }
-    assert!(
-        !grants("secrets", "list"),
-        "secrets only in the opt-in overlay"
-    );
+    // Pull credentials (Secrets, and ServiceAccounts for the secrets they carry) are watched
+    // only with --pull-secrets, so only the opt-in overlay grants them.
+    for resource in ["secrets", "serviceaccounts"] {
+        assert!(
+            !grants(resource, "list"),
+            "{resource} only in the opt-in overlay"
+        );
+    }
     for rule in rules {
         for verb in rule["verbs"].as_array().unwrap() {
             assert!(
@@ -155,7 +158,7 @@ fn rbac_grants_what_the_code_watches_and_nothing_to_write() {
     let extra = docs("components/pull-secrets/rbac.yaml");
     let text = serde_json::to_string(&extra).unwrap();
     assert!(
-        text.contains("\"secrets\""),
-        "the pull-secrets overlay grants secrets"
+        text.contains("\"secrets\"") && text.contains("\"serviceaccounts\""),
+        "the pull-secrets overlay grants secrets and serviceaccounts: {text}"
     );
 }
