@@ -460,3 +460,40 @@ async fn certificates_rotate_by_symlink_swap() {
     );
     hook.running.take().unwrap().shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exempt_namespaces_and_image_globs_are_not_checked() {
+    let world = World::new().await;
+    let glob = format!("{}/cerebral/*", world.proxy.host());
+    let hook = Webhook::start(
+        &world,
+        &["--exempt-namespace", "legacy", "--exempt-image", &glob],
+    )
+    .await;
+    let mut review = load(
+        "kubewarden-verify-image-signatures/pod_creation_with_init_container.request-only.json",
+    );
+    rewrite_images(&mut review, &world.arm_only());
+    assert_eq!(
+        hook.review(&review).await["allowed"],
+        true,
+        "the image matches the exempt glob"
+    );
+    rewrite_images(&mut review, &world.image("fixtures/single-arm64", "v1"));
+    assert_eq!(
+        hook.review(&review).await["allowed"],
+        false,
+        "outside the glob it is checked"
+    );
+    review["request"]["namespace"] = json!("legacy");
+    assert_eq!(
+        hook.review(&review).await["allowed"],
+        true,
+        "exempt namespace"
+    );
+    assert_eq!(
+        world.proxy.counts().get("HEAD", RequestKind::Manifest),
+        1,
+        "exempt images and namespaces are never looked up"
+    );
+}
