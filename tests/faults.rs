@@ -27,6 +27,10 @@ const DEADLINE: Duration = Duration::from_millis(1500);
 /// What an answer may take beyond the deadline: encoding, TLS, a busy two-core machine.
 const SLACK: Duration = Duration::from_millis(500);
 
+/// One test at a time: the leak test counts this process's descriptors, which the others'
+/// registries, proxies and webhooks would change under it.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A registry with the standard fixtures behind a counting, fault-injecting proxy.
 struct World {
     _registry: Registry,
@@ -213,6 +217,7 @@ fn faults() -> Vec<(&'static str, FaultRule)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_is_answered_inside_the_deadline_per_policy() {
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let host = world.proxy.host().to_owned();
     let mut figures = Vec::new();
@@ -250,6 +255,7 @@ async fn every_fault_is_answered_inside_the_deadline_per_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_says_so_and_pauses_the_registry_for_the_webhook_too() {
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let hook = Hook::start(&world, &[]).await;
     world.proxy.set_fault(Fault::Status {
@@ -279,6 +285,7 @@ async fn a_429_says_so_and_pauses_the_registry_for_the_webhook_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_answer_is_never_remembered() {
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let hook = Hook::start(&world, &[]).await;
     // An index cut in half, then a single-platform manifest's config blob cut in half.
@@ -320,6 +327,7 @@ async fn settle(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_leaks_after_bursts_of_faulted_reviews() {
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let hook = Arc::new(Hook::start(&world, &[]).await);
     // Warm every pool once (webhook client, archgate's registry client, proxy upstream).
@@ -391,6 +399,7 @@ fn anonymous() -> Credentials {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_429_lookups_fail_fast_without_requests_then_resume() {
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let resolver = world.resolver(RegistryOptions::default());
     let f = &world.fixtures;
@@ -400,10 +409,13 @@ async fn after_a_429_lookups_fail_fast_without_requests_then_resume() {
     let multi = parse(world.multi());
 
     // HEAD answered 429 carries no digest header, so oci-client retries with a GET: both 429.
-    world.proxy.set_fault(Fault::Status {
-        status: 429,
-        retry_after: Some(7),
-    });
+    world.proxy.set_fault(
+        FaultRule::new(Fault::Status {
+            status: 429,
+            retry_after: Some(7),
+        })
+        .only(RequestKind::Manifest),
+    );
     world.proxy.reset();
     let error = resolver.resolve(&multi, &anonymous()).await.unwrap_err();
     let paused_at = Instant::now();
@@ -484,6 +496,7 @@ async fn after_a_429_lookups_fail_fast_without_requests_then_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_to_one_registry_never_exceed_the_bound() {
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let bound = 4;
     let resolver = Arc::new(world.resolver(RegistryOptions {

@@ -152,15 +152,7 @@ async fn modes_warn_and_audit_allow() {
     let r = audit.review(&review).await;
     assert_eq!(r["allowed"], true);
     assert!(r.get("warnings").is_none(), "{r}");
-    let metrics = audit
-        .client
-        .get(audit.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = audit.metrics().await;
     assert!(
         metrics.contains("archgate_reviews_total{decision=\"audited\",operation=\"CREATE\"} 1"),
         "{metrics}"
@@ -292,15 +284,7 @@ async fn warm_reviews_make_no_registry_requests() {
         "{:?}",
         world.proxy.counts()
     );
-    let metrics = hook
-        .client
-        .get(hook.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hook.metrics().await;
     assert!(
         metrics.contains("archgate_lookups_total{cache=\"hit\"} 50"),
         "{metrics}"

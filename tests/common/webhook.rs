@@ -158,6 +158,17 @@ impl Webhook {
         )
     }
 
+    /// The Prometheus text from the admin listener.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(self.admin("/metrics"))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    }
+
     pub fn admin(&self, path: &str) -> String {
         format!(
             "http://127.0.0.1:{}{path}",
