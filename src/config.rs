@@ -80,7 +80,7 @@ pub struct CacheConfig {
     pub max_images: Option<u64>,
 }
 
-/// A duration in a config file: `8`, `8s`, `500ms` or `1m`.
+/// A duration in a config file: `8`, `8s`, `500ms`, `1m` or `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(try_from = "serde_json::Value")]
 pub struct DurationValue(pub Duration);
@@ -114,13 +114,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         (n, 1.0)
     } else if let Some(n) = t.strip_suffix('m') {
         (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (t, 1.0)
     };
     match number.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(seconds(v * scale)),
         _ => Err(format!(
-            "{text:?} is not a duration: use e.g. \"8s\", \"500ms\" or \"1m\""
+            "{text:?} is not a duration: use e.g. \"8s\", \"500ms\", \"1m\" or \"1h\""
         )),
     }
 }
@@ -516,5 +518,6 @@ mod tests {
         );
         assert!(parse_duration("fast").is_err());
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
     }
 }

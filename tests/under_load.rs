@@ -197,7 +197,9 @@ async fn certificates_rotate_under_load_without_a_failed_review() {
     let CliCommand::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
         unreachable!()
     };
-    let running = serve::start(Settings::resolve(&args).unwrap()).await.unwrap();
+    let running = serve::start(Settings::resolve(&args).unwrap())
+        .await
+        .unwrap();
     let url = format!("https://localhost:{}/validate", running.webhook.port());
     let review = pod_review(&[multi.reference()]);
     let uid = review["request"]["uid"].clone();

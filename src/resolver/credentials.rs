@@ -135,6 +135,14 @@ impl Credentials {
     }
 
     /// The credentials for `registry` (as written in an image reference), and who they make us.
+    /// Just the identity for `registry`: the warm path needs it for cache keys and nothing else.
+    pub fn identity_for(&self, registry: &str) -> Identity {
+        if self.by_host.is_empty() {
+            return 0;
+        }
+        self.for_registry(registry).1
+    }
+
     pub fn for_registry(&self, registry: &str) -> (RegistryAuth, Identity) {
         match self.by_host.get(&normalize_host(registry)) {
             Some(auth) => (auth.clone(), identity(registry, auth)),

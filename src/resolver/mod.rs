@@ -381,6 +381,14 @@ impl Resolver {
         image: &ImageRef,
         credentials: &Credentials,
     ) -> Result<Resolution, ResolveError> {
+        // The warm path: two cache reads, no route, no registry client.
+        if let Some(hit) = self
+            .cached(image, self.cache_identity(image, credentials))
+            .await
+        {
+            self.metrics.observe_lookup(CacheResult::Hit);
+            return hit;
+        }
         let route = self.route(image, credentials);
         let cold = AtomicBool::new(false);
         let result = self.lookup(image, &route, &cold).await;
@@ -391,6 +399,37 @@ impl Resolver {
         };
         self.metrics.observe_lookup(cache);
         result
+    }
+
+    /// The identity that keys `image`'s cache entries; the same as `route(..).identity`, without
+    /// building the route when no mirror is configured.
+    fn cache_identity(&self, image: &ImageRef, credentials: &Credentials) -> Identity {
+        if self.mirrors.is_empty() {
+            credentials.identity_for(image.registry())
+        } else {
+            self.route(image, credentials).identity
+        }
+    }
+
+    /// Both answers from the caches, or `None` when either must be asked for.
+    async fn cached(
+        &self,
+        image: &ImageRef,
+        identity: Identity,
+    ) -> Option<Result<Resolution, ResolveError>> {
+        let digest = match image.digest() {
+            Some(digest) => digest.to_string(),
+            None => match self.tags.get(&(identity, image.canonical())).await?.digest {
+                Some(digest) => digest,
+                None => return Some(Err(not_found(image))),
+            },
+        };
+        let key = (identity, format!("{}@{digest}", image.repository_path()));
+        let entry = self.digests.get(&key).await?;
+        Some(match entry.0 {
+            Some(platforms) => Ok(Resolution { digest, platforms }),
+            None => Err(not_found(image)),
+        })
     }
 
     /// Forgets what the tag pointed to and asks again: used before denying on a cached answer,

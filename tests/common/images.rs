@@ -6,6 +6,9 @@
 //! have, so layers and configs go first, then child manifests by digest, then the index by tag.
 //! Every digest is computed here from the exact bytes sent, so tests can compare it with what the
 //! registry (and archgate) report.
+//!
+//! Every request goes through [`Registry::send`], which on a token-auth registry answers the
+//! registry's Bearer challenge with a push token from its token server.
 
 use std::fmt;
 
@@ -581,8 +584,7 @@ fn to_bytes(value: &Value) -> Vec<u8> {
 async fn push_blob(registry: &Registry, repository: &str, bytes: &[u8]) -> String {
     let digest = sha256_digest(bytes);
     let start = registry
-        .request(Method::POST, &format!("/v2/{repository}/blobs/uploads/"))
-        .send()
+        .send(registry.request(Method::POST, &format!("/v2/{repository}/blobs/uploads/")))
         .await
         .expect("POST blob upload");
     let location = expect_status(start, StatusCode::ACCEPTED, "start blob upload")
@@ -593,11 +595,12 @@ async fn push_blob(registry: &Registry, repository: &str, bytes: &[u8]) -> Strin
         .expect("blob upload answer has a Location")
         .to_owned();
     let url = upload_url(registry, &location, &digest);
+    let put = registry.authorize(registry.client().put(url));
     let put = registry
-        .authorize(registry.client().put(url))
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(bytes.to_vec())
-        .send()
+        .send(
+            put.header(header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes.to_vec()),
+        )
         .await
         .expect("PUT blob");
     expect_status(put, StatusCode::CREATED, "finish blob upload").await;
@@ -625,16 +628,12 @@ async fn push_manifest(
     bytes: &[u8],
 ) -> String {
     let digest = sha256_digest(bytes);
-    let response = registry
-        .request(
-            Method::PUT,
-            &format!("/v2/{repository}/manifests/{reference}"),
-        )
+    let path = format!("/v2/{repository}/manifests/{reference}");
+    let request = registry
+        .request(Method::PUT, &path)
         .header(header::CONTENT_TYPE, media_type)
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .expect("PUT manifest");
+        .body(bytes.to_vec());
+    let response = registry.send(request).await.expect("PUT manifest");
     let what = format!("push manifest {repository}:{reference}");
     let response = expect_status(response, StatusCode::CREATED, &what).await;
     let answered = response

@@ -1,6 +1,7 @@
 //! Shared integration-test harness: a real registry (Debian's `docker-registry`, CNCF distribution
-//! 2.8) on 127.0.0.1, fixture images pushed over the plain distribution API, and a counting proxy
-//! that can inject faults in front of the registry. Nothing here touches the internet.
+//! 2.8) on 127.0.0.1, fixture images pushed over the plain distribution API, a counting proxy
+//! that can inject faults in front of the registry, and a minimal token server for registries
+//! with bearer-token auth. Nothing here touches the internet.
 //!
 //! Each test binary includes this with `mod common;` and uses only part of it, hence the
 //! crate-wide `dead_code` allowance below.
@@ -9,6 +10,7 @@
 pub mod images;
 pub mod proxy;
 pub mod registry;
+pub mod token;
 pub mod webhook;
 
 pub use images::{
@@ -17,6 +19,9 @@ pub use images::{
 };
 pub use proxy::{CountingProxy, Counts, Fault, FaultRule, RequestKind};
 pub use registry::{Credentials, Registry};
+pub use token::{
+    Access, BearerChallenge, Presented, TokenCounts, TokenPolicy, TokenRequest, TokenServer,
+};
 
 /// Installs the ring rustls provider for this test binary. Every harness entry point calls it,
 /// because reqwest built without a provider panics on `Client::build` otherwise; the error from a

@@ -1,20 +1,24 @@
 //! A real CNCF distribution registry (`/usr/bin/docker-registry`) started per test on 127.0.0.1,
-//! either plain HTTP or TLS with htpasswd (bcrypt) basic auth.
+//! either plain HTTP, TLS with htpasswd (bcrypt) basic auth, or plain HTTP with bearer-token auth
+//! backed by the harness's [`TokenServer`].
 //!
 //! The package's default config listens on every interface, so it is never used: each registry
 //! gets its own config, storage and log inside a tempdir that is removed on drop.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, RequestBuilder, StatusCode};
+use reqwest::{Method, RequestBuilder, StatusCode, header};
 use tempfile::TempDir;
 
 use super::install_crypto_provider;
+use super::token::{BearerChallenge, TokenPolicy, TokenServer};
 
 const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
 /// A port picked from 127.0.0.1:0 is released before the registry binds it, so another process
@@ -38,10 +42,17 @@ struct TlsFiles {
     key_path: PathBuf,
 }
 
+/// The token server a token-auth registry sends clients to, and its root bundle on disk.
+struct TokenAuth {
+    server: TokenServer,
+    bundle_path: PathBuf,
+}
+
 /// What kind of registry to launch.
 struct Launch {
     tls: Option<TlsFiles>,
     credentials: Option<Credentials>,
+    token: Option<TokenAuth>,
 }
 
 /// A running registry. Dropping it kills the process and removes its storage.
@@ -50,6 +61,8 @@ pub struct Registry {
     host: String,
     launch: Launch,
     client: reqwest::Client,
+    /// Bearer tokens the harness obtained for its own requests (token auth only), by repository.
+    bearer: Mutex<HashMap<String, String>>,
     // Declared last so the directory outlives the process that writes into it.
     dir: TempDir,
 }
@@ -60,8 +73,28 @@ impl Registry {
         let launch = Launch {
             tls: None,
             credentials: None,
+            token: None,
         };
         Self::launch(tempdir(), launch).await
+    }
+
+    /// Starts a plain-HTTP registry that requires bearer tokens (distribution's `auth: token`)
+    /// issued by a fresh [`TokenServer`] applying `policy`. The harness pushes (see
+    /// [`Registry::send`]) with the policy's first admin, so give it one to push fixtures.
+    pub async fn start_token_auth(policy: TokenPolicy) -> Self {
+        let dir = tempdir();
+        let server = TokenServer::start(policy).await;
+        let bundle_path = dir.path().join("token-root.pem");
+        fs::write(&bundle_path, server.root_pem()).expect("write token-root.pem");
+        let launch = Launch {
+            tls: None,
+            credentials: None,
+            token: Some(TokenAuth {
+                server,
+                bundle_path,
+            }),
+        };
+        Self::launch(dir, launch).await
     }
 
     /// Starts a registry serving TLS (a fresh CA and a server certificate for `127.0.0.1` and
@@ -76,6 +109,7 @@ impl Registry {
         let launch = Launch {
             tls: Some(write_tls_files(dir.path())),
             credentials: Some(credentials),
+            token: None,
         };
         Self::launch(dir, launch).await
     }
@@ -131,6 +165,98 @@ impl Registry {
         }
     }
 
+    /// The token server of a registry started with [`Registry::start_token_auth`]; panics on
+    /// any other registry.
+    #[track_caller]
+    pub fn token_server(&self) -> &TokenServer {
+        &self
+            .launch
+            .token
+            .as_ref()
+            .expect("this registry has no token auth; use Registry::start_token_auth")
+            .server
+    }
+
+    /// Sends a request built with [`Registry::request`] or [`Registry::authorize`]. On a
+    /// token-auth registry it adds the bearer token the harness holds for the request's
+    /// repository and, when the registry answers 401 with a Bearer challenge, asks the token
+    /// server for the challenged scope as the policy's first admin and sends the request once
+    /// more with the new token. On other registries it is a plain `send`.
+    pub async fn send(&self, request: RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        let Some(token_auth) = &self.launch.token else {
+            return request.send().await;
+        };
+        let (client, request) = request.build_split();
+        let mut request = request?;
+        let repository = repository_of(request.url().path());
+        let held = repository
+            .as_ref()
+            .and_then(|r| self.bearer.lock().unwrap().get(r).cloned());
+        if let Some(token) = held {
+            set_bearer(&mut request, &token);
+        }
+        // Bodies here are in memory, so the request can be sent again.
+        let retry = request.try_clone();
+        let response = client.execute(request).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let challenge = response
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(BearerChallenge::parse);
+        let (Some(challenge), Some(mut retry)) = (challenge, retry) else {
+            return Ok(response);
+        };
+        let Some(token) = self.harness_token(&token_auth.server, &challenge).await else {
+            return Ok(response);
+        };
+        if let Some(repository) = repository {
+            self.bearer
+                .lock()
+                .unwrap()
+                .insert(repository, token.clone());
+        }
+        set_bearer(&mut retry, &token);
+        client.execute(retry).await
+    }
+
+    /// A token for `challenge` as the policy's first admin; `None` without an admin. Panics
+    /// with the token server's answer if it refuses.
+    async fn harness_token(
+        &self,
+        server: &TokenServer,
+        challenge: &BearerChallenge,
+    ) -> Option<String> {
+        let policy = server.policy();
+        let (user, password) = policy.admin_credentials()?;
+        let mut query = Vec::new();
+        if let Some(service) = &challenge.service {
+            query.push(("service", service.as_str()));
+        }
+        if let Some(scope) = &challenge.scope {
+            query.push(("scope", scope.as_str()));
+        }
+        let response = self
+            .client
+            .get(&challenge.realm)
+            .query(&query)
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .expect("ask the token server for the harness's token");
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "token server refused the harness ({user}): {body}"
+        );
+        let token = body["token"].as_str().expect("token in the token response");
+        Some(token.to_owned())
+    }
+
     /// The registry's own log so far (stdout and stderr), for failure messages.
     pub fn log(&self) -> String {
         read_log(self.dir.path())
@@ -166,6 +292,7 @@ impl Registry {
                         host,
                         launch,
                         client,
+                        bearer: Mutex::default(),
                         dir,
                     };
                 }
@@ -306,6 +433,16 @@ http:
             yaml_str(&dir.join("htpasswd"))
         ));
     }
+    if let Some(token) = &launch.token {
+        let json = |s: &str| serde_json::to_string(s).expect("JSON string");
+        config.push_str(&format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            json(&token.server.realm()),
+            json(token.server.service()),
+            json(token.server.issuer()),
+            yaml_str(&token.bundle_path),
+        ));
+    }
     let path = dir.join("config.yml");
     fs::write(&path, config).expect("write registry config");
     path
@@ -373,6 +510,22 @@ fn write_tls_files(dir: &Path) -> TlsFiles {
     fs::write(&files.cert_path, server_cert.pem()).expect("write server.pem");
     fs::write(&files.key_path, server_key.serialize_pem()).expect("write server-key.pem");
     files
+}
+
+/// The repository a distribution API path (`/v2/<name>/blobs/...`, `/manifests/`, `/tags/`)
+/// addresses.
+fn repository_of(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v2/")?;
+    ["/blobs/", "/manifests/", "/tags/"]
+        .iter()
+        .filter_map(|marker| rest.find(marker))
+        .min()
+        .map(|end| rest[..end].to_owned())
+}
+
+fn set_bearer(request: &mut reqwest::Request, token: &str) {
+    let value = header::HeaderValue::from_str(&format!("Bearer {token}")).expect("token header");
+    request.headers_mut().insert(header::AUTHORIZATION, value);
 }
 
 /// The harness's own HTTP client: trusts only the registry CA, ignores proxy variables, and does
