@@ -98,15 +98,18 @@ async fn fetch(
     image: &ImageRef,
     reference: &BundleRef,
 ) -> Result<Arc<Value>, BundleError> {
-    let registry_error =
-        |e: String| BundleError::Registry(format!("registry {}: {e}", image.registry()));
+    let registry_error = |e: crate::resolver::ResolveError| BundleError::Registry(e.to_string());
     let (client, auth) = resolver
         .client_for(image, credentials)
-        .map_err(|e| BundleError::Registry(e.to_string()))?;
-    let (body, _) = client
-        .pull_manifest_raw(image.reference(), &auth, ACCEPT)
+        .map_err(registry_error)?;
+    let host = image.registry();
+    let (body, _) = resolver
+        .ask(
+            host,
+            client.pull_manifest_raw(image.reference(), &auth, ACCEPT),
+        )
         .await
-        .map_err(|e| registry_error(e.to_string()))?;
+        .map_err(registry_error)?;
     let manifest: Manifest =
         serde_json::from_slice(&body).map_err(|e| BundleError::Layer(format!("manifest: {e}")))?;
     let layer =
@@ -120,10 +123,13 @@ async fn fetch(
         return Err(BundleError::Layer(format!("layer is {} bytes", layer.size)));
     }
     let mut blob = Vec::new();
-    client
-        .pull_blob(image.reference(), layer.digest.as_str(), &mut blob)
+    resolver
+        .ask(
+            host,
+            client.pull_blob(image.reference(), layer.digest.as_str(), &mut blob),
+        )
         .await
-        .map_err(|e| registry_error(e.to_string()))?;
+        .map_err(registry_error)?;
     read_resource(&blob).map(Arc::new)
 }
 

@@ -610,8 +610,9 @@ impl Resolver {
     }
 
     /// Runs one registry call through `host`'s throttle, recording its latency and status
-    /// class; a 429 pauses the host.
-    async fn ask<T>(
+    /// class; a 429 pauses the host. Public so that other registry reads (Tekton bundles) keep
+    /// to the same per-registry bound and backoff.
+    pub async fn ask<T>(
         &self,
         host: &str,
         call: impl Future<Output = Result<T, OciDistributionError>>,
