@@ -101,6 +101,7 @@ async fn fetch(
     let registry_error = |e: crate::resolver::ResolveError| BundleError::Registry(e.to_string());
     let (client, auth) = resolver
         .client_for(image, credentials)
+        .await
         .map_err(registry_error)?;
     let host = image.registry();
     let (body, _) = resolver

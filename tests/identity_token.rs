@@ -8,9 +8,7 @@
 //! password. The harness's token server (tests/common/token.rs) follows that spec, and
 //! `token_auth::the_token_server_follows_the_docker_token_spec` checks it does, so a failure here
 //! is about what archgate sends.
-//!
-//! Kept in its own file, apart from tests/token_auth.rs, because it states a requirement archgate
-//! may not meet yet.
+//! archgate does that exchange itself (src/resolver/oauth.rs), one access token per repository.
 
 mod common;
 

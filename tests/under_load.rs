@@ -133,20 +133,37 @@ impl MountedSecret {
 }
 
 fn client(cas: &[&str], fresh_connections: bool) -> reqwest::Client {
-    let certs: Vec<reqwest::Certificate> = cas
-        .iter()
-        .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
-        .collect();
-    let mut builder = reqwest::Client::builder()
-        .tls_certs_only(certs)
+    let builder = reqwest::Client::builder()
         .tls_info(true)
         .no_proxy()
         .timeout(Duration::from_secs(10));
-    if fresh_connections {
-        // No idle connection is kept: every review does its own TCP and TLS handshake.
-        builder = builder.pool_max_idle_per_host(0).http1_only();
+    if !fresh_connections {
+        let certs = cas
+            .iter()
+            .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+        return builder.tls_certs_only(certs).build().unwrap();
     }
-    builder.build().unwrap()
+    // No idle connection is kept: every review does its own TCP and full TLS handshake. TLS
+    // session resumption is off, because a resumed session presents no certificate at all (the
+    // client would report the one from the original handshake), and the point here is to see
+    // which certificate a new connection is given.
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in cas {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.resumption = rustls::client::Resumption::disabled();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    builder
+        .tls_backend_preconfigured(tls)
+        .pool_max_idle_per_host(0)
+        .http1_only()
+        .build()
+        .unwrap()
 }
 
 /// The leaf certificate the server presented for this response's connection.

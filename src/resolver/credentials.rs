@@ -14,7 +14,26 @@ use serde::Deserialize;
 /// Credentials per registry host, with an identity that keys clients and cache entries.
 #[derive(Clone, Default)]
 pub struct Credentials {
-    by_host: BTreeMap<String, RegistryAuth>,
+    by_host: BTreeMap<String, Auth>,
+}
+
+/// How archgate authenticates to one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// Handed to oci-client as it is: anonymous, basic, or a registry token.
+    Direct(RegistryAuth),
+    /// An OAuth2 refresh token (`identitytoken`), exchanged per repository for an access token
+    /// (see `oauth.rs`); never sent as a password.
+    IdentityToken(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Direct(auth) => auth.fmt(f),
+            Auth::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
+        }
+    }
 }
 
 /// Who archgate is when it talks to one registry: `0` is anonymous. A hash, so it can key caches
@@ -143,10 +162,10 @@ impl Credentials {
         self.for_registry(registry).1
     }
 
-    pub fn for_registry(&self, registry: &str) -> (RegistryAuth, Identity) {
+    pub fn for_registry(&self, registry: &str) -> (Auth, Identity) {
         match self.by_host.get(&normalize_host(registry)) {
             Some(auth) => (auth.clone(), identity(registry, auth)),
-            None => (RegistryAuth::Anonymous, 0),
+            None => (Auth::Direct(RegistryAuth::Anonymous), 0),
         }
     }
 }
@@ -160,20 +179,18 @@ impl std::fmt::Debug for Credentials {
 
 impl AuthEntry {
     /// `Err(())` for a malformed `auth`; `Ok(None)` for an entry with nothing usable.
-    fn into_auth(self) -> Result<Option<RegistryAuth>, ()> {
-        if let Some(token) = self.registrytoken.filter(|t| !t.is_empty()) {
-            return Ok(Some(RegistryAuth::Bearer(token)));
+    fn into_auth(mut self) -> Result<Option<Auth>, ()> {
+        if let Some(token) = self.registrytoken.take().filter(|t| !t.is_empty()) {
+            return Ok(Some(Auth::Direct(RegistryAuth::Bearer(token))));
         }
-        if let Some(token) = self.identitytoken.filter(|t| !t.is_empty()) {
-            // An identity token is an OAuth2 refresh token. Registries that issue them (ACR, Harbor,
-            // GCR) also accept it as the password of a basic-auth token request, which is the flow
-            // oci-client implements; the conventional user name is `<token>`.
-            let user = self
-                .username
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| "<token>".into());
-            return Ok(Some(RegistryAuth::Basic(user, token)));
+        if let Some(token) = self.identitytoken.take().filter(|t| !t.is_empty()) {
+            // An OAuth2 refresh token: exchanged for access tokens, whatever `auth` says.
+            return Ok(Some(Auth::IdentityToken(token)));
         }
+        self.into_direct().map(|a| a.map(Auth::Direct))
+    }
+
+    fn into_direct(self) -> Result<Option<RegistryAuth>, ()> {
         if let Some(encoded) = self.auth.filter(|a| !a.is_empty()) {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
@@ -192,13 +209,14 @@ impl AuthEntry {
     }
 }
 
-fn identity(registry: &str, auth: &RegistryAuth) -> Identity {
+fn identity(registry: &str, auth: &Auth) -> Identity {
     let mut h = DefaultHasher::new();
     normalize_host(registry).hash(&mut h);
     match auth {
-        RegistryAuth::Anonymous => return 0,
-        RegistryAuth::Basic(u, p) => ("basic", u, p).hash(&mut h),
-        RegistryAuth::Bearer(t) => ("bearer", t).hash(&mut h),
+        Auth::Direct(RegistryAuth::Anonymous) => return 0,
+        Auth::Direct(RegistryAuth::Basic(u, p)) => ("basic", u, p).hash(&mut h),
+        Auth::Direct(RegistryAuth::Bearer(t)) => ("bearer", t).hash(&mut h),
+        Auth::IdentityToken(t) => ("identity", t).hash(&mut h),
     }
     // Never 0: that is anonymous.
     h.finish().max(1)
@@ -247,16 +265,21 @@ mod tests {
         let c = Credentials::from_docker_config(json.as_bytes(), "test").unwrap();
         let basic = |u: &str, p: &str| format!("{:?}", RegistryAuth::Basic(u.into(), p.into()));
         let (auth, id) = c.for_registry("docker.io");
-        assert!(matches!(&auth, RegistryAuth::Basic(u, p) if u == "alice" && p == "s3cr:et"));
+        assert!(
+            matches!(&auth, Auth::Direct(RegistryAuth::Basic(u, p)) if u == "alice" && p == "s3cr:et")
+        );
         assert_ne!(id, 0);
         assert_eq!(
             format!("{:?}", c.for_registry("10.34.0.202:5000").0),
             basic("ci", "pw")
         );
-        assert!(
-            matches!(c.for_registry("myreg.azurecr.io").0, RegistryAuth::Basic(u, p) if u == "<token>" && p == "refresh")
+        assert_eq!(
+            c.for_registry("myreg.azurecr.io").0,
+            Auth::IdentityToken("refresh".into())
         );
-        assert!(matches!(c.for_registry("ghcr.io").0, RegistryAuth::Bearer(t) if t == "tok"));
+        assert!(
+            matches!(c.for_registry("ghcr.io").0, Auth::Direct(RegistryAuth::Bearer(t)) if t == "tok")
+        );
         assert_eq!(c.for_registry("empty.example").1, 0);
         assert_eq!(c.for_registry("quay.io").1, 0);
         // Debug shows hosts, never secrets.

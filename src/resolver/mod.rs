@@ -14,6 +14,7 @@
 
 pub mod credentials;
 pub mod manifest;
+mod oauth;
 pub mod throttle;
 
 use std::collections::BTreeMap;
@@ -31,7 +32,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tracing::{debug, warn};
 
-pub use credentials::{Credentials, CredentialsError, Identity};
+pub use credentials::{Auth, Credentials, CredentialsError, Identity};
 use manifest::{Document, ManifestError};
 pub use throttle::Throttle;
 
@@ -196,7 +197,7 @@ struct Hop<'a> {
     /// `HOST[:PORT]` the requests go to; throttles and error messages are per host.
     host: &'a str,
     mirror: bool,
-    auth: RegistryAuth,
+    auth: Auth,
     identity: Identity,
 }
 
@@ -242,6 +243,7 @@ pub struct Resolver {
     /// `options.mirrors` with registry keys normalised (`index.docker.io` is `docker.io`).
     mirrors: BTreeMap<String, Vec<String>>,
     throttle: Throttle,
+    access_tokens: oauth::AccessTokens,
     metrics: Arc<Metrics>,
 }
 
@@ -280,6 +282,7 @@ impl Resolver {
             .collect();
         let throttle = Throttle::new(options.concurrency);
         let clients = Default::default();
+        let access_tokens = oauth::AccessTokens::new(token_http_client(&options)?);
         let resolver = Self {
             options,
             ca,
@@ -288,6 +291,7 @@ impl Resolver {
             digests,
             mirrors,
             throttle,
+            access_tokens,
             metrics,
         };
         // Build the anonymous client now so a bad CA fails at start, not on the first review.
@@ -363,16 +367,60 @@ impl Resolver {
 
     /// The registry client and credentials archgate would use for `image`, for callers that
     /// fetch other content from registries (Tekton bundles). Same client per identity as lookups.
-    pub fn client_for(
+    pub async fn client_for(
         &self,
         image: &ImageRef,
         credentials: &Credentials,
     ) -> Result<(Arc<Client>, RegistryAuth), ResolveError> {
         let (auth, identity) = credentials.for_registry(image.registry());
+        let hop = Hop {
+            host: image.registry(),
+            mirror: false,
+            auth,
+            identity,
+        };
         let client = self
             .client(identity)
             .map_err(|e| classify(image.registry(), e))?;
+        let auth = self.authorize(&client, &hop, image.reference()).await?;
         Ok((client, auth))
+    }
+
+    /// What to hand oci-client for requests about `reference` at `hop`. An identity token is
+    /// exchanged for an access token to that repository, which is then placed in the client's
+    /// token cache for that repository (oci-client keeps the first credentials it saw per
+    /// registry, so passing the token alone would not reach a second repository).
+    async fn authorize(
+        &self,
+        client: &Client,
+        hop: &Hop<'_>,
+        reference: &Reference,
+    ) -> Result<RegistryAuth, ResolveError> {
+        let refresh_token = match &hop.auth {
+            Auth::Direct(auth) => return Ok(auth.clone()),
+            Auth::IdentityToken(token) => token,
+        };
+        let scheme = if self.options.insecure.iter().any(|h| h == hop.host) {
+            "http"
+        } else {
+            "https"
+        };
+        let access = self
+            .access_tokens
+            .get(
+                scheme,
+                hop.host,
+                reference.repository(),
+                refresh_token,
+                hop.identity,
+            )
+            .await?;
+        let bearer = RegistryAuth::Bearer(access);
+        client
+            .auth(reference, &bearer, oci_client::RegistryOperation::Pull)
+            .await
+            .map_err(|e| classify(hop.host, e))?;
+        Ok(bearer)
     }
 
     /// The platforms `image` provides, as seen with `credentials`.
@@ -517,11 +565,9 @@ impl Resolver {
             .client(hop.identity)
             .map_err(|e| classify(hop.host, e))?;
         let reference = hop.reference(image.reference());
+        let auth = self.authorize(&client, hop, &reference).await?;
         let result = self
-            .ask(
-                hop.host,
-                client.fetch_manifest_digest(&reference, &hop.auth),
-            )
+            .ask(hop.host, client.fetch_manifest_digest(&reference, &auth))
             .await;
         let checked = Instant::now();
         match result {
@@ -572,10 +618,11 @@ impl Resolver {
             .client(hop.identity)
             .map_err(|e| classify(hop.host, e))?;
         let reference = hop.reference(&image.with_digest(digest));
+        let auth = self.authorize(&client, hop, &reference).await?;
         let pulled = self
             .ask(
                 hop.host,
-                client.pull_manifest_raw(&reference, &hop.auth, manifest::ACCEPT),
+                client.pull_manifest_raw(&reference, &auth, manifest::ACCEPT),
             )
             .await;
         let body = match pulled {
@@ -653,6 +700,19 @@ impl Resolver {
         self.digests.run_pending_tasks().await;
         self.digests.entry_count()
     }
+}
+
+/// The plain HTTP client for token endpoints: same CA and timeouts as the registry clients.
+fn token_http_client(options: &RegistryOptions) -> Result<reqwest::Client, SetupError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(options.connect_timeout)
+        .timeout(options.request_timeout)
+        .user_agent(concat!("archgate/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &options.ca_pem {
+        let ca = reqwest::Certificate::from_pem(pem).map_err(|e| SetupError::Ca(e.to_string()))?;
+        builder = builder.tls_certs_merge([ca]);
+    }
+    builder.build().map_err(|e| SetupError::Ca(e.to_string()))
 }
 
 fn not_found(image: &ImageRef) -> ResolveError {
