@@ -287,7 +287,7 @@ fn start_null(answer: &[u8], dir: &Path, pin: bool) -> Server {
     let answer_path = dir.join("null-answer.json");
     std::fs::write(&answer_path, answer).expect("write answer");
     let ca_out = dir.join("null-ca.pem");
-    let mut command = pinned(pin, &std::env::current_exe().expect("current exe"));
+    let mut command = pinned(pin, std::env::current_exe().expect("current exe"));
     let mut child = command
         .env(ROLE, "null-server")
         .env("ARCHGATE_LOAD_ANSWER", &answer_path)

@@ -8,7 +8,6 @@ use archgate::admission;
 use archgate::policy::Verdict;
 use archgate::workload::{self, EmptyCatalog};
 use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
 
 fuzz_target!(|body: &[u8]| {
     let Ok(req) = admission::decode(body) else {
@@ -19,26 +18,8 @@ fuzz_target!(|body: &[u8]| {
         .into_iter()
         .flatten()
     {
-        // The same JSON `admission::as_value` builds: the body plus the metadata extractors read.
-        let meta = &object.metadata;
-        let name = meta
-            .name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| req.name.clone());
-        let mut value = object.data.clone();
-        if let Value::Object(map) = &mut value {
-            map.insert(
-                "metadata".into(),
-                serde_json::json!({
-                    "name": name,
-                    "generateName": meta.generate_name,
-                    "namespace": meta.namespace.clone().or_else(|| req.namespace.clone()),
-                    "annotations": meta.annotations,
-                    "labels": meta.labels,
-                }),
-            );
-        }
+        // The same JSON the webhook hands its extractors.
+        let value = admission::object_json(object, &req);
         match workload::extract(kind, &value, &EmptyCatalog, &Default::default()) {
             Ok(Some(extraction)) => {
                 for target in &extraction.targets {
