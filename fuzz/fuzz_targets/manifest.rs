@@ -38,6 +38,9 @@ fn check(p: &Platform) {
     let _ = p.to_string();
     let n = p.normalized();
     assert_eq!(n.normalized(), n, "normalising {p:?} twice changed it");
-    assert!(p.satisfies(&n), "{p:?} does not satisfy its own normal form");
+    assert!(
+        p.satisfies(&n),
+        "{p:?} does not satisfy its own normal form"
+    );
     assert!(p.satisfies(p), "{p:?} does not satisfy itself");
 }

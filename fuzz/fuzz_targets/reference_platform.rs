@@ -28,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
         // The canonical form is the cache key: it must name the same image when read back.
         let again = ImageRef::parse(&canonical)
             .unwrap_or_else(|e| panic!("canonical {canonical:?} of {first:?} does not parse: {e}"));
-        assert_eq!(again.canonical(), canonical, "canonical of {first:?} is not stable");
+        assert_eq!(
+            again.canonical(),
+            canonical,
+            "canonical of {first:?} is not stable"
+        );
     }
 
     let a = Platform::parse(first);
@@ -62,6 +66,9 @@ fn check(p: &Platform) {
     let _ = p.is_unknown();
     let n = p.normalized();
     assert_eq!(n.normalized(), n, "normalising {p:?} twice changed it");
-    assert!(p.satisfies(&n), "{p:?} does not satisfy its own normal form");
+    assert!(
+        p.satisfies(&n),
+        "{p:?} does not satisfy its own normal form"
+    );
     assert!(p.satisfies(p), "{p:?} does not satisfy itself");
 }

@@ -54,9 +54,19 @@ fuzz_target!(|data: &[u8]| {
     };
     check(extract_pipeline_run(&object, &catalog, &options));
     check(extract_task_run(&object, &catalog, &options));
-    check(extract_pipeline_run(&object, &archgate::workload::EmptyCatalog, &Default::default()));
-    check(extract_task_run(&object, &archgate::workload::EmptyCatalog, &Default::default()));
-    if let Some(kind @ ("Pipeline" | "Task" | "ClusterTask" | "StepAction")) = object["kind"].as_str() {
+    check(extract_pipeline_run(
+        &object,
+        &archgate::workload::EmptyCatalog,
+        &Default::default(),
+    ));
+    check(extract_task_run(
+        &object,
+        &archgate::workload::EmptyCatalog,
+        &Default::default(),
+    ));
+    if let Some(kind @ ("Pipeline" | "Task" | "ClusterTask" | "StepAction")) =
+        object["kind"].as_str()
+    {
         check(extract_definition(kind, &object, &catalog, &options));
     }
 });

@@ -156,16 +156,78 @@ pub enum SetupError {
 /// A tag's digest, or the knowledge that the tag does not exist, and when we learned it.
 #[derive(Debug, Clone)]
 struct TagEntry {
-    digest: Option<String>,
+    digest: Option<Digest>,
     checked: Instant,
 }
 
-/// A digest's platforms, or the knowledge that it does not exist.
+/// A digest's platforms, or the knowledge that it does not exist. Platform lists are interned:
+/// most images share one of a handful of sets.
 #[derive(Debug, Clone)]
 struct DigestEntry(Option<Arc<[Platform]>>);
 
-/// Cache key: who asked (credential identity) and the canonical reference.
-type Key = (Identity, String);
+/// Cache key: who asked (credential identity) and a 128-bit hash of the reference (canonical
+/// `host/repo:tag`, or `host/repo@digest`). A hash instead of the string keeps a cached image
+/// at a fixed few hundred bytes (the 100k-image memory budget); at 128 bits a collision among
+/// even millions of keys is out of reach.
+type Key = (Identity, u128);
+
+fn key(identity: Identity, reference: &str) -> Key {
+    let half = |salt: u8| {
+        let mut h = DefaultHasher::new();
+        (salt, reference).hash(&mut h);
+        h.finish()
+    };
+    (identity, (u128::from(half(0)) << 64) | u128::from(half(1)))
+}
+
+fn tag_key(identity: Identity, image: &ImageRef) -> Key {
+    key(identity, &image.canonical())
+}
+
+fn digest_key(identity: Identity, image: &ImageRef, digest: &str) -> Key {
+    key(identity, &format!("{}@{digest}", image.repository_path()))
+}
+
+/// A manifest digest, stored compactly: 32 bytes for sha256 (every registry today), the text
+/// otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Digest {
+    Sha256([u8; 32]),
+    Other(Box<str>),
+}
+
+impl Digest {
+    fn new(text: &str) -> Self {
+        let sha256 = text
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64)
+            .and_then(|hex| {
+                let mut bytes = [0u8; 32];
+                for (i, byte) in bytes.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                Some(bytes)
+            });
+        match sha256 {
+            Some(bytes) if text[7..].bytes().all(|b| !b.is_ascii_uppercase()) => {
+                Digest::Sha256(bytes)
+            }
+            _ => Digest::Other(text.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Digest::Sha256(bytes) => {
+                f.write_str("sha256:")?;
+                bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+            Digest::Other(text) => f.write_str(text),
+        }
+    }
+}
 
 struct TagExpiry {
     found: Duration,
@@ -243,6 +305,9 @@ pub struct Resolver {
     /// `options.mirrors` with registry keys normalised (`index.docker.io` is `docker.io`).
     mirrors: BTreeMap<String, Vec<String>>,
     throttle: Throttle,
+    /// Distinct platform sets, shared by the digest entries (bounded: a registry could serve
+    /// endless distinct `os.version`s).
+    platform_sets: Cache<Vec<Platform>, Arc<[Platform]>>,
     access_tokens: oauth::AccessTokens,
     metrics: Arc<Metrics>,
 }
@@ -291,6 +356,7 @@ impl Resolver {
             digests,
             mirrors,
             throttle,
+            platform_sets: Cache::new(10_000),
             access_tokens,
             metrics,
         };
@@ -467,12 +533,12 @@ impl Resolver {
     ) -> Option<Result<Resolution, ResolveError>> {
         let digest = match image.digest() {
             Some(digest) => digest.to_string(),
-            None => match self.tags.get(&(identity, image.canonical())).await?.digest {
-                Some(digest) => digest,
+            None => match self.tags.get(&tag_key(identity, image)).await?.digest {
+                Some(digest) => digest.to_string(),
                 None => return Some(Err(not_found(image))),
             },
         };
-        let key = (identity, format!("{}@{digest}", image.repository_path()));
+        let key = digest_key(identity, image, &digest);
         let entry = self.digests.get(&key).await?;
         Some(match entry.0 {
             Some(platforms) => Ok(Resolution { digest, platforms }),
@@ -488,7 +554,7 @@ impl Resolver {
         credentials: &Credentials,
     ) -> Result<Resolution, ResolveError> {
         let identity = self.route(image, credentials).identity;
-        self.tags.invalidate(&(identity, image.canonical())).await;
+        self.tags.invalidate(&tag_key(identity, image)).await;
         self.resolve(image, credentials).await
     }
 
@@ -499,7 +565,7 @@ impl Resolver {
             return None;
         }
         let identity = self.route(image, credentials).identity;
-        let entry = self.tags.get(&(identity, image.canonical())).await?;
+        let entry = self.tags.get(&tag_key(identity, image)).await?;
         Some(entry.checked.elapsed())
     }
 
@@ -514,7 +580,7 @@ impl Resolver {
             None => {
                 let entry = self
                     .tags
-                    .try_get_with((route.identity, image.canonical()), async {
+                    .try_get_with(tag_key(route.identity, image), async {
                         cold.store(true, Ordering::Relaxed);
                         self.head(image, route).await
                     })
@@ -523,13 +589,10 @@ impl Resolver {
                 let Some(digest) = entry.digest else {
                     return Err(not_found(image));
                 };
-                digest
+                digest.to_string()
             }
         };
-        let key = (
-            route.identity,
-            format!("{}@{digest}", image.repository_path()),
-        );
+        let key = digest_key(route.identity, image, &digest);
         let entry = self
             .digests
             .try_get_with(key, async {
@@ -572,7 +635,7 @@ impl Resolver {
         let checked = Instant::now();
         match result {
             Ok(digest) => Ok(TagEntry {
-                digest: Some(digest),
+                digest: Some(Digest::new(&digest)),
                 checked,
             }),
             Err(ResolveError::NotFound { .. }) => Ok(TagEntry {
@@ -653,7 +716,7 @@ impl Resolver {
                 vec![manifest::parse_config(&blob).map_err(invalid)?]
             }
         };
-        Ok(DigestEntry(Some(platforms.into())))
+        Ok(DigestEntry(Some(self.intern(platforms).await)))
     }
 
     /// Runs one registry call through `host`'s throttle, recording its latency and status
@@ -693,6 +756,14 @@ impl Resolver {
             }
             Err(e) => Err(classify(host, e)),
         }
+    }
+
+    /// One shared list per distinct set of platforms.
+    async fn intern(&self, platforms: Vec<Platform>) -> Arc<[Platform]> {
+        let shared = platforms.clone();
+        self.platform_sets
+            .get_with(platforms, async move { shared.into() })
+            .await
     }
 
     /// Number of digests currently cached (eventually consistent; for measurements and tests).
@@ -828,6 +899,24 @@ fn describe_transport(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_round_trip_compactly() {
+        let sha = "sha256:89102e348749bb17a6a651a4b2a17420e1a66d2a44a675b981973d49a5af3a5e";
+        assert!(matches!(Digest::new(sha), Digest::Sha256(_)));
+        assert_eq!(Digest::new(sha).to_string(), sha);
+        for other in [
+            "sha512:abcd",
+            "sha256:short",
+            "sha256:89102E348749BB17A6A651A4B2A17420E1A66D2A44A675B981973D49A5AF3A5E",
+        ] {
+            assert!(matches!(Digest::new(other), Digest::Other(_)), "{other}");
+            assert_eq!(Digest::new(other).to_string(), other);
+        }
+        assert_ne!(key(0, "a/b:1"), key(0, "a/b:2"));
+        assert_ne!(key(0, "a/b:1"), key(1, "a/b:1"));
+        assert_eq!(key(7, "a/b:1"), key(7, "a/b:1"));
+    }
     use oci_client::errors::{OciEnvelope, OciError};
 
     #[test]
