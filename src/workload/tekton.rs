@@ -32,6 +32,15 @@ const MAX_WARNING: usize = 119;
 /// Pipelines in pipelines may refer to each other; stop following them this deep.
 const MAX_DEPTH: usize = 8;
 
+/// Pipeline tasks (each matrix combination counted, nested pipelines included) one run may expand
+/// to; past this the rest is skipped with a warning. Pipelines that refer to each other fan out
+/// exponentially within `MAX_DEPTH`, and extraction runs on the request path.
+const MAX_TASK_RUNS: usize = 1024;
+
+/// Images one run may name; past this the rest is skipped with a warning (each target is compared
+/// with those before it, and every one of them is later resolved).
+const MAX_TARGETS: usize = 2048;
+
 /// Why a run (or a resource it refers to) cannot be read: the field path and what is wrong.
 #[derive(Debug, Clone, PartialEq)]
 struct Bad(String);
@@ -95,6 +104,7 @@ fn extract_run(
         namespace,
         out: Extraction::default(),
         depth: 0,
+        task_runs: 0,
     };
     walk(&mut walker, object).map_err(|Bad(reason)| error(reason))?;
     Ok(walker.finish())
@@ -135,6 +145,8 @@ struct Walker<'a> {
     namespace: String,
     out: Extraction,
     depth: usize,
+    /// Pipeline tasks expanded so far, against `MAX_TASK_RUNS`.
+    task_runs: usize,
 }
 
 impl Walker<'_> {
@@ -279,6 +291,9 @@ impl Walker<'_> {
             Some(Value::String(name)) => name.as_str(),
             _ => return Err(Bad(format!("{path}.name is missing or not a string"))),
         };
+        if !self.spend_task_run() {
+            return Ok(());
+        }
         let at = join(prefix, &format!("pipeline task {name:?}"));
         let explicit = passed(
             task.get("params"),
@@ -294,7 +309,10 @@ impl Walker<'_> {
         let body = self.pipeline_task_body(task, &at, &ref_scope, path)?;
         // Only the run's own pipeline tasks have taskRunSpecs; nested pipelines get the run default.
         let own_template = prefix.is_empty().then_some(name);
-        for combo in combos {
+        for (i, combo) in combos.into_iter().enumerate() {
+            if i > 0 && !self.spend_task_run() {
+                return Ok(());
+            }
             let given = overlay(&explicit, &combo);
             let visible = overlay(pipeline_scope, &given);
             let placement = match templates.map(|t| t.placement(own_template, &visible)) {
@@ -316,6 +334,30 @@ impl Walker<'_> {
             self.run_body(&body, pipeline_scope, &given, &site, templates)?;
         }
         Ok(())
+    }
+
+    /// Counts one more pipeline task run; `false` (said once, as a warning) past `MAX_TASK_RUNS`.
+    fn spend_task_run(&mut self) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        if self.task_runs == MAX_TASK_RUNS {
+            self.task_runs += 1;
+            self.warn(
+                "",
+                &format!("the run expands to more than {MAX_TASK_RUNS} task runs, the rest were not checked"),
+            );
+        }
+        if self.task_runs > MAX_TASK_RUNS {
+            return false;
+        }
+        self.task_runs += 1;
+        true
+    }
+
+    /// `MAX_TARGETS` reached (and said, as a warning): nothing more is walked.
+    fn is_full(&self) -> bool {
+        self.out.targets.len() >= MAX_TARGETS
     }
 
     fn run_body(
@@ -588,6 +630,9 @@ impl Walker<'_> {
             None => None,
         };
         for (i, step) in list(spec.get("steps"), "steps")?.iter().enumerate() {
+            if self.is_full() {
+                return Ok(());
+            }
             let path = format!("steps[{i}]");
             let (label, container) = container_label("step", step, i, &path)?;
             if let Some(reference) = step.get("ref").filter(|v| !v.is_null()) {
@@ -597,6 +642,9 @@ impl Walker<'_> {
             }
         }
         for (i, sidecar) in list(spec.get("sidecars"), "sidecars")?.iter().enumerate() {
+            if self.is_full() {
+                return Ok(());
+            }
             let path = format!("sidecars[{i}]");
             let (label, container) = container_label("sidecar", sidecar, i, &path)?;
             if let Some(image) = string_field(sidecar, "image", &path)? {
@@ -739,6 +787,9 @@ impl Walker<'_> {
     }
 
     fn push(&mut self, scope: String, container: &str, image: String, placement: Arc<Placement>) {
+        if self.is_full() {
+            return;
+        }
         let duplicate =
             self.out.targets.iter().any(|t| {
                 t.location.scope == scope && t.image == image && *t.placement == *placement
@@ -756,6 +807,12 @@ impl Walker<'_> {
             placement,
             known_platforms: None,
         });
+        if self.is_full() {
+            self.warn(
+                "",
+                &format!("the run names more than {MAX_TARGETS} images, the rest were not checked"),
+            );
+        }
     }
 
     /// A warning for `kubectl`: prefixed with where it applies, short enough to be shown, once.

@@ -303,6 +303,10 @@ fn bracket_key(text: &str) -> Option<(String, &str)> {
     Some((inner[..end].to_string(), after))
 }
 
+/// Tekton's default `default-max-matrix-combinations-count`. Tekton rejects a bigger matrix, and
+/// expanding one here would let a run of a few hundred bytes exhaust the webhook's memory.
+pub const MAX_MATRIX_COMBINATIONS: usize = 256;
+
 /// Every parameter set a `matrix` fans a pipeline task out to (one empty set without a matrix,
 /// none when a matrix param is an empty array: Tekton then skips the task).
 ///
@@ -337,6 +341,9 @@ pub fn matrix_combinations(
         if values.is_empty() {
             return Ok(Vec::new());
         }
+        if combos.len().saturating_mul(values.len()) > MAX_MATRIX_COMBINATIONS {
+            return Err(too_many_combinations(path));
+        }
         combos = combos
             .iter()
             .flat_map(|combo| {
@@ -357,11 +364,20 @@ pub fn matrix_combinations(
         let here = format!("{path}.include[{i}]");
         let params = passed(include.get("params"), scope, &format!("{here}.params"))?;
         include_combination(&mut combos, &fanned, params);
+        if combos.len() > MAX_MATRIX_COMBINATIONS {
+            return Err(too_many_combinations(path));
+        }
     }
     if combos.is_empty() {
         combos.push(Params::new());
     }
     Ok(combos)
+}
+
+fn too_many_combinations(path: &str) -> Bad {
+    Bad(format!(
+        "{path} fans out to more than {MAX_MATRIX_COMBINATIONS} combinations, Tekton's default limit"
+    ))
 }
 
 fn include_combination(combos: &mut Vec<Params>, fanned: &[String], params: Params) {

@@ -669,3 +669,72 @@ fn definitions_extract_with_their_defaults() {
     assert_eq!(pairs(&ex), vec![p("image", "git")]);
     assert!(extract_definition("Pod", &task, &EmptyCatalog, &ExtractOptions::default()).is_err());
 }
+
+#[test]
+fn a_matrix_over_tektons_limit_is_refused_not_expanded() {
+    // 4^12 combinations: expanding them took more than 2 GB (found by `cargo fuzz run tekton_run`).
+    let params: Vec<Value> = (0..12)
+        .map(|i| json!({"name": format!("p{i}"), "value": ["a", "b", "c", "d"]}))
+        .collect();
+    let spec = json!({"pipelineSpec": {"tasks": [{
+        "name": "t",
+        "matrix": {"params": params},
+        "taskSpec": {"steps": [{"name": "s", "image": "alpine:$(params.p0)"}]}
+    }]}});
+    let err = extract_pipeline_run(
+        &pr(spec),
+        &TestCatalog::default(),
+        &ExtractOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.reason.contains("more than 256 combinations"), "{err}");
+}
+
+#[test]
+fn pipelines_that_refer_to_themselves_stop_at_the_task_run_budget() {
+    // Five references to itself, eight levels deep: 5^8 pipeline tasks without the budget.
+    let mut tasks: Vec<Value> = (0..5)
+        .map(|i| json!({"name": format!("t{i}"), "pipelineRef": {"name": "outer"}}))
+        .collect();
+    tasks.push(json!({"name": "s", "taskSpec": {"steps": [{"name": "s", "image": "alpine"}]}}));
+    let catalog = TestCatalog::default().with("Pipeline", "outer", json!({"tasks": tasks}));
+    let ex = run_pr(json!({"pipelineRef": {"name": "outer"}}), &catalog);
+    assert!(
+        ex.warnings
+            .iter()
+            .any(|w| w.contains("more than 1024 task runs")),
+        "{:?}",
+        ex.warnings
+    );
+    assert_clean_warnings(&ex);
+}
+
+#[test]
+fn a_run_naming_too_many_images_stops_at_the_target_cap() {
+    // 4 tasks x 256 combinations x 100 steps: 102,400 distinct images, each compared with all
+    // before it.
+    let steps: Vec<Value> = (0..100)
+        .map(|i| json!({"name": format!("s{i}"), "image": format!("r/i{i}:$(params.a)")}))
+        .collect();
+    let values: Vec<String> = (0..256).map(|v| v.to_string()).collect();
+    let tasks: Vec<Value> = (0..4)
+        .map(|j| {
+            json!({"name": format!("t{j}"), "taskRef": {"name": "big"},
+            "matrix": {"params": [{"name": "a", "value": values}]}})
+        })
+        .collect();
+    let catalog = TestCatalog::default().with(
+        "Task",
+        "big",
+        json!({"params": [{"name": "a"}], "steps": steps}),
+    );
+    let ex = run_pr(json!({"pipelineSpec": {"tasks": tasks}}), &catalog);
+    assert_eq!(ex.targets.len(), 2048);
+    assert!(
+        ex.warnings
+            .iter()
+            .any(|w| w.contains("more than 2048 images")),
+        "{:?}",
+        ex.warnings
+    );
+}
