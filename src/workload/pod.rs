@@ -2,13 +2,46 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{EnvVar, PodSpec};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, NodeAffinity, Toleration};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::platform::Platform;
 
 use super::{ExtractError, Extraction, Location, Placement, Target, object_name};
+
+/// The parts of a pod spec archgate reads, with k8s-openapi types for each part. serde skips
+/// everything else (volumes, probes, resources, ...) without building it: on the review hot path
+/// a whole `PodSpec` cost more than the rest of the review together.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    containers: Vec<Container>,
+    init_containers: Option<Vec<Container>>,
+    ephemeral_containers: Option<Vec<Container>>,
+    node_selector: Option<BTreeMap<String, String>>,
+    affinity: Option<Affinity>,
+    tolerations: Option<Vec<Toleration>>,
+    image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    service_account_name: Option<String>,
+    node_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Container {
+    name: String,
+    image: Option<String>,
+    env: Option<Vec<EnvVar>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Affinity {
+    node_affinity: Option<NodeAffinity>,
+}
 
 /// Where each workload kind keeps its pod spec.
 fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
@@ -55,7 +88,7 @@ pub fn extract(kind: &str, object: &Value) -> Result<Option<Extraction>, Extract
 }
 
 /// The scheduling part of a pod spec.
-pub fn placement(spec: &PodSpec) -> Placement {
+fn placement(spec: &PodSpec) -> Placement {
     Placement {
         node_selector: spec.node_selector.clone().unwrap_or_default(),
         required_affinity: spec
@@ -80,7 +113,7 @@ pub fn placement(spec: &PodSpec) -> Placement {
 }
 
 /// One target per container image of a pod spec, in the order the kubelet starts them.
-pub fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
+fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
     let placement = Arc::new(placement(spec));
     let mut on_node = None;
     let mut out = Vec::new();
