@@ -165,27 +165,34 @@ struct TagEntry {
 #[derive(Debug, Clone)]
 struct DigestEntry(Option<Arc<[Platform]>>);
 
-/// Cache key: who asked (credential identity) and a 128-bit hash of the reference (canonical
-/// `host/repo:tag`, or `host/repo@digest`). A hash instead of the string keeps a cached image
+/// Cache key: who asked (credential identity) and a 128-bit hash of the reference (host,
+/// repository and tag, or host, repository and digest). A hash instead of the string keeps a cached image
 /// at a fixed few hundred bytes (the 100k-image memory budget); at 128 bits a collision among
 /// even millions of keys is out of reach.
 type Key = (Identity, u128);
 
-fn key(identity: Identity, reference: &str) -> Key {
+fn key(identity: Identity, parts: &[&str]) -> Key {
+    // Hashing the parts (each `str` hash ends with a separator byte) avoids building the
+    // reference string on the warm path.
     let half = |salt: u8| {
         let mut h = DefaultHasher::new();
-        (salt, reference).hash(&mut h);
+        salt.hash(&mut h);
+        parts.iter().for_each(|p| p.hash(&mut h));
         h.finish()
     };
     (identity, (u128::from(half(0)) << 64) | u128::from(half(1)))
 }
 
 fn tag_key(identity: Identity, image: &ImageRef) -> Key {
-    key(identity, &image.canonical())
+    let tag = image.tag().unwrap_or("latest");
+    key(identity, &[image.registry(), image.repository(), ":", tag])
 }
 
 fn digest_key(identity: Identity, image: &ImageRef, digest: &str) -> Key {
-    key(identity, &format!("{}@{digest}", image.repository_path()))
+    key(
+        identity,
+        &[image.registry(), image.repository(), "@", digest],
+    )
 }
 
 /// A manifest digest, stored compactly: 32 bytes for sha256 (every registry today), the text
@@ -221,8 +228,15 @@ impl std::fmt::Display for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Digest::Sha256(bytes) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut text = [0u8; 64];
+                for (i, b) in bytes.iter().enumerate() {
+                    text[2 * i] = HEX[usize::from(b >> 4)];
+                    text[2 * i + 1] = HEX[usize::from(b & 0xf)];
+                }
                 f.write_str("sha256:")?;
-                bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+                // Only ASCII hex digits were written.
+                f.write_str(std::str::from_utf8(&text).unwrap_or_default())
             }
             Digest::Other(text) => f.write_str(text),
         }
@@ -913,9 +927,10 @@ mod tests {
             assert!(matches!(Digest::new(other), Digest::Other(_)), "{other}");
             assert_eq!(Digest::new(other).to_string(), other);
         }
-        assert_ne!(key(0, "a/b:1"), key(0, "a/b:2"));
-        assert_ne!(key(0, "a/b:1"), key(1, "a/b:1"));
-        assert_eq!(key(7, "a/b:1"), key(7, "a/b:1"));
+        assert_ne!(key(0, &["a", "b", ":", "1"]), key(0, &["a", "b", ":", "2"]));
+        assert_ne!(key(0, &["a", "b", ":", "1"]), key(1, &["a", "b", ":", "1"]));
+        assert_ne!(key(0, &["a", "b:1"]), key(0, &["a:b", "1"]));
+        assert_eq!(key(7, &["a", "b"]), key(7, &["a", "b"]));
     }
     use oci_client::errors::{OciEnvelope, OciError};
 
