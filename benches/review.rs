@@ -33,43 +33,14 @@ use archgate::policy::Policy;
 use archgate::resolver::{Credentials, RegistryOptions, Resolver};
 use archgate::review::Exemptions;
 use archgate::workload::ExtractOptions;
+use common::webhook::{load, rewrite_images};
 use common::{CountingProxy, Counts, Registry, push_standard_fixtures};
-
-const FIXTURES: &str = "../shared/fixtures/admissionreview";
 
 struct Warm {
     _registry: Registry,
     proxy: CountingProxy,
     admission: Admission,
     reviews: Vec<(&'static str, Vec<u8>)>,
-}
-
-fn load(name: &str) -> Value {
-    let path = format!("{FIXTURES}/{name}");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (../shared must sit beside the checkout)"));
-    let value: Value = serde_json::from_str(&text).expect("fixture JSON");
-    if value.get("request").is_some() {
-        value
-    } else {
-        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": value})
-    }
-}
-
-fn rewrite_images(value: &mut Value, image: &str) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                if key == "image" && v.is_string() {
-                    *v = json!(image);
-                } else {
-                    rewrite_images(v, image);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_images(v, image)),
-        _ => {}
-    }
 }
 
 /// The GKE Pod with three containers on three differently shaped images.
