@@ -55,7 +55,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tower::limit::ConcurrencyLimitLayer;
@@ -63,7 +63,6 @@ use tower::limit::ConcurrencyLimitLayer;
 use archgate::server::{self, MAX_BODY_BYTES, MAX_IN_FLIGHT, VALIDATE_PATH};
 use common::{Registry, push_standard_fixtures};
 
-const FIXTURE: &str = "../shared/fixtures/admissionreview/v1-pod-create.real-gke.kube-rs.json";
 const ROLE: &str = "ARCHGATE_LOAD_ROLE";
 const PINNED: &str = "ARCHGATE_LOAD_PINNED";
 
@@ -227,24 +226,7 @@ fn connector(ca_pem: &str) -> TlsConnector {
 /// shipper) whose images are a multi-arch OCI index, a Docker manifest list and a single-arch
 /// Docker manifest, all with linux/amd64.
 fn three_container_pod(images: [String; 3]) -> Vec<u8> {
-    let text = std::fs::read_to_string(FIXTURE)
-        .unwrap_or_else(|e| panic!("{FIXTURE}: {e} (../shared must sit beside the checkout)"));
-    let mut review: Value = serde_json::from_str(&text).expect("fixture JSON");
-    let spec = &mut review["request"]["object"]["spec"];
-    let template = spec["containers"][0].clone();
-    let names = ["echo-server", "envoy", "log-shipper"];
-    let containers: Vec<Value> = names
-        .iter()
-        .zip(images)
-        .map(|(name, image)| {
-            let mut c = template.clone();
-            c["name"] = json!(name);
-            c["image"] = json!(image);
-            c
-        })
-        .collect();
-    spec["containers"] = Value::Array(containers);
-    serde_json::to_vec(&review).expect("review JSON")
+    serde_json::to_vec(&common::webhook::three_container_pod(&images)).expect("review JSON")
 }
 
 fn start_archgate(registry_host: &str, dir: &Path, pin: bool) -> Server {

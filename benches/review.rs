@@ -33,7 +33,7 @@ use archgate::policy::Policy;
 use archgate::resolver::{Credentials, RegistryOptions, Resolver};
 use archgate::review::Exemptions;
 use archgate::workload::ExtractOptions;
-use common::webhook::{load, rewrite_images};
+use common::webhook::{load, rewrite_images, three_container_pod};
 use common::{CountingProxy, Counts, Registry, push_standard_fixtures};
 
 struct Warm {
@@ -41,25 +41,6 @@ struct Warm {
     proxy: CountingProxy,
     admission: Admission,
     reviews: Vec<(&'static str, Vec<u8>)>,
-}
-
-/// The GKE Pod with three containers on three differently shaped images.
-fn pod(images: &[String; 3]) -> Value {
-    let mut review = load("v1-pod-create.real-gke.kube-rs.json");
-    let spec = &mut review["request"]["object"]["spec"];
-    let template = spec["containers"][0].clone();
-    let containers: Vec<Value> = ["echo-server", "envoy", "log-shipper"]
-        .iter()
-        .zip(images)
-        .map(|(name, image)| {
-            let mut c = template.clone();
-            c["name"] = json!(name);
-            c["image"] = json!(image);
-            c
-        })
-        .collect();
-    spec["containers"] = Value::Array(containers);
-    review
 }
 
 fn deployment(image: &str) -> Value {
@@ -178,7 +159,7 @@ async fn warm() -> Warm {
         bundles: Default::default(),
     };
     let reviews = vec![
-        ("Pod, 3 containers", pod(&images)),
+        ("Pod, 3 containers", three_container_pod(&images)),
         ("Deployment", deployment(&images[0])),
         ("PipelineRun, 10 tasks", pipeline_run(&images)),
     ];

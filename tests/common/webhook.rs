@@ -230,3 +230,23 @@ pub fn rewrite_images(value: &mut Value, image: &str) {
         _ => {}
     }
 }
+
+/// The real GKE Pod review with its one container grown to three (`echo-server`, `envoy`,
+/// `log-shipper`), one per image: the realistic review the benches measure.
+pub fn three_container_pod(images: &[String; 3]) -> Value {
+    let mut review = load("v1-pod-create.real-gke.kube-rs.json");
+    let spec = &mut review["request"]["object"]["spec"];
+    let template = spec["containers"][0].clone();
+    let containers: Vec<Value> = ["echo-server", "envoy", "log-shipper"]
+        .iter()
+        .zip(images)
+        .map(|(name, image)| {
+            let mut c = template.clone();
+            c["name"] = json!(name);
+            c["image"] = json!(image);
+            c
+        })
+        .collect();
+    spec["containers"] = Value::Array(containers);
+    review
+}
