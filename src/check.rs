@@ -13,13 +13,14 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{CheckArgs, Output};
+use crate::config::{self, PlatformSource};
 use crate::metrics::Metrics;
 use crate::platform::{self, Platform};
 use crate::policy::{Checked, Outcome};
 use crate::resolver::{Credentials, RegistryOptions, Resolver};
 use crate::review::{self, Exemptions};
 use crate::scheduling::NodeView;
-use crate::workload::{self, BundleRef, Catalog, ExtractOptions, Location, Placement, Target};
+use crate::workload::{self, Catalog, ExtractOptions, Location, Placement, Target};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FINDINGS: i32 = 1;
@@ -126,20 +127,14 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
         .collect())
 }
 
+/// The `serve` parsing (same spellings, same default), without `auto`: there is no cluster here.
 fn parse_platforms(values: &[String]) -> Result<Vec<Platform>, String> {
-    let mut out = Vec::new();
-    for v in values
-        .iter()
-        .flat_map(|v| v.split(','))
-        .filter(|v| !v.trim().is_empty())
-    {
-        out.push(Platform::parse(v).map_err(|e| format!("--platform: {e}"))?);
+    match config::parse_platforms(values).map_err(|e| e.to_string())? {
+        PlatformSource::Static(platforms) => Ok(platforms),
+        PlatformSource::Auto => {
+            Err("--platform auto reads a cluster's nodes; name platforms, e.g. linux/amd64".into())
+        }
     }
-    if out.is_empty() {
-        out.push(Platform::parse(crate::config::DEFAULT_PLATFORM).map_err(|e| e.to_string())?);
-    }
-    out.dedup();
-    Ok(out)
 }
 
 /// Reads every document of a YAML/JSON file (`-` is stdin) and extracts its targets. Tekton
@@ -208,9 +203,6 @@ impl FileCatalog {
 impl Catalog for FileCatalog {
     fn get(&self, kind: &str, _namespace: &str, name: &str) -> Option<Value> {
         self.0.get(&(kind.to_string(), name.to_string())).cloned()
-    }
-    fn bundle(&self, _reference: &BundleRef) -> Option<Value> {
-        None
     }
 }
 

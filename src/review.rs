@@ -2,7 +2,6 @@
 //! (parallel, deduplicated, within a deadline) → checked targets for the policy.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -149,11 +148,6 @@ async fn resolve_within(
         }
         _ => first,
     }
-}
-
-/// Makes an owned, shareable node list from configured platforms.
-pub fn static_nodes(platforms: &[crate::platform::Platform]) -> Arc<Vec<NodeView>> {
-    Arc::new(platforms.iter().map(NodeView::synthetic).collect())
 }
 
 #[cfg(test)]

@@ -67,17 +67,17 @@ async fn validate(State(admission): State<Arc<Admission>>, body: Bytes) -> Respo
 }
 
 /// Readiness: the TLS listener is bound and every cluster watch has synced.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Readiness {
     listening: Arc<AtomicBool>,
-    synced: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    synced: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl Readiness {
     pub fn new(synced: Arc<dyn Fn() -> bool + Send + Sync>) -> Self {
         Self {
             listening: Arc::default(),
-            synced: Some(synced),
+            synced,
         }
     }
 
@@ -86,7 +86,7 @@ impl Readiness {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.listening.load(Ordering::Acquire) && self.synced.as_ref().is_none_or(|f| f())
+        self.listening.load(Ordering::Acquire) && (self.synced)()
     }
 }
 

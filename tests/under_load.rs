@@ -19,14 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
 use archgate::certs::Bundle;
-use archgate::cli::{Cli, Command as CliCommand};
-use archgate::config::Settings;
 use archgate::serve;
 use common::{CountingProxy, Fault, Registry, RequestKind};
 
@@ -197,26 +194,8 @@ async fn certificates_rotate_under_load_without_a_failed_review() {
     .await;
     let mut secret = MountedSecret::new(3);
     let (cert, key) = (secret.cert(), secret.key());
-    let argv = [
-        "archgate",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--insecure-registry",
-        registry.host(),
-    ];
-    let CliCommand::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
-        unreachable!()
-    };
-    let running = serve::start(Settings::resolve(&args).unwrap())
-        .await
-        .unwrap();
+    let settings = common::webhook::serve_settings(&cert, &key, registry.host(), &[]);
+    let running = serve::start(settings).await.unwrap();
     let url = format!("https://localhost:{}/validate", running.webhook.port());
     let review = pod_review(&[multi.reference()]);
     let uid = review["request"]["uid"].clone();

@@ -567,7 +567,7 @@ impl Resolver {
         image: &ImageRef,
         credentials: &Credentials,
     ) -> Result<Resolution, ResolveError> {
-        let identity = self.route(image, credentials).identity;
+        let identity = self.cache_identity(image, credentials);
         self.tags.invalidate(&tag_key(identity, image)).await;
         self.resolve(image, credentials).await
     }
@@ -578,7 +578,7 @@ impl Resolver {
         if image.digest().is_some() {
             return None;
         }
-        let identity = self.route(image, credentials).identity;
+        let identity = self.cache_identity(image, credentials);
         let entry = self.tags.get(&tag_key(identity, image)).await?;
         Some(entry.checked.elapsed())
     }

@@ -115,33 +115,36 @@ pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
         .unwrap()
 }
 
+/// `archgate serve` settings parsed from real flags: port 0 listeners, the certificate files, a
+/// plain-HTTP registry, then `extra`.
+pub fn serve_settings(cert: &Path, key: &Path, registry: &str, extra: &[&str]) -> Settings {
+    let mut argv = vec![
+        "archgate",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--insecure-registry",
+        registry,
+    ];
+    argv.extend_from_slice(extra);
+    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+        unreachable!()
+    };
+    Settings::resolve(&args).unwrap()
+}
+
 impl Webhook {
     /// `archgate serve` parsed from real flags, with port 0 listeners.
     pub async fn start(world: &World, extra: &[&str]) -> Self {
         let secret = MountedSecret::new();
         let (cert, key) = (secret.cert(), secret.key());
-        let mut argv: Vec<String> = [
-            "archgate",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--insecure-registry",
-            world.proxy.host(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
-            unreachable!()
-        };
-        let settings = Settings::resolve(&args).unwrap();
+        let settings = serve_settings(&cert, &key, world.proxy.host(), extra);
         let running = serve::start(settings).await.unwrap();
         let client = client_trusting(&secret.ca_pem);
         Self {
