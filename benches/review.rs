@@ -28,10 +28,10 @@ use serde_json::{Value, json};
 use archgate::admission::{Admission, decode};
 use archgate::cluster::StaticCluster;
 use archgate::metrics::Metrics;
+use archgate::pipeline::{Exemptions, Pipeline};
 use archgate::platform::Platform;
 use archgate::policy::Policy;
 use archgate::resolver::{Credentials, RegistryOptions, Resolver};
-use archgate::review::Exemptions;
 use archgate::workload::ExtractOptions;
 use common::webhook::{load, rewrite_images, three_container_pod};
 use common::{CountingProxy, Counts, Registry, push_standard_fixtures};
@@ -148,15 +148,13 @@ async fn warm() -> Warm {
     let resolver = Arc::new(Resolver::new(options, metrics.clone()).expect("resolver"));
     let platforms = [Platform::parse("linux/amd64").expect("platform")];
     let admission = Admission {
-        resolver,
+        pipeline: Pipeline::new(resolver, Exemptions::default(), ExtractOptions::default()),
         cluster: Arc::new(StaticCluster::new(&platforms, Credentials::default())),
         policy: Policy::default(),
         deadline: Duration::from_secs(8),
         exempt_namespaces: Vec::new(),
-        exemptions: Exemptions::default(),
-        extract: ExtractOptions::default(),
+        tekton_controller: archgate::admission::DEFAULT_TEKTON_CONTROLLER.to_string(),
         metrics,
-        bundles: Default::default(),
     };
     let reviews = vec![
         ("Pod, 3 containers", three_container_pod(&images)),
@@ -169,7 +167,7 @@ async fn warm() -> Warm {
         .collect();
     // Warm the caches, and make sure each review is what it claims: allowed, images checked.
     for (name, body) in &reviews {
-        let answer = admission.review(&decode(body).expect("decode")).await;
+        let answer = admission.review(decode(body).expect("decode")).await;
         let answer = serde_json::to_value(&answer).expect("answer");
         assert_eq!(answer["response"]["allowed"], true, "{name}: {answer}");
         assert!(
@@ -197,7 +195,7 @@ fn review_path(c: &mut Criterion, runtime: &tokio::runtime::Runtime, warm: &Warm
         group.bench_function(*name, |b| {
             b.to_async(runtime).iter(|| async {
                 let request = decode(black_box(body)).expect("decode");
-                let answer = warm.admission.review(&request).await;
+                let answer = warm.admission.review(request).await;
                 serde_json::to_vec(&answer).expect("encode")
             })
         });
@@ -213,7 +211,7 @@ fn review_path(c: &mut Criterion, runtime: &tokio::runtime::Runtime, warm: &Warm
 /// The pieces around the review for the Pod: decoding the request and encoding the answer.
 fn pieces(c: &mut Criterion, runtime: &tokio::runtime::Runtime, warm: &Warm) {
     let (_, body) = &warm.reviews[0];
-    let answer = runtime.block_on(warm.admission.review(&decode(body).expect("decode")));
+    let answer = runtime.block_on(warm.admission.review(decode(body).expect("decode")));
     let mut group = c.benchmark_group("review pieces (Pod)");
     group.bench_function("decode", |b| {
         b.iter(|| decode(black_box(body)).expect("decode"))

@@ -1,42 +1,42 @@
-//! AdmissionReview in, AdmissionReview out: kind dispatch, UPDATE diffs, and the response shape.
+//! AdmissionReview in, AdmissionReview out: the webhook's front door onto the [`crate::pipeline`].
 //!
-//! Wire types are kube's (`kube::core::admission`); this module only decides which part of the
-//! object to look at and turns a [`Verdict`] into an [`AdmissionResponse`].
+//! Wire types are kube's (`kube::core::admission`); this module turns a request into a
+//! [`Subject`] (and the old object on UPDATE), decides what only a request can tell (operation,
+//! subresource, namespace exemptions and mode, who sent it), and turns the [`Verdict`] into an
+//! [`AdmissionResponse`].
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::future::join_all;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{ApiResource, DynamicObject, DynamicResourceScope, ObjectMeta, Status};
 use serde_json::Value;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::bundles::{Bundles, WithBundles};
 use crate::cluster::ClusterView;
 use crate::metrics::{Decision, Metrics, ReviewLabels};
+use crate::pipeline::{self, Pipeline};
 use crate::policy::{self, Mode, Policy, Verdict};
-use crate::resolver::Resolver;
-use crate::review::{self, Exemptions};
-use crate::workload::{self, BundleRef, Catalog, ExtractOptions, Extraction};
+use crate::subject::{Kind, Subject};
+
+/// The identity the Tekton controller creates TaskRun pods with (its ServiceAccount in the
+/// default install).
+pub const DEFAULT_TEKTON_CONTROLLER: &str =
+    "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller";
 
 /// Everything a review needs, shared across requests.
 pub struct Admission {
-    pub resolver: Arc<Resolver>,
+    pub pipeline: Pipeline,
     pub cluster: Arc<dyn ClusterView>,
     pub policy: Policy,
     pub deadline: std::time::Duration,
     pub exempt_namespaces: Vec<String>,
-    pub exemptions: Exemptions,
-    pub extract: ExtractOptions,
+    /// `userInfo.username` of the Tekton controller: only its pods' `TEKTON_PLATFORM_COMMANDS`
+    /// are trusted.
+    pub tekton_controller: String,
     pub metrics: Arc<Metrics>,
-    pub bundles: Bundles,
 }
-
-/// Resources fetched from Tekton bundles for one review, at most.
-const MAX_BUNDLE_RESOURCES: usize = 64;
 
 /// Why a body is not an AdmissionReview we can answer (HTTP 400).
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,7 @@ impl Admission {
     /// a webhook that errors blocks the cluster (or, with failurePolicy Ignore, silently allows).
     pub async fn review(
         &self,
-        req: &AdmissionRequest<ReviewObject>,
+        mut req: AdmissionRequest<ReviewObject>,
     ) -> AdmissionReview<DynamicObject> {
         let started = Instant::now();
         let span = info_span!(
@@ -79,7 +79,7 @@ impl Admission {
             decision = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
-        let (verdict, decision) = self.decide(req).instrument(span.clone()).await;
+        let (verdict, decision) = self.decide(&mut req).instrument(span.clone()).await;
         let took = started.elapsed();
         span.record("decision", tracing::field::debug(&decision));
         span.record("duration_ms", took.as_secs_f64() * 1000.0);
@@ -100,108 +100,50 @@ impl Admission {
             })
             .inc();
         self.metrics.review_seconds.observe(took.as_secs_f64());
-        respond(req, &verdict).into_review()
+        respond(&req, &verdict).into_review()
     }
 
-    async fn decide(&self, req: &AdmissionRequest<ReviewObject>) -> (Verdict, Decision) {
+    async fn decide(&self, req: &mut AdmissionRequest<ReviewObject>) -> (Verdict, Decision) {
         let allow = |warnings: Vec<String>| Verdict {
             allowed: true,
             warnings,
             ..Verdict::default()
         };
-        if matches!(req.operation, Operation::Delete | Operation::Connect) {
-            return (allow(vec![]), Decision::Allowed);
-        }
-        let namespace = req.namespace.as_deref().unwrap_or("");
-        if self.exempt_namespaces.iter().any(|n| n == namespace) {
+        let namespace = req.namespace.clone().unwrap_or_default();
+        if self.exempt_namespaces.contains(&namespace) {
             return (allow(vec![]), Decision::Allowed);
         }
         let mode = self
             .cluster
-            .namespace_mode(namespace)
+            .namespace_mode(&namespace)
             .unwrap_or(self.policy.mode);
         if mode == Mode::Off {
             return (allow(vec![]), Decision::Allowed);
         }
-        let deadline = tokio::time::Instant::now() + self.deadline;
-        let base = self.cluster.catalog();
-        let mut fetched = HashMap::new();
-        let mut notes = Vec::new();
-        // Bundles can name bundles: fetch and extract again, a bounded number of rounds.
-        let extraction = loop {
-            let catalog = WithBundles {
-                base: base.as_ref(),
-                fetched: &fetched,
-            };
-            let extraction = match self.extract(req, &catalog) {
-                Ok(Some(extraction)) => extraction,
-                Ok(None) => return (allow(vec![]), Decision::Allowed),
-                Err(e) => {
-                    warn!(error = %e, "object not readable; allowed");
-                    return (allow(vec![policy_clip(&e.to_string())]), Decision::Error);
-                }
-            };
-            let wanted: Vec<BundleRef> = extraction
-                .unresolved_bundles
-                .iter()
-                .filter(|b| !fetched.contains_key(*b))
-                .cloned()
-                .collect();
-            if wanted.is_empty() || fetched.len() >= MAX_BUNDLE_RESOURCES {
-                break extraction;
-            }
-            // Bundles are pulled with the webhook's own credentials and the namespace's default ones.
-            let bundle_credentials = self.cluster.credentials(namespace, &Default::default());
-            let results = join_all(wanted.iter().map(|b| {
-                tokio::time::timeout_at(
-                    deadline,
-                    self.bundles.fetch(&self.resolver, &bundle_credentials, b),
-                )
-            }))
-            .await;
-            let before = fetched.len();
-            for (reference, result) in wanted.into_iter().zip(results) {
-                match result {
-                    Ok(Ok(resource)) => {
-                        fetched.insert(reference, resource);
-                    }
-                    Ok(Err(e)) => notes.push(policy_clip(&format!(
-                        "{} {:?} from bundle {} was not checked: {e}",
-                        reference.kind, reference.name, reference.bundle
-                    ))),
-                    Err(_) => notes.push(policy_clip(&format!(
-                        "{} {:?} from bundle {} was not checked: the registry did not answer in time",
-                        reference.kind, reference.name, reference.bundle
-                    ))),
-                }
-            }
-            if fetched.len() == before {
-                break extraction;
+        let Some((subject, old)) = subjects(req) else {
+            return (allow(vec![]), Decision::Allowed);
+        };
+        let request = pipeline::Request {
+            subject: &subject,
+            old: old.as_ref(),
+            cluster: self.cluster.as_ref(),
+            from_tekton_controller: req.user_info.username.as_deref()
+                == Some(self.tekton_controller.as_str()),
+            deadline: tokio::time::Instant::now() + self.deadline,
+        };
+        let reviewed = match self.pipeline.review(request).await {
+            Ok(reviewed) => reviewed,
+            Err(e) => {
+                warn!(error = %e, "object not readable; allowed");
+                return (allow(vec![policy::unreadable(&e)]), Decision::Error);
             }
         };
-        notes.extend(extraction.warnings.iter().cloned());
-
-        let nodes = self.cluster.nodes();
-        // Every target of one object comes from the same pod template (or, for Tekton, runs under
-        // the same service account), so the first one's pull secrets stand for all.
-        let credentials = match extraction.targets.first() {
-            Some(t) => self.cluster.credentials(namespace, &t.placement),
-            None => self.cluster.credentials(namespace, &Default::default()),
-        };
-        let checked = review::check(
-            extraction.targets,
-            &nodes,
-            &self.resolver,
-            &credentials,
-            &self.exemptions,
-            deadline,
-        )
-        .await;
         let policy = Policy {
             mode,
             ..self.policy
         };
-        let verdict = policy::decide(&checked, &notes, &policy);
+        let notes = [reviewed.unchecked, reviewed.notes].concat();
+        let verdict = policy::decide(&reviewed.checked, &notes, &policy);
         for finding in &verdict.findings {
             info!(%finding, detail = ?finding, "finding");
         }
@@ -213,47 +155,32 @@ impl Admission {
         };
         (verdict, decision)
     }
+}
 
-    /// The targets of this request: for UPDATE, only images the old object did not have.
-    fn extract(
-        &self,
-        req: &AdmissionRequest<ReviewObject>,
-        catalog: &dyn Catalog,
-    ) -> Result<Option<Extraction>, workload::ExtractError> {
-        let kind = req.kind.kind.as_str();
-        let group = req.kind.group.as_str();
-        let subresource = req.sub_resource.as_deref().unwrap_or("");
-        let known = match kind {
-            "PipelineRun" | "TaskRun" => group == "tekton.dev",
-            _ => workload::pod::is_pod_kind(kind),
-        };
-        // Only the ephemeralcontainers subresource adds images; status and others never do.
-        let subresource_ok =
-            subresource.is_empty() || (kind == "Pod" && subresource == "ephemeralcontainers");
-        if !known || !subresource_ok {
-            return Ok(None);
-        }
-        let Some(object) = req.object.as_ref() else {
-            return Ok(None);
-        };
-        let object = object_json(object, req);
-        let Some(mut extraction) = workload::extract(kind, &object, catalog, &self.extract)? else {
-            return Ok(None);
-        };
-        if req.operation == Operation::Update
-            && let Some(old) = req.old_object.as_ref()
-        {
-            let old = object_json(old, req);
-            // An old object we cannot read must not block the update: treat it as empty.
-            let before: HashSet<String> = workload::extract(kind, &old, catalog, &self.extract)
-                .ok()
-                .flatten()
-                .map(|e| e.targets.into_iter().map(|t| t.image).collect())
-                .unwrap_or_default();
-            extraction.targets.retain(|t| !before.contains(&t.image));
-        }
-        Ok(Some(extraction))
+/// The objects a request asks archgate to review, taken out of it: the object and, on UPDATE,
+/// the old one. `None` when there is nothing to review: DELETE and CONNECT, kinds archgate does
+/// not know (decided by group and kind in [`Kind::of`]), and subresources other than a Pod's
+/// `ephemeralcontainers` (the only one that adds images).
+pub fn subjects(req: &mut AdmissionRequest<ReviewObject>) -> Option<(Subject, Option<Subject>)> {
+    if matches!(req.operation, Operation::Delete | Operation::Connect) {
+        return None;
     }
+    let kind = Kind::of(&req.kind.group, &req.kind.kind)?;
+    match req.sub_resource.as_deref().unwrap_or("") {
+        "" => {}
+        "ephemeralcontainers" if kind == Kind::Pod => {}
+        _ => return None,
+    }
+    let object = req.object.take()?;
+    let old = match req.operation {
+        Operation::Update => req.old_object.take(),
+        _ => None,
+    };
+    let subject = |object| Subject {
+        kind,
+        object: object_json(object, &req.name, req.namespace.as_deref()),
+    };
+    Some((subject(object), old.map(subject)))
 }
 
 /// The object under review as archgate reads it: typed metadata and the `spec` as JSON.
@@ -296,29 +223,24 @@ impl kube::Resource for ReviewObject {
     }
 }
 
-/// The object as JSON for extractors: its spec plus the metadata they read (managedFields can be
-/// large and are never needed, so they are left behind).
-pub fn object_json(object: &ReviewObject, req: &AdmissionRequest<ReviewObject>) -> Value {
-    let meta = &object.metadata;
-    let name = meta
+/// The object as JSON for extractors: its spec (moved, not copied) plus the metadata they read
+/// (managedFields can be large and are never needed, so they are left behind).
+fn object_json(object: ReviewObject, name: &str, namespace: Option<&str>) -> Value {
+    let ReviewObject { metadata, spec } = object;
+    let name = metadata
         .name
-        .clone()
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| req.name.clone());
+        .unwrap_or_else(|| name.to_string());
     serde_json::json!({
         "metadata": {
             "name": name,
-            "generateName": meta.generate_name,
-            "namespace": meta.namespace.clone().or_else(|| req.namespace.clone()),
-            "annotations": meta.annotations,
-            "labels": meta.labels,
+            "generateName": metadata.generate_name,
+            "namespace": metadata.namespace.or_else(|| namespace.map(str::to_string)),
+            "annotations": metadata.annotations,
+            "labels": metadata.labels,
         },
-        "spec": object.spec,
+        "spec": spec,
     })
-}
-
-fn policy_clip(text: &str) -> String {
-    text.chars().take(policy::MAX_WARNING_CHARS).collect()
 }
 
 fn operation_label(op: &Operation) -> &'static str {

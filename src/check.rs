@@ -1,7 +1,15 @@
-//! `archgate check`: the same pipeline as the webhook, for images and YAML files in CI.
+//! `archgate check`: the webhook's pipeline for images and YAML files in CI.
+//!
+//! Every `-f` input is read document by document (a document that cannot be read is reported on
+//! its own line and the rest are still checked), `List`s are expanded, and all documents form one
+//! catalog, so a PipelineRun in one file finds its Pipeline in another. Each object goes through
+//! [`Pipeline::review`] as the webhook's would, Tekton bundles included; findings are worded by
+//! [`crate::policy`].
 //!
 //! Exit codes (a contract other tools rely on): 0 all good; 1 some image lacks a platform or does
-//! not exist; 2 bad usage, an invalid reference or platform, or a registry could not be asked.
+//! not exist, even if something else could not be checked; 2 nothing was found wrong but
+//! something could not be checked (bad usage, an invalid reference or platform, an unreadable
+//! document, a registry or bundle that could not be asked).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -9,18 +17,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{CheckArgs, Output};
+use crate::cluster::{ClusterView, StaticCluster};
 use crate::config::{self, PlatformSource};
 use crate::metrics::Metrics;
+use crate::pipeline::{self, Exemptions, Pipeline};
 use crate::platform::{self, Platform};
-use crate::policy::{Checked, Outcome};
+use crate::policy::{self, Checked, Finding, Outcome};
 use crate::resolver::{Credentials, RegistryOptions, Resolver};
-use crate::review::{self, Exemptions};
 use crate::scheduling::NodeView;
-use crate::workload::{self, Catalog, ExtractOptions, Location, Placement, Target};
+use crate::subject::{Subject, expand_lists};
+use crate::workload::{Catalog, ExtractOptions, Location, Placement, Target};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FINDINGS: i32 = 1;
@@ -40,9 +51,12 @@ pub struct Line {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// The text line, worded by the policy.
     #[serde(skip)]
-    scope: Option<String>,
+    text: String,
     #[serde(skip)]
     exit: i32,
 }
@@ -52,12 +66,24 @@ pub async fn run(args: CheckArgs) -> i32 {
     match report(&args).await {
         Ok(lines) => {
             print(&lines, args.output);
-            lines.iter().map(|l| l.exit).max().unwrap_or(EXIT_OK)
+            exit_code(&lines)
         }
         Err(message) => {
             eprintln!("archgate check: {message}");
             EXIT_TROUBLE
         }
+    }
+}
+
+/// A finding anywhere outranks trouble elsewhere: CI must fail on what is known to be wrong.
+fn exit_code(lines: &[Line]) -> i32 {
+    let has = |code| lines.iter().any(|l| l.exit == code);
+    if has(EXIT_FINDINGS) {
+        EXIT_FINDINGS
+    } else if has(EXIT_TROUBLE) {
+        EXIT_TROUBLE
+    } else {
+        EXIT_OK
     }
 }
 
@@ -87,44 +113,71 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     let resolver = Resolver::new(options, Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
     let credentials =
         Credentials::load(registry.docker_config.as_deref()).map_err(|e| e.to_string())?;
-
-    let mut targets: Vec<(Target, Option<String>)> = images
-        .iter()
-        .map(|image| {
-            let target = Target {
-                location: Location {
-                    object: None,
-                    container: String::new(),
-                    scope: String::new(),
-                },
-                image: image.clone(),
-                placement: Arc::new(Placement::default()),
-                known_platforms: None,
-            };
-            (target, None)
-        })
-        .collect();
-    for path in files {
-        targets.extend(targets_from_file(path)?);
-    }
-
-    let nodes: Vec<NodeView> = platforms.iter().map(NodeView::synthetic).collect();
     let deadline = tokio::time::Instant::now() + CHECK_DEADLINE;
-    let (targets, objects): (Vec<Target>, Vec<Option<String>>) = targets.into_iter().unzip();
-    let checked = review::check(
-        targets,
+
+    let mut documents = Vec::new();
+    let mut lines = Vec::new();
+    for path in files {
+        for (index, document) in read_documents(path)?.into_iter().enumerate() {
+            match document {
+                Ok(document) => documents.extend(expand_lists(document)),
+                Err(reason) => lines.push(unreadable(path, index + 1, &reason)),
+            }
+        }
+    }
+    let catalog = FileCatalog::new(&documents);
+    let subjects: Vec<Subject> = documents
+        .into_iter()
+        .filter_map(Subject::from_document)
+        .collect();
+
+    let pipeline = Pipeline::new(
+        Arc::new(resolver),
+        Exemptions::default(),
+        ExtractOptions::default(),
+    );
+    let cluster = StaticCluster::new(&platforms, credentials).with_catalog(Arc::new(catalog));
+    let nodes: Vec<NodeView> = platforms.iter().map(NodeView::synthetic).collect();
+
+    let checked = pipeline::resolve(
+        images.iter().map(|image| bare_target(image)).collect(),
         &nodes,
-        &resolver,
-        &credentials,
+        &pipeline.resolver,
+        &cluster.credentials("", &Placement::default()),
         &Exemptions::default(),
         deadline,
     )
     .await;
-    Ok(checked
-        .into_iter()
-        .zip(objects)
-        .map(|(c, object)| line(c, object))
-        .collect())
+    let mut out: Vec<Line> = checked.into_iter().map(|c| line(c, None)).collect();
+
+    let reviews = join_all(subjects.iter().map(|subject| {
+        pipeline.review(pipeline::Request {
+            subject,
+            old: None,
+            cluster: &cluster,
+            // Files are anyone's: TEKTON_PLATFORM_COMMANDS in them is a claim, never trusted.
+            from_tekton_controller: false,
+            deadline,
+        })
+    }))
+    .await;
+    for (subject, reviewed) in subjects.iter().zip(reviews) {
+        let name = subject.display_name();
+        match reviewed {
+            Ok(reviewed) => {
+                for note in &reviewed.notes {
+                    eprintln!("archgate check: {name}: {note}");
+                }
+                for reason in &reviewed.unchecked {
+                    out.push(trouble(subject, reason));
+                }
+                out.extend(reviewed.checked.into_iter().map(|c| line(c, Some(subject))));
+            }
+            Err(e) => out.push(trouble(subject, &policy::unreadable(&e))),
+        }
+    }
+    out.extend(lines);
+    Ok(out)
 }
 
 /// The `serve` parsing (same spellings, same default), without `auto`: there is no cluster here.
@@ -137,9 +190,9 @@ fn parse_platforms(values: &[String]) -> Result<Vec<Platform>, String> {
     }
 }
 
-/// Reads every document of a YAML/JSON file (`-` is stdin) and extracts its targets. Tekton
-/// Pipelines, Tasks and StepActions in the same files are used to resolve references.
-fn targets_from_file(path: &Path) -> Result<Vec<(Target, Option<String>)>, String> {
+/// The documents of a YAML/JSON file (`-` is stdin), each parsed on its own: YAML's limits on
+/// size and nesting apply per document, and one broken document does not hide the others.
+fn read_documents(path: &Path) -> Result<Vec<Result<Value, String>>, String> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
         std::io::stdin()
@@ -149,38 +202,53 @@ fn targets_from_file(path: &Path) -> Result<Vec<(Target, Option<String>)>, Strin
     } else {
         std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
     };
-    let docs = parse_documents(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let catalog = FileCatalog::new(&docs);
-    let mut out = Vec::new();
-    for doc in &docs {
-        let kind = doc["kind"].as_str().unwrap_or_default();
-        let extraction = workload::extract(kind, doc, &catalog, &ExtractOptions::default())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let Some(extraction) = extraction else {
-            continue;
-        };
-        for warning in &extraction.warnings {
-            eprintln!(
-                "archgate check: {}: {kind} {}: {warning}",
-                path.display(),
-                workload::object_name(doc)
-            );
-        }
-        let object = format!("{kind}/{}", workload::object_name(doc));
-        out.extend(
-            extraction
-                .targets
-                .into_iter()
-                .map(|t| (t, Some(object.clone()))),
-        );
-    }
-    Ok(out)
+    Ok(documents(&text))
 }
 
-/// Multi-document YAML (JSON is YAML too). Empty documents are skipped.
+/// Each YAML document (JSON is YAML too), or why it could not be read. Empty documents are
+/// skipped; so are documents that are not objects (a bare string is nothing Kubernetes reads).
+///
+/// The text is split at document markers here rather than by serde-saphyr's stream reader, which
+/// cannot resume after a syntax error (an unclosed bracket ends the whole stream). YAML forbids
+/// `---` and `...` at the start of a content line, so a line that begins with one is always a
+/// document boundary.
+fn documents(text: &str) -> Vec<Result<Value, String>> {
+    let mut pieces = vec![(1usize, String::new())];
+    for (number, line) in text.lines().enumerate() {
+        let marker = ["---", "..."].iter().find_map(|m| line.strip_prefix(m));
+        match marker {
+            Some(rest) if rest.is_empty() || rest.starts_with([' ', '\t']) => {
+                // `--- {inline: doc}` keeps what follows the marker.
+                pieces.push((number + 1, rest.to_string()));
+            }
+            _ => {
+                let piece = &mut pieces.last_mut().expect("one piece at least").1;
+                piece.push_str(line);
+                piece.push('\n');
+            }
+        }
+    }
+    pieces
+        .into_iter()
+        .filter(|(_, piece)| {
+            piece
+                .lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .filter_map(
+            |(line, piece)| match serde_saphyr::from_str::<Value>(&piece) {
+                Ok(value) if value.is_object() => Some(Ok(value)),
+                Ok(_) => None,
+                Err(e) => Some(Err(format!("(from line {line}) {e}"))),
+            },
+        )
+        .collect()
+}
+
+/// Multi-document YAML as objects; any unreadable document is an error. For callers that need
+/// every document (the install checks).
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| e.to_string())?;
-    Ok(docs.into_iter().filter(|d| d.is_object()).collect())
+    documents(text).into_iter().collect()
 }
 
 /// Tekton resources found in the files being checked, by kind and name.
@@ -206,37 +274,124 @@ impl Catalog for FileCatalog {
     }
 }
 
-fn line(c: Checked, object: Option<String>) -> Line {
+/// An image named on the command line: no object, no placement.
+fn bare_target(image: &str) -> Target {
+    Target {
+        location: Location {
+            object: None,
+            container: String::new(),
+            scope: String::new(),
+        },
+        image: image.to_string(),
+        placement: Arc::new(Placement::default()),
+        known_platforms: None,
+    }
+}
+
+/// `Kind name` (or `Kind namespace/name`), as text output names objects.
+fn object_label(subject: &Subject) -> String {
+    let name = crate::workload::object_name(&subject.object);
+    match subject.namespace() {
+        "" => format!("{} {name}", subject.kind),
+        namespace => format!("{} {namespace}/{name}", subject.kind),
+    }
+}
+
+fn line(mut c: Checked, subject: Option<&Subject>) -> Line {
+    if let Some(subject) = subject {
+        // Findings in the webhook leave the pod's own name out (the user just applied it); in a
+        // report over many files every line names its object.
+        c.target.location.object = Some(object_label(subject));
+    }
+    let finding = policy::finding(&c);
     let missing: Vec<String> = c.missing().iter().map(Platform::to_string).collect();
-    let (digest, platforms, error, exit) = match &c.outcome {
-        _ if c.candidates.is_empty() && object.is_some() => (None, vec![], None, EXIT_OK),
+    let (digest, platforms, error) = match &c.outcome {
         Outcome::Resolved(r) => (
             Some(r.digest.clone()).filter(|d| !d.is_empty()),
             r.platforms.iter().map(Platform::to_string).collect(),
             None,
-            if missing.is_empty() {
-                EXIT_OK
-            } else {
-                EXIT_FINDINGS
-            },
         ),
-        Outcome::Failed(e) if e.is_not_found() => {
-            (None, vec![], Some("not found".to_string()), EXIT_FINDINGS)
-        }
-        Outcome::Failed(e) => (None, vec![], Some(e.to_string()), EXIT_TROUBLE),
-        Outcome::Invalid(e) => (None, vec![], Some(e.to_string()), EXIT_TROUBLE),
+        Outcome::Failed(e) if e.is_not_found() => (None, vec![], Some("not found".to_string())),
+        Outcome::Failed(e) => (None, vec![], Some(e.to_string())),
+        Outcome::Invalid(e) => (None, vec![], Some(e.to_string())),
     };
-    let has_object = object.is_some();
+    let (text, exit) = match &finding {
+        None => (ok_text(&c, &platforms), EXIT_OK),
+        Some(f @ (Finding::Missing { .. } | Finding::NotFound { .. })) => {
+            (format!("FAIL  {f}"), EXIT_FINDINGS)
+        }
+        Some(f @ (Finding::InvalidReference { .. } | Finding::RegistryTrouble { .. })) => {
+            (format!("ERROR {f}"), EXIT_TROUBLE)
+        }
+        // A pod pinned where no --platform can take it: nothing to check against.
+        Some(f @ Finding::NoCandidates { .. }) => (format!("skip  {f}"), EXIT_OK),
+    };
     Line {
         image: c.target.image,
         digest,
         platforms,
         missing,
         error,
-        object,
-        container: has_object.then(|| c.target.location.container.clone()),
-        scope: has_object.then(|| c.target.location.scope.clone()),
+        object: subject.map(|s| format!("{}/{}", s.kind, crate::workload::object_name(&s.object))),
+        namespace: subject
+            .map(Subject::namespace)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string),
+        container: subject.map(|_| c.target.location.container.clone()),
+        text,
         exit,
+    }
+}
+
+/// `ok    Deployment web, container "app" image "nginx:1.27" (linux/amd64, linux/arm64/v8)`, or
+/// `ok    IMAGE (platforms)` for an image named on the command line.
+fn ok_text(c: &Checked, platforms: &[String]) -> String {
+    let available = if platforms.is_empty() {
+        platform::list(&[])
+    } else {
+        platforms.join(", ")
+    };
+    let image = &c.target.image;
+    match c.target.location.object {
+        Some(_) => format!("ok    {} image {image:?} ({available})", c.target.location),
+        None => format!("ok    {image} ({available})"),
+    }
+}
+
+/// Something about an object that could not be checked (exit 2 unless a finding exists).
+fn trouble(subject: &Subject, reason: &str) -> Line {
+    Line {
+        image: String::new(),
+        digest: None,
+        platforms: vec![],
+        missing: vec![],
+        error: Some(reason.to_string()),
+        object: Some(format!(
+            "{}/{}",
+            subject.kind,
+            crate::workload::object_name(&subject.object)
+        )),
+        namespace: None,
+        container: None,
+        text: format!("ERROR {}: {reason}", object_label(subject)),
+        exit: EXIT_TROUBLE,
+    }
+}
+
+/// A document that is not YAML archgate can read.
+fn unreadable(path: &Path, number: usize, reason: &str) -> Line {
+    let at = format!("{} document {number}", path.display());
+    Line {
+        image: String::new(),
+        digest: None,
+        platforms: vec![],
+        missing: vec![],
+        error: Some(reason.to_string()),
+        object: Some(at.clone()),
+        namespace: None,
+        container: None,
+        text: format!("ERROR {at}: {reason}"),
+        exit: EXIT_TROUBLE,
     }
 }
 
@@ -248,39 +403,69 @@ fn print(lines: &[Line], output: Output) {
         },
         Output::Text => {
             for l in lines {
-                println!("{}", text_line(l));
+                println!("{}", l.text);
             }
         }
     }
 }
 
-/// `ok    IMAGE (platforms)`, `FAIL  IMAGE: missing linux/amd64 (available: ...)`,
-/// `FAIL  IMAGE: not found`, `ERROR IMAGE: reason`; with -f the object and container lead.
-fn text_line(l: &Line) -> String {
-    let at = match (&l.object, &l.scope) {
-        (Some(object), Some(scope)) => format!("{object} {scope} image "),
-        _ => String::new(),
-    };
-    let image = &l.image;
-    let available = platform_list(&l.platforms);
-    match (&l.error, l.exit) {
-        (Some(error), EXIT_FINDINGS) => format!("FAIL  {at}{image}: {error}"),
-        (Some(error), _) => format!("ERROR {at}{image}: {error}"),
-        (None, EXIT_FINDINGS) => format!(
-            "FAIL  {at}{image}: missing {} (available: {available})",
-            l.missing.join(", ")
-        ),
-        (None, _) if l.platforms.is_empty() => {
-            format!("skip  {at}{image}: no --platform matches its node selector")
-        }
-        (None, _) => format!("ok    {at}{image} ({available})"),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn platform_list(names: &[String]) -> String {
-    if names.is_empty() {
-        platform::list(&[])
-    } else {
-        names.join(", ")
+    #[test]
+    fn one_broken_document_does_not_hide_the_others() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n---\nkind: [unclosed\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\n";
+        let docs = documents(text);
+        assert_eq!(docs.len(), 3, "{docs:?}");
+        assert_eq!(docs[0].as_ref().unwrap()["metadata"]["name"], "a");
+        assert!(docs[1].is_err());
+        assert_eq!(docs[2].as_ref().unwrap()["metadata"]["name"], "b");
+        assert!(parse_documents(text).is_err());
+    }
+
+    #[test]
+    fn the_node_budget_is_per_document() {
+        // Two documents of 150k scalars each: over 250k in all, under it each.
+        let big = |name: &str| {
+            let items: Vec<String> = (0..150_000).map(|i| i.to_string()).collect();
+            format!(
+                "kind: ConfigMap\nmetadata: {{name: {name}}}\ndata: [{}]\n",
+                items.join(",")
+            )
+        };
+        let text = format!("{}---\n{}", big("one"), big("two"));
+        let docs = documents(&text);
+        assert_eq!(docs.len(), 2);
+        assert!(
+            docs.iter().all(Result::is_ok),
+            "{:?}",
+            docs.iter().map(|d| d.as_ref().err()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn findings_outrank_trouble() {
+        let line = |exit| Line {
+            image: String::new(),
+            digest: None,
+            platforms: vec![],
+            missing: vec![],
+            error: None,
+            object: None,
+            namespace: None,
+            container: None,
+            text: String::new(),
+            exit,
+        };
+        assert_eq!(exit_code(&[line(EXIT_OK)]), EXIT_OK);
+        assert_eq!(
+            exit_code(&[line(EXIT_OK), line(EXIT_TROUBLE)]),
+            EXIT_TROUBLE
+        );
+        assert_eq!(
+            exit_code(&[line(EXIT_TROUBLE), line(EXIT_FINDINGS), line(EXIT_OK)]),
+            EXIT_FINDINGS
+        );
     }
 }

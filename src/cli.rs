@@ -19,6 +19,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at startup; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the admission webhook (HTTPS) and its admin endpoints (plain HTTP).
@@ -107,9 +109,20 @@ pub struct ServeArgs {
     /// Image glob never checked, e.g. 'registry.k8s.io/*' (repeatable).
     #[arg(long = "exempt-image", value_name = "GLOB")]
     pub exempt_images: Vec<String>,
-    /// Also use the pod's imagePullSecrets and its ServiceAccount's (needs Secret read access).
+    /// Also use the pod's imagePullSecrets and its ServiceAccount's (needs Secret read access and
+    /// a cluster: in-cluster or --kubeconfig).
     #[arg(long)]
     pub pull_secrets: bool,
+    /// Read the cluster (namespace modes, pull secrets, Tekton resources, and Nodes with
+    /// `--platform auto`) through this kubeconfig [default: in-cluster when running in a pod;
+    /// with `--platform auto` also $KUBECONFIG or ~/.kube/config].
+    #[arg(long, value_name = "PATH", env = "ARCHGATE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// `userInfo.username` of the Tekton controller: only pods it creates may vouch for their
+    /// platforms with TEKTON_PLATFORM_COMMANDS
+    /// [default: system:serviceaccount:tekton-pipelines:tekton-pipelines-controller].
+    #[arg(long, value_name = "USERNAME")]
+    pub tekton_controller: Option<String>,
     /// Log format [default: plain].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,

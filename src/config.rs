@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cli::{LogFormat, ServeArgs};
+use crate::pipeline::Exemptions;
 use crate::platform::Platform;
 use crate::policy::{Mode, OnMissingImage, OnRegistryError, Policy};
 use crate::resolver::RegistryOptions;
-use crate::review::Exemptions;
 use crate::tls::CertificateFiles;
 use crate::workload::ExtractOptions;
 
@@ -53,6 +53,7 @@ pub struct FileConfig {
     pub mirrors: BTreeMap<String, Vec<String>>,
     pub docker_config: Option<PathBuf>,
     pub pull_secrets: Option<bool>,
+    pub kubeconfig: Option<PathBuf>,
     #[serde(default)]
     pub exempt_namespaces: Vec<String>,
     #[serde(default)]
@@ -70,6 +71,8 @@ pub struct TektonConfig {
     /// Param names whose values are images a run needs (e.g. `BASE_IMAGE`).
     #[serde(default)]
     pub image_params: Vec<String>,
+    /// `userInfo.username` of the Tekton controller.
+    pub controller_username: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +138,66 @@ pub enum PlatformSource {
     Static(Vec<Platform>),
 }
 
+/// Where archgate reads the cluster from. Where it runs decides this, not `--platform`, which
+/// only says where candidate platforms come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterAccess {
+    /// No cluster: namespace modes, pull secrets and Tekton references cannot be read.
+    None,
+    /// The pod's ServiceAccount (KUBERNETES_SERVICE_HOST is set).
+    InCluster,
+    /// `--kubeconfig`.
+    Kubeconfig(PathBuf),
+    /// `--platform auto` outside a pod: kube's usual search ($KUBECONFIG, ~/.kube/config).
+    Inferred,
+}
+
+impl ClusterAccess {
+    /// `None` with neither a kubeconfig nor a pod around it, unless `--platform auto` asks for
+    /// a cluster anyway.
+    fn decide(kubeconfig: Option<PathBuf>, platforms: &PlatformSource) -> Self {
+        match kubeconfig {
+            Some(path) => Self::Kubeconfig(path),
+            None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Self::InCluster,
+            None if *platforms == PlatformSource::Auto => Self::Inferred,
+            None => Self::None,
+        }
+    }
+
+    /// The client configuration, or `None` without a cluster.
+    pub async fn client_config(&self) -> Result<Option<kube::Config>, ConfigError> {
+        let error = |reason: String| ConfigError::Cluster {
+            access: self.clone(),
+            reason,
+        };
+        Ok(Some(match self {
+            Self::None => return Ok(None),
+            Self::InCluster => kube::Config::incluster().map_err(|e| error(e.to_string()))?,
+            Self::Kubeconfig(path) => {
+                let kubeconfig =
+                    kube::config::Kubeconfig::read_from(path).map_err(|e| error(e.to_string()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .map_err(|e| error(e.to_string()))?
+            }
+            Self::Inferred => kube::Config::infer()
+                .await
+                .map_err(|e| error(e.to_string()))?,
+        }))
+    }
+}
+
+impl std::fmt::Display for ClusterAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("no cluster"),
+            Self::InCluster => f.write_str("the in-cluster ServiceAccount"),
+            Self::Kubeconfig(path) => write!(f, "--kubeconfig {}", path.display()),
+            Self::Inferred => f.write_str("$KUBECONFIG or ~/.kube/config (for --platform auto)"),
+        }
+    }
+}
+
 /// Where the serving certificate comes from.
 #[derive(Debug, Clone)]
 pub enum TlsSource {
@@ -157,6 +220,9 @@ pub struct Settings {
     pub registry: RegistryOptions,
     pub docker_config: Option<PathBuf>,
     pub pull_secrets: bool,
+    pub cluster: ClusterAccess,
+    /// `userInfo.username` of the Tekton controller.
+    pub tekton_controller: String,
     pub exempt_namespaces: Vec<String>,
     pub exemptions: Exemptions,
     pub log_format: LogFormat,
@@ -191,6 +257,15 @@ pub enum ConfigError {
         "mirrors.{registry}: {value:?} is not a registry host: write HOST[:PORT] without scheme or path, and list plain-HTTP mirrors in insecureRegistries"
     )]
     Mirror { registry: String, value: String },
+    #[error(
+        "--pull-secrets reads Secrets from the Kubernetes API: run archgate in the cluster or pass --kubeconfig"
+    )]
+    PullSecretsNeedCluster,
+    #[error("cannot reach the Kubernetes API through {access}: {reason}")]
+    Cluster {
+        access: ClusterAccess,
+        reason: String,
+    },
     #[error("--registry-ca {path}: {source}")]
     RegistryCa {
         path: PathBuf,
@@ -276,6 +351,7 @@ impl Settings {
             mirrors,
             docker_config,
             pull_secrets,
+            kubeconfig,
             exempt_namespaces,
             exempt_images,
             log_format,
@@ -339,12 +415,23 @@ impl Settings {
             ..defaults
         };
 
+        let platforms = parse_platforms(&list(&args.platforms, platforms))?;
+        let cluster = ClusterAccess::decide(first(args.kubeconfig.clone(), kubeconfig), &platforms);
+        let pull_secrets = args.pull_secrets || pull_secrets.unwrap_or(false);
+        if pull_secrets && cluster == ClusterAccess::None {
+            return Err(ConfigError::PullSecretsNeedCluster);
+        }
+        let TektonConfig {
+            image_params,
+            controller_username,
+        } = tekton;
+
         Ok(Self {
             listen: first(args.listen, listen).unwrap_or_else(|| parse_addr(DEFAULT_LISTEN)),
             admin_listen: first(args.admin_listen, admin_listen)
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_LISTEN)),
             tls,
-            platforms: parse_platforms(&list(&args.platforms, platforms))?,
+            platforms,
             policy: Policy {
                 mode: first(args.mode, mode).unwrap_or(Mode::Enforce),
                 on_registry_error: first(args.on_registry_error, on_registry_error)
@@ -355,12 +442,16 @@ impl Settings {
             deadline,
             registry,
             docker_config: first(args.registry.docker_config.clone(), docker_config),
-            pull_secrets: args.pull_secrets || pull_secrets.unwrap_or(false),
+            pull_secrets,
+            cluster,
+            tekton_controller: first(args.tekton_controller.clone(), controller_username)
+                .unwrap_or_else(|| crate::admission::DEFAULT_TEKTON_CONTROLLER.to_string()),
             exempt_namespaces: list(&args.exempt_namespaces, exempt_namespaces),
             exemptions: Exemptions::new(list(&args.exempt_images, exempt_images)),
             log_format: first(args.log_format, log_format).unwrap_or(LogFormat::Plain),
             extract: ExtractOptions {
-                tekton_image_params: tekton.image_params,
+                tekton_image_params: image_params,
+                trust_tekton_platforms: false,
             },
         })
     }
@@ -469,6 +560,45 @@ mod tests {
         assert_eq!(
             s.registry.mirrors["docker.io"],
             ["mirror-a.internal:5000", "mirror-b.internal"]
+        );
+    }
+
+    /// Where archgate runs decides what it reads; `--platform` only where platforms come from.
+    /// Before, `-p linux/amd64` silently dropped namespace modes, pull secrets and Tekton refs.
+    #[test]
+    fn cluster_access_is_not_tied_to_platform_auto() {
+        // The test process is not in a pod.
+        assert!(std::env::var_os("KUBERNETES_SERVICE_HOST").is_none());
+        let s = serve(&[
+            "--self-signed",
+            "-p",
+            "linux/amd64",
+            "--kubeconfig",
+            "/k/config",
+        ])
+        .unwrap();
+        assert_eq!(s.cluster, ClusterAccess::Kubeconfig("/k/config".into()));
+        assert!(matches!(s.platforms, PlatformSource::Static(_)));
+        let s = serve(&["--self-signed", "-p", "linux/amd64"]).unwrap();
+        assert_eq!(s.cluster, ClusterAccess::None);
+        let s = serve(&["--self-signed", "-p", "auto"]).unwrap();
+        assert_eq!(s.cluster, ClusterAccess::Inferred);
+        // A setting that cannot take effect is a startup error, never a silent no-op.
+        let err = serve(&["--self-signed", "--pull-secrets"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--kubeconfig"), "{err}");
+        let s = serve(&[
+            "--self-signed",
+            "--pull-secrets",
+            "--kubeconfig",
+            "/k/config",
+        ])
+        .unwrap();
+        assert!(s.pull_secrets);
+        assert_eq!(
+            s.tekton_controller,
+            crate::admission::DEFAULT_TEKTON_CONTROLLER
         );
     }
 

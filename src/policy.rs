@@ -10,7 +10,7 @@ use crate::platform::{self, Platform};
 use crate::reference::ReferenceError;
 use crate::resolver::{Resolution, ResolveError};
 use crate::scheduling;
-use crate::workload::Target;
+use crate::workload::{BundleRef, ExtractError, Target};
 
 /// What archgate does with a finding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -145,6 +145,14 @@ pub enum Finding {
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // An image named on its own (`archgate check IMAGE`) has no place to name.
+        let lead = |at: &str| {
+            if at.is_empty() {
+                String::new()
+            } else {
+                format!("{at} ")
+            }
+        };
         match self {
             Finding::Missing {
                 at,
@@ -153,24 +161,28 @@ impl fmt::Display for Finding {
                 available,
             } => write!(
                 f,
-                "{at} image {image:?} is missing {} (available: {})",
+                "{}image {image:?} is missing {} (available: {})",
+                lead(at),
                 platform::list(missing),
                 platform::list(available)
             ),
             Finding::NotFound { at, image } => {
-                write!(f, "{at} image {image:?} not found in registry")
+                write!(f, "{}image {image:?} not found in registry", lead(at))
             }
+            Finding::InvalidReference { at, error } if at.is_empty() => write!(f, "{error}"),
             Finding::InvalidReference { at, error } => write!(f, "{at}: {error}"),
             Finding::RegistryTrouble { at, image, error } => {
                 write!(
                     f,
-                    "{at} image {image:?} was not checked: {}",
+                    "{}image {image:?} was not checked: {}",
+                    lead(at),
                     error.summary()
                 )
             }
             Finding::NoCandidates { at, image } => write!(
                 f,
-                "{at} image {image:?} was not checked: no node platform matches the pod's node selector and affinity"
+                "{}image {image:?} was not checked: no node platform matches the pod's node selector and affinity",
+                lead(at)
             ),
         }
     }
@@ -191,53 +203,63 @@ pub struct Verdict {
 /// The API server truncates long warnings; kubectl shows them one per line.
 pub const MAX_WARNING_CHARS: usize = 120;
 
+/// What is wrong (or unknowable) about one checked target; `None` when its image provides every
+/// candidate platform.
+pub fn finding(c: &Checked) -> Option<Finding> {
+    // The common case first, before any text is built.
+    if matches!(c.outcome, Outcome::Resolved(_))
+        && !c.candidates.is_empty()
+        && c.missing().is_empty()
+    {
+        return None;
+    }
+    let at = c.target.location.to_string();
+    let image = c.target.image.clone();
+    Some(match &c.outcome {
+        _ if c.candidates.is_empty() => Finding::NoCandidates { at, image },
+        Outcome::Invalid(error) => Finding::InvalidReference {
+            at,
+            error: error.clone(),
+        },
+        Outcome::Failed(e) if e.is_not_found() => Finding::NotFound { at, image },
+        Outcome::Failed(error) => Finding::RegistryTrouble {
+            at,
+            image,
+            error: error.clone(),
+        },
+        Outcome::Resolved(r) => {
+            let missing = c.missing();
+            if missing.is_empty() {
+                return None;
+            }
+            Finding::Missing {
+                at,
+                image,
+                missing,
+                available: r.platforms.to_vec(),
+            }
+        }
+    })
+}
+
+impl Finding {
+    /// Whether this finding denies the object in enforce mode.
+    pub fn denies(&self, policy: &Policy) -> bool {
+        match self {
+            Finding::Missing { .. } | Finding::InvalidReference { .. } => true,
+            Finding::NotFound { .. } => policy.on_missing_image == OnMissingImage::Deny,
+            Finding::RegistryTrouble { .. } => policy.on_registry_error == OnRegistryError::Deny,
+            Finding::NoCandidates { .. } => false,
+        }
+    }
+}
+
 /// Turns checked targets (and extraction's own warnings) into a verdict under `policy`.
 pub fn decide(checked: &[Checked], notes: &[String], policy: &Policy) -> Verdict {
-    let mut findings = Vec::new();
-    let mut denying = Vec::new();
-    for c in checked {
-        let at = c.target.location.to_string();
-        let image = c.target.image.clone();
-        let (finding, denies) = match &c.outcome {
-            _ if c.candidates.is_empty() => (Finding::NoCandidates { at, image }, false),
-            Outcome::Invalid(error) => (
-                Finding::InvalidReference {
-                    at,
-                    error: error.clone(),
-                },
-                true,
-            ),
-            Outcome::Failed(e) if e.is_not_found() => (
-                Finding::NotFound { at, image },
-                policy.on_missing_image == OnMissingImage::Deny,
-            ),
-            Outcome::Failed(error) => (
-                Finding::RegistryTrouble {
-                    at,
-                    image,
-                    error: error.clone(),
-                },
-                policy.on_registry_error == OnRegistryError::Deny,
-            ),
-            Outcome::Resolved(r) => {
-                let missing = c.missing();
-                if missing.is_empty() {
-                    continue;
-                }
-                let finding = Finding::Missing {
-                    at,
-                    image,
-                    missing,
-                    available: r.platforms.to_vec(),
-                };
-                (finding, true)
-            }
-        };
-        if denies {
-            denying.push(findings.len());
-        }
-        findings.push(finding);
-    }
+    let findings: Vec<Finding> = checked.iter().filter_map(finding).collect();
+    let denying: Vec<usize> = (0..findings.len())
+        .filter(|&i| findings[i].denies(policy))
+        .collect();
 
     let mut warnings: Vec<String> = notes.iter().map(|n| clip(n)).collect();
     let deny = policy.mode == Mode::Enforce && !denying.is_empty();
@@ -312,8 +334,21 @@ fn candidates_differ(resolved: &[(&Checked, &Resolution)]) -> bool {
     resolved.iter().any(|(c, _)| c.candidates.len() > 1)
 }
 
-/// Keeps a warning within what the API server passes on intact.
-fn clip(text: &str) -> String {
+/// A resource named through a Tekton bundle that could not be fetched.
+pub fn bundle_not_checked(reference: &BundleRef, why: &str) -> String {
+    clip(&format!(
+        "{} {:?} from bundle {} was not checked: {why}",
+        reference.kind, reference.name, reference.bundle
+    ))
+}
+
+/// An object that cannot be read as the kind it claims to be (allowed, with this warning).
+pub fn unreadable(error: &ExtractError) -> String {
+    clip(&error.to_string())
+}
+
+/// Keeps a warning within what the API server passes on intact. The one clipping function.
+pub fn clip(text: &str) -> String {
     if text.chars().count() <= MAX_WARNING_CHARS {
         return text.to_string();
     }

@@ -13,6 +13,7 @@ use crate::cli::ServeArgs;
 use crate::cluster::{ClusterView, StaticCluster};
 use crate::config::{PlatformSource, Settings, TlsSource};
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::resolver::{Credentials, Resolver};
 use crate::server::{self, Readiness};
 use crate::tls::{self, CurrentKey};
@@ -54,27 +55,44 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let resolver = Arc::new(Resolver::new(settings.registry.clone(), metrics.clone())?);
     let credentials = load_credentials(&settings)?;
-    let cluster: Arc<dyn ClusterView> = match &settings.platforms {
-        PlatformSource::Static(platforms) => Arc::new(StaticCluster::new(platforms, credentials)),
-        PlatformSource::Auto => {
-            crate::cluster::watch(credentials, metrics.clone(), settings.pull_secrets)
-                .await
-                .context("--platform auto needs the Kubernetes API (in-cluster or a kubeconfig)")?
+    let cluster: Arc<dyn ClusterView> = match settings.cluster.client_config().await? {
+        Some(config) => {
+            let client = kube::Client::try_from(config).with_context(|| {
+                format!("cannot build a Kubernetes client ({})", settings.cluster)
+            })?;
+            crate::cluster::watch(
+                client,
+                credentials,
+                metrics.clone(),
+                settings.pull_secrets,
+                &settings.platforms,
+            )
         }
+        None => match &settings.platforms {
+            PlatformSource::Static(platforms) => {
+                Arc::new(StaticCluster::new(platforms, credentials))
+            }
+            // ClusterAccess::decide never leaves `auto` without a cluster.
+            PlatformSource::Auto => anyhow::bail!(
+                "--platform auto needs the Kubernetes API: run in the cluster or pass --kubeconfig"
+            ),
+        },
     };
     let current = serving_key(&settings.tls)?;
     let tls_config = tls::server_config(current)?;
 
     let admission = Arc::new(Admission {
-        resolver,
+        pipeline: Pipeline::new(
+            resolver,
+            settings.exemptions.clone(),
+            settings.extract.clone(),
+        ),
         cluster: cluster.clone(),
         policy: settings.policy,
         deadline: settings.deadline,
         exempt_namespaces: settings.exempt_namespaces.clone(),
-        exemptions: settings.exemptions.clone(),
-        extract: settings.extract.clone(),
+        tekton_controller: settings.tekton_controller.clone(),
         metrics: metrics.clone(),
-        bundles: Default::default(),
     });
 
     let (stop, stop_rx) = tokio::sync::watch::channel(false);

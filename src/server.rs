@@ -53,7 +53,7 @@ pub fn router(admission: Arc<Admission>) -> Router {
 async fn validate(State(admission): State<Arc<Admission>>, body: Bytes) -> Response {
     match admission::decode(&body) {
         Ok(request) => {
-            let review = admission.review(&request).await;
+            let review = admission.review(request).await;
             match serde_json::to_vec(&review) {
                 Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
                 Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),

@@ -387,23 +387,24 @@ async fn files_check_every_container_of_every_workload_and_name_them() {
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.stdout.lines().count(), 4, "ConfigMap skipped:\n{run}");
     assert!(!run.stdout.contains("nobody/nothing"), "{run}");
-    // Each line names the object once, then the container, then the image as written.
+    // Each line names the object once, then the container, then the image as written: the
+    // webhook's own sentence for a finding (issue 10: one place words findings).
     let expected = [
         format!(
-            "FAIL  Deployment/web container \"migrate\" image {}: missing linux/amd64 \
+            "FAIL  Deployment web, container \"migrate\" image {:?} is missing linux/amd64 \
              (available: linux/arm64/v8)",
             f.ai_base_cuda.reference()
         ),
         format!(
-            "ok    Deployment/web container \"app\" image {} (linux/amd64, linux/arm64/v8)",
+            "ok    Deployment web, container \"app\" image {:?} (linux/amd64, linux/arm64/v8)",
             f.multi.reference()
         ),
         format!(
-            "ok    Pod/debug container \"shell\" image {} (linux/amd64)",
+            "ok    Pod debug, container \"shell\" image {:?} (linux/amd64)",
             f.single_amd64.reference()
         ),
         format!(
-            "ok    CronJob/nightly container \"report\" image {} (linux/amd64, linux/arm/v7)",
+            "ok    CronJob nightly, container \"report\" image {:?} (linux/amd64, linux/arm/v7)",
             f.docker_list.reference()
         ),
     ];
@@ -530,7 +531,8 @@ async fn usage_errors_and_unreachable_registries_exit_2() {
         "{run}"
     );
 
-    // A finding and a registry that could not be asked: trouble (2) outranks findings (1).
+    // A finding and a registry that could not be asked: the finding (1) wins, so CI fails on what
+    // is known to be wrong (issue 10; before, trouble (2) outranked it).
     let cuda = setup.fixtures.ai_base_cuda.reference();
     let run = setup.sandbox.run(&[
         "--insecure-registry",
@@ -540,7 +542,8 @@ async fn usage_errors_and_unreachable_registries_exit_2() {
         &cuda,
         &image,
     ]);
-    assert_eq!(run.code, 2, "{run}");
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.line_with(&image).starts_with("ERROR"), "{run}");
 
     let run = setup.check(&["--no-such-flag", &multi]);
     assert_eq!(run.code, 2, "{run}");
@@ -634,4 +637,156 @@ async fn tls_registry_with_docker_config_and_registry_ca() {
     ]);
     assert_eq!(run.code, 2, "{run}");
     assert!(run.stderr.contains("/nonexistent/config.json"), "{run}");
+}
+
+// ---- the webhook's pipeline in `check -f` (issue 10) ------------------------------------------
+
+/// Before: a Pipeline in another `-f` file was "not found", `kind: List` passed with nothing
+/// checked, and bundles were skipped without a word.
+#[tokio::test]
+async fn files_are_one_catalog_lists_are_expanded_and_bundles_fetched() {
+    let setup = Setup::start().await;
+    let cuda = setup.fixtures.ai_base_cuda.reference();
+    let multi = setup.fixtures.multi.reference();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let run_file = write(
+        "run.yaml",
+        "apiVersion: tekton.dev/v1\nkind: PipelineRun\nmetadata: {name: release-1, namespace: ci}\n\
+         spec:\n  pipelineRef: {name: release}\n",
+    );
+    let pipeline_file = write(
+        "pipeline.yaml",
+        &format!(
+            "apiVersion: tekton.dev/v1\nkind: Pipeline\nmetadata: {{name: release}}\nspec:\n  tasks:\n\
+             \x20 - name: build\n    taskSpec:\n      steps: [{{name: compile, image: \"{cuda}\"}}]\n"
+        ),
+    );
+    let run = setup.check(&["-f", &run_file, "-f", &pipeline_file]);
+    assert_eq!(run.code, 1, "{run}");
+    let line = run.line_with(&cuda);
+    assert!(
+        line.starts_with(
+            "FAIL  PipelineRun ci/release-1, pipeline task \"build\" step \"compile\""
+        ),
+        "{run}"
+    );
+
+    let list = write(
+        "list.yaml",
+        &format!(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {{name: a}}\n\
+             \x20 spec:\n    containers: [{{name: app, image: \"{cuda}\"}}]\n\
+             - apiVersion: v1\n  kind: Pod\n  metadata: {{name: b}}\n  spec:\n    containers: [{{name: app, image: \"{multi}\"}}]\n"
+        ),
+    );
+    let run = setup.check(&["-f", &list]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.line_with("Pod a,").starts_with("FAIL"), "{run}");
+    assert!(run.line_with("Pod b,").starts_with("ok"), "{run}");
+
+    let task = format!(
+        "apiVersion: tekton.dev/v1\nkind: Task\nmetadata: {{name: kaniko}}\nspec:\n  steps:\n  - name: build\n    image: \"{cuda}\"\n"
+    );
+    common::push_tekton_bundle(
+        &setup.registry,
+        "catalog/kaniko",
+        "0.7",
+        &[("Task", "kaniko", &task)],
+    )
+    .await;
+    let bundle = setup.image("catalog/kaniko:0.7");
+    let by_resolver = write(
+        "bundle-run.yaml",
+        &format!(
+            "apiVersion: tekton.dev/v1\nkind: TaskRun\nmetadata: {{name: t1}}\nspec:\n  taskRef:\n    resolver: bundles\n\
+             \x20   params:\n    - {{name: bundle, value: \"{bundle}\"}}\n    - {{name: name, value: kaniko}}\n    - {{name: kind, value: task}}\n"
+        ),
+    );
+    let run = setup.check(&["-f", &by_resolver]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.line_with(&cuda)
+            .starts_with("FAIL  TaskRun t1, step \"build\""),
+        "{run}"
+    );
+    let by_v1beta1_field = write(
+        "bundle-run-v1beta1.yaml",
+        &format!(
+            "apiVersion: tekton.dev/v1beta1\nkind: TaskRun\nmetadata: {{name: t2}}\nspec:\n  taskRef: {{name: kaniko, bundle: \"{bundle}\"}}\n"
+        ),
+    );
+    let run = setup.check(&["-f", &by_v1beta1_field]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.line_with(&cuda).starts_with("FAIL"), "{run}");
+    // A bundle that cannot be fetched is trouble, said on its own line: exit 2.
+    let absent = write(
+        "absent.yaml",
+        &format!(
+            "apiVersion: tekton.dev/v1beta1\nkind: TaskRun\nmetadata: {{name: t3}}\nspec:\n  taskRef: {{name: buildah, bundle: \"{bundle}\"}}\n"
+        ),
+    );
+    let run = setup.check(&["-f", &absent]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(
+        run.line_with("buildah").starts_with("ERROR TaskRun t3"),
+        "{run}"
+    );
+}
+
+/// Before: one unreadable document failed the whole file and hid every finding in it.
+#[tokio::test]
+async fn an_unreadable_document_is_its_own_error_and_the_rest_is_checked() {
+    let setup = Setup::start().await;
+    let cuda = setup.fixtures.ai_base_cuda.reference();
+    let multi = setup.fixtures.multi.reference();
+    let pod = |name: &str, image: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers: [{{name: app, image: \"{image}\"}}]\n"
+        )
+    };
+    let broken = "apiVersion: v1\nkind: Pod\nmetadata: {name: [unclosed\n";
+    let text = format!(
+        "{}---\n{broken}---\n{}",
+        pod("bad", &cuda),
+        pod("good", &multi)
+    );
+    let run = setup.check_stdin(&["-f", "-"], &text);
+    assert_eq!(
+        run.code, 1,
+        "a finding outranks the unreadable document:\n{run}"
+    );
+    assert!(run.line_with("Pod bad,").starts_with("FAIL"), "{run}");
+    assert!(run.line_with("Pod good,").starts_with("ok"), "{run}");
+    assert!(
+        run.line_with("document 2")
+            .starts_with("ERROR - document 2"),
+        "{run}"
+    );
+
+    // Nothing wrong but something unreadable: 2.
+    let text = format!("{broken}---\n{}", pod("good", &multi));
+    let run = setup.check_stdin(&["-f", "-"], &text);
+    assert_eq!(run.code, 2, "{run}");
+}
+
+/// `TEKTON_PLATFORM_COMMANDS` in a file is the author's claim: never trusted by `check`.
+#[tokio::test]
+async fn tekton_platform_commands_in_files_are_not_trusted() {
+    let setup = Setup::start().await;
+    let cuda = setup.fixtures.ai_base_cuda.reference();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: step}}\nspec:\n  containers:\n  - name: step-build\n    image: \"{cuda}\"\n\
+         \x20   env: [{{name: TEKTON_PLATFORM_COMMANDS, value: '{{\"linux/amd64\":[\"/tool\"]}}'}}]\n"
+    );
+    let run = setup.check_stdin(&["-f", "-"], &yaml);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.line_with(&cuda).contains("is missing linux/amd64"),
+        "{run}"
+    );
 }

@@ -987,3 +987,32 @@ async fn a_private_image_resolves_with_its_namespaces_secret_only() {
     let err = resolver.resolve(&image, &c).await.unwrap_err();
     assert!(matches!(err, ResolveError::Unauthorized { .. }), "{err:?}");
 }
+
+/// With cluster access and a fixed platform list (`-p linux/amd64 --kubeconfig ...`), candidate
+/// platforms come from the list while namespace modes and Tekton resources still come from the
+/// cluster, and readiness does not wait for a node store nobody watches.
+#[test]
+fn fixed_platforms_keep_the_rest_of_the_cluster() {
+    let f = Fixture::new(false, Credentials::default());
+    let Fixture {
+        mut namespaces,
+        mut tekton,
+        view,
+        ..
+    } = f;
+    let view = view.with_fixed_platforms(&[Platform::parse("linux/amd64").unwrap()]);
+    list(
+        &mut namespaces,
+        [namespace("legacy", &[("archgate.io/mode", "off")])],
+    );
+    assert!(!view.ready(), "Tekton stores have not listed yet");
+    for w in &mut tekton {
+        list(w, []);
+    }
+    assert!(view.ready(), "the node store is not awaited");
+    let nodes = view.nodes();
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes[0].synthetic);
+    assert_eq!(nodes[0].platform.to_string(), "linux/amd64");
+    assert_eq!(view.namespace_mode("legacy"), Some(Mode::Off));
+}

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use archgate::metrics::Metrics;
+use archgate::pipeline::{self, Exemptions, RECHECK_AFTER};
 use archgate::platform::Platform;
 use archgate::reference::ImageRef;
 use archgate::resolver::{Credentials, RegistryOptions, Resolution, ResolveError, Resolver};
-use archgate::review::{self, Exemptions, RECHECK_AFTER};
 use archgate::scheduling::NodeView;
 use archgate::workload::{Location, Placement, Target};
 use base64::Engine;
@@ -599,7 +599,7 @@ async fn review_missing(resolver: &Resolver, images: &[&ImageRef]) -> Vec<Option
     )];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let targets = images.iter().map(|i| target(i)).collect();
-    review::check(
+    pipeline::resolve(
         targets,
         &nodes,
         resolver,

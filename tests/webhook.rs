@@ -481,3 +481,193 @@ async fn exempt_namespaces_and_image_globs_are_not_checked() {
         "exempt images and namespaces are never looked up"
     );
 }
+
+// ---- one pipeline, no way around it (issue 10) ----------------------------------------------
+
+/// A review of `object` (kind `group/kind`) sent by `user`.
+fn review_of(group: &str, kind: &str, resource: &str, user: &str, object: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "3f1c1b7e-0000-4000-8000-000000000010",
+            "kind": {"group": group, "version": "v1", "kind": kind},
+            "resource": {"group": group, "version": "v1", "resource": resource},
+            "namespace": "default",
+            "operation": "CREATE",
+            "userInfo": {"username": user},
+            "object": object,
+        }
+    })
+}
+
+fn deployment_on(arch_selector: Value, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "api", "namespace": "default"},
+        "spec": {"template": {"spec": {
+            "nodeSelector": arch_selector,
+            "containers": [{"name": "api", "image": image}],
+        }}},
+    })
+}
+
+/// Before: "only new images are checked on UPDATE", so moving a Deployment whose amd64-only image
+/// is unchanged onto arm64 nodes was allowed. Now an image is skipped only if the old object had it
+/// on the same candidate platforms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_moves_a_workload_is_checked_again() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &["-p", "linux/amd64", "-p", "linux/arm64"]).await;
+    let f = &world.fixtures;
+    let amd64_only = world.image(&f.single_amd64.repository, &f.single_amd64.tag);
+    let on_amd = deployment_on(json!({"kubernetes.io/arch": "amd64"}), &amd64_only);
+    let on_arm = deployment_on(json!({"kubernetes.io/arch": "arm64"}), &amd64_only);
+
+    let create =
+        |object: &Value| review_of("apps", "Deployment", "deployments", "dev", object.clone());
+    assert_eq!(hook.review(&create(&on_amd)).await["allowed"], true);
+    let denied = hook.review(&create(&on_arm)).await;
+    assert_eq!(denied["allowed"], false, "{denied}");
+
+    let update = |old: &Value, new: &Value| {
+        let mut r = create(new);
+        r["request"]["operation"] = json!("UPDATE");
+        r["request"]["oldObject"] = old.clone();
+        r
+    };
+    // The same image, moved from amd64 to arm64 by its nodeSelector.
+    let r = hook.review(&update(&on_amd, &on_arm)).await;
+    assert_eq!(
+        r["allowed"], false,
+        "a move must be checked like a create: {r}"
+    );
+    assert!(
+        message(&r).contains("is missing linux/arm64"),
+        "{}",
+        message(&r)
+    );
+
+    // The same move written as required node affinity.
+    let mut by_affinity = on_amd.clone();
+    by_affinity["spec"]["template"]["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("nodeSelector");
+    by_affinity["spec"]["template"]["spec"]["affinity"] = json!({"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{
+            "matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]
+        }]}
+    }});
+    let r = hook.review(&update(&on_amd, &by_affinity)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+
+    // An unrelated edit (same image, same placement) is still never blocked, and asks nothing.
+    world.proxy.reset();
+    let mut relabelled = on_arm.clone();
+    relabelled["metadata"]["labels"] = json!({"edited": "yes"});
+    let r = hook.review(&update(&on_arm, &relabelled)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(world.proxy.counts().kind(RequestKind::Manifest), 0);
+}
+
+/// Before: any Pod could carry `TEKTON_PLATFORM_COMMANDS` claiming linux/amd64 and pass with no
+/// registry request. Now only pods created by the Tekton controller's identity are trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tekton_platform_commands_are_trusted_only_from_the_tekton_controller() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let claim = r#"{"linux/amd64":["/ko-app/tool"]}"#;
+    let pod = |image: &str| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "step-pod", "namespace": "default"},
+            "spec": {"containers": [{"name": "step-build", "image": image,
+                "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": claim}]}]},
+        })
+    };
+    let missing = world.image("cerebral/ai-base", "no-such-tag");
+    for image in [world.arm_only(), missing] {
+        let r = hook
+            .review(&review_of(
+                "",
+                "Pod",
+                "pods",
+                "dev@example.com",
+                pod(&image),
+            ))
+            .await;
+        assert_eq!(
+            r["allowed"], false,
+            "a hand-written claim must not pass: {r}"
+        );
+    }
+
+    world.proxy.reset();
+    let controller = archgate::admission::DEFAULT_TEKTON_CONTROLLER;
+    let r = hook
+        .review(&review_of(
+            "",
+            "Pod",
+            "pods",
+            controller,
+            pod(&world.arm_only()),
+        ))
+        .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(
+        world.proxy.counts().total(),
+        0,
+        "the controller's own answer needs no registry request"
+    );
+
+    // The identity is a setting.
+    let hook = Webhook::start(
+        &world,
+        &["--tekton-controller", "system:serviceaccount:ci:tekton"],
+    )
+    .await;
+    let r = hook
+        .review(&review_of(
+            "",
+            "Pod",
+            "pods",
+            controller,
+            pod(&world.arm_only()),
+        ))
+        .await;
+    assert_eq!(r["allowed"], false, "{r}");
+    let r = hook
+        .review(&review_of(
+            "",
+            "Pod",
+            "pods",
+            "system:serviceaccount:ci:tekton",
+            pod(&world.arm_only()),
+        ))
+        .await;
+    assert_eq!(r["allowed"], true, "{r}");
+}
+
+/// The kind is decided by group and kind: a custom `example.com/v1 Job` is not a batch Job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinds_are_decided_by_group_and_kind() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let job = json!({
+        "apiVersion": "example.com/v1", "kind": "Job",
+        "metadata": {"name": "etl", "namespace": "default"},
+        "spec": {"template": {"spec": {"containers": [{"name": "x", "image": world.arm_only()}]}}},
+    });
+    let r = hook
+        .review(&review_of("example.com", "Job", "jobs", "dev", job.clone()))
+        .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(world.proxy.counts().total(), 0);
+    let r = hook
+        .review(&review_of("batch", "Job", "jobs", "dev", job))
+        .await;
+    assert_eq!(r["allowed"], false, "{r}");
+}

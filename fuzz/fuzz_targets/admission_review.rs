@@ -10,25 +10,22 @@ use archgate::workload::{self, EmptyCatalog};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
-    let Ok(req) = admission::decode(body) else {
+    let Ok(mut req) = admission::decode(body) else {
         return;
     };
-    let kind = req.kind.kind.as_str();
-    for object in [req.object.as_ref(), req.old_object.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        // The same JSON the webhook hands its extractors.
-        let value = admission::object_json(object, &req);
-        match workload::extract(kind, &value, &EmptyCatalog, &Default::default()) {
-            Ok(Some(extraction)) => {
-                for target in &extraction.targets {
-                    let _ = target.location.to_string();
+    let kind = req.kind.kind.clone();
+    // The same subjects (kind decided by group and kind) the webhook hands its extractors.
+    if let Some((subject, old)) = admission::subjects(&mut req) {
+        for subject in std::iter::once(&subject).chain(old.as_ref()) {
+            match workload::extract(subject.kind, &subject.object, &EmptyCatalog, &Default::default()) {
+                Ok(extraction) => {
+                    for target in &extraction.targets {
+                        let _ = target.location.to_string();
+                    }
                 }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                let _ = e.to_string();
+                Err(e) => {
+                    let _ = e.to_string();
+                }
             }
         }
     }

@@ -7,7 +7,6 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{
     Namespace, Node, NodeStatus, NodeSystemInfo, Secret, ServiceAccount,
@@ -25,6 +24,7 @@ use super::ClusterView;
 use super::state::{
     ClusterState, DOCKER_CFG, DOCKER_CONFIG_JSON, PullSecretStores, Stores, TektonKind, TektonStore,
 };
+use crate::config::PlatformSource;
 use crate::metrics::Metrics;
 use crate::resolver::Credentials;
 
@@ -39,25 +39,30 @@ use crate::resolver::Credentials;
 ///
 /// ServiceAccounts are watched only with `pull_secrets`: their pull-secret names are all archgate
 /// reads from them.
-pub async fn watch(
+///
+/// With a fixed platform list (`platforms` is `Static`) Nodes are not watched: candidate platforms
+/// come from the list, and the rest of the cluster still counts.
+pub fn watch(
+    client: Client,
     credentials: Credentials,
     metrics: Arc<Metrics>,
     pull_secrets: bool,
-) -> anyhow::Result<Arc<dyn ClusterView>> {
-    let client = Client::try_default()
-        .await
-        .context("cannot configure a Kubernetes client")?;
+    platforms: &PlatformSource,
+) -> Arc<dyn ClusterView> {
     let health = Arc::new(Health::new(metrics));
     let start = |kind: &'static str| Start {
         kind,
         health: health.clone(),
     };
-    let nodes = start("Node").spawn(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-        (),
-        false,
-    );
+    let nodes = match platforms {
+        PlatformSource::Auto => start("Node").spawn(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            (),
+            false,
+        ),
+        PlatformSource::Static(_) => Writer::<Node>::default().as_reader(),
+    };
     let namespaces = start("Namespace").spawn(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
@@ -105,8 +110,19 @@ pub async fn watch(
         pull_secrets,
         tekton,
     };
-    info!("watching the cluster for nodes, namespaces, pull secrets and Tekton resources");
-    Ok(Arc::new(ClusterState::from_stores(stores, credentials)))
+    let state = ClusterState::from_stores(stores, credentials);
+    match platforms {
+        PlatformSource::Auto => {
+            info!("watching the cluster for nodes, namespaces, pull secrets and Tekton resources");
+            Arc::new(state)
+        }
+        PlatformSource::Static(list) => {
+            info!(
+                "watching the cluster for namespaces, pull secrets and Tekton resources; platforms are fixed"
+            );
+            Arc::new(state.with_fixed_platforms(list))
+        }
+    }
 }
 
 struct Start {

@@ -112,6 +112,9 @@ pub struct ClusterState {
     own: Arc<Credentials>,
     catalog: Arc<dyn Catalog>,
     nodes: RwLock<NodeCache>,
+    /// A fixed platform list (`--platform linux/amd64` with cluster access): synthetic nodes, and
+    /// the node store is neither watched nor waited for.
+    fixed_nodes: Option<Arc<Vec<NodeView>>>,
     secrets: Mutex<HashMap<(String, String), ParsedSecret>>,
     /// (namespace, label value) pairs already warned about, so a bad label is logged once, not
     /// once per review.
@@ -147,9 +150,19 @@ impl ClusterState {
             own: Arc::new(credentials),
             catalog,
             nodes: RwLock::new(NodeCache::default()),
+            fixed_nodes: None,
             secrets: Mutex::new(HashMap::new()),
             warned_modes: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Candidate platforms from a fixed list instead of the node store; everything else (namespace
+    /// modes, pull secrets, Tekton resources) still comes from the cluster.
+    pub fn with_fixed_platforms(mut self, platforms: &[Platform]) -> Self {
+        self.fixed_nodes = Some(Arc::new(
+            platforms.iter().map(NodeView::synthetic).collect(),
+        ));
+        self
     }
 
     /// Whether the node store still holds exactly what `seen` was built from.
@@ -313,6 +326,9 @@ where
 
 impl ClusterView for ClusterState {
     fn nodes(&self) -> Arc<Vec<NodeView>> {
+        if let Some(fixed) = &self.fixed_nodes {
+            return fixed.clone();
+        }
         {
             let cache = self.nodes.read().unwrap_or_else(|e| e.into_inner());
             if self.nodes_unchanged(&cache.seen) {
@@ -405,7 +421,7 @@ impl ClusterView for ClusterState {
 
     fn ready(&self) -> bool {
         let stores = &self.stores;
-        synced(&stores.nodes)
+        (self.fixed_nodes.is_some() || synced(&stores.nodes))
             && synced(&stores.namespaces)
             && stores
                 .pull_secrets

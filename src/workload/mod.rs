@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{NodeSelector, Toleration};
 use serde_json::Value;
 
 use crate::platform::Platform;
+use crate::subject::Kind;
 
 /// One image that must run on some platforms: the unit the policy decides on.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,19 +133,24 @@ impl Catalog for EmptyCatalog {
 pub struct ExtractOptions {
     /// Tekton param names whose values are images the run needs (e.g. `BASE_IMAGE`).
     pub tekton_image_params: Vec<String>,
+    /// Whether a pod's `TEKTON_PLATFORM_COMMANDS` env var may stand in for the registry's answer.
+    /// Anyone can write that variable into a pod spec, so the caller sets this only when the
+    /// review's `userInfo` is the Tekton controller (never for `archgate check` files).
+    pub trust_tekton_platforms: bool,
 }
 
-/// The object kinds archgate understands, by `kind` (group is checked by the caller where it matters).
+/// The extractor for each kind [`Kind::of`] accepts.
 pub fn extract(
-    kind: &str,
+    kind: Kind,
     object: &Value,
     catalog: &dyn Catalog,
     options: &ExtractOptions,
-) -> Result<Option<Extraction>, ExtractError> {
+) -> Result<Extraction, ExtractError> {
     match kind {
-        "PipelineRun" => tekton::extract_pipeline_run(object, catalog, options).map(Some),
-        "TaskRun" => tekton::extract_task_run(object, catalog, options).map(Some),
-        _ => pod::extract(kind, object),
+        Kind::PipelineRun => tekton::extract_pipeline_run(object, catalog, options),
+        Kind::TaskRun => tekton::extract_task_run(object, catalog, options),
+        Kind::Pod => pod::extract(kind, &["spec"], object, options),
+        Kind::Workload(workload) => pod::extract(kind, workload.spec_path(), object, options),
     }
 }
 

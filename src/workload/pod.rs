@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::platform::Platform;
 
-use super::{ExtractError, Extraction, Location, Placement, Target, object_name};
+use super::{ExtractError, ExtractOptions, Extraction, Location, Placement, Target, object_name};
+use crate::subject::Kind;
 
 /// The parts of a pod spec archgate reads, with k8s-openapi types for each part. serde skips
 /// everything else (volumes, probes, resources, ...) without building it: on the review hot path
@@ -43,31 +44,13 @@ struct Affinity {
     node_affinity: Option<NodeAffinity>,
 }
 
-/// Where each workload kind keeps its pod spec.
-fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
-    Some(match kind {
-        "Pod" => &["spec"],
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "ReplicationController"
-        | "Job" => &["spec", "template", "spec"],
-        "CronJob" => &["spec", "jobTemplate", "spec", "template", "spec"],
-        _ => return None,
-    })
-}
-
-/// Is this a kind whose pods this module can read?
-pub fn is_pod_kind(kind: &str) -> bool {
-    pod_spec_path(kind).is_some()
-}
-
-/// Targets for every container, init container and ephemeral container; `Ok(None)` for other kinds.
-pub fn extract(kind: &str, object: &Value) -> Result<Option<Extraction>, ExtractError> {
-    let Some(path) = pod_spec_path(kind) else {
-        return Ok(None);
-    };
+/// Targets for every container, init container and ephemeral container of the pod spec at `path`.
+pub fn extract(
+    kind: Kind,
+    path: &[&str],
+    object: &Value,
+    options: &ExtractOptions,
+) -> Result<Extraction, ExtractError> {
     let name = object_name(object);
     let error = |reason: String| ExtractError {
         kind: kind.to_string(),
@@ -80,11 +63,11 @@ pub fn extract(kind: &str, object: &Value) -> Result<Option<Extraction>, Extract
     };
     let spec = PodSpec::deserialize(spec_value).map_err(|e| error(e.to_string()))?;
     // Findings in a Pod say `container "x"`; in a workload they name the template's owner.
-    let owner = (kind != "Pod").then(|| format!("{kind} {name}"));
-    Ok(Some(Extraction {
-        targets: targets(&spec, owner),
+    let owner = (kind != Kind::Pod).then(|| format!("{kind} {name}"));
+    Ok(Extraction {
+        targets: targets(&spec, owner, options.trust_tekton_platforms),
         ..Extraction::default()
-    }))
+    })
 }
 
 /// The scheduling part of a pod spec.
@@ -113,7 +96,7 @@ fn placement(spec: &PodSpec) -> Placement {
 }
 
 /// One target per container image of a pod spec, in the order the kubelet starts them.
-fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
+fn targets(spec: &PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Target> {
     let placement = Arc::new(placement(spec));
     let mut on_node = None;
     let mut out = Vec::new();
@@ -135,7 +118,7 @@ fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
             &c.name,
             c.image.as_ref(),
             &placement,
-            tekton_platforms(c.env.as_deref()),
+            tekton_platforms(c.env.as_deref(), trust_tekton),
         );
     }
     for c in &spec.containers {
@@ -143,7 +126,7 @@ fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
             &c.name,
             c.image.as_ref(),
             &placement,
-            tekton_platforms(c.env.as_deref()),
+            tekton_platforms(c.env.as_deref(), trust_tekton),
         );
     }
     for c in spec.ephemeral_containers.iter().flatten() {
@@ -161,8 +144,12 @@ fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
 
 /// Tekton's entrypoint resolution stores, in the step containers of a TaskRun's pod, a JSON map
 /// from each platform the image provides to its command (`TEKTON_PLATFORM_COMMANDS`). When present
-/// it is the registry's answer already, so no lookup is needed.
-fn tekton_platforms(env: Option<&[EnvVar]>) -> Option<Vec<Platform>> {
+/// it is the registry's answer already, so no lookup is needed: but only when the Tekton controller
+/// wrote it (`trusted`); in any other pod it is the author's claim, not a fact.
+fn tekton_platforms(env: Option<&[EnvVar]>, trusted: bool) -> Option<Vec<Platform>> {
+    if !trusted {
+        return None;
+    }
     let value = env?
         .iter()
         .find(|e| e.name == "TEKTON_PLATFORM_COMMANDS")?
@@ -185,6 +172,22 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The pod extractor as the pipeline calls it, trusting `TEKTON_PLATFORM_COMMANDS` as it does
+    /// for the Tekton controller.
+    fn extract(kind: &str, object: &Value) -> Result<Extraction, ExtractError> {
+        let group = match kind {
+            "Pod" | "ReplicationController" => "",
+            "Job" | "CronJob" => "batch",
+            _ => "apps",
+        };
+        let kind = Kind::of(group, kind).expect("a pod kind");
+        let options = ExtractOptions {
+            trust_tekton_platforms: true,
+            ..ExtractOptions::default()
+        };
+        crate::workload::extract(kind, object, &crate::workload::EmptyCatalog, &options)
+    }
+
     fn images(ex: &Extraction) -> Vec<(String, String)> {
         ex.targets
             .iter()
@@ -204,7 +207,7 @@ mod tests {
                 "ephemeralContainers": [{"name": "debug", "image": "alpine"}]
             }
         });
-        let ex = extract("Pod", &pod).unwrap().unwrap();
+        let ex = extract("Pod", &pod).unwrap();
         assert_eq!(
             images(&ex),
             vec![
@@ -234,7 +237,7 @@ mod tests {
             "Job",
         ] {
             let obj = json!({"metadata": {"name": "web"}, "spec": {"template": template}});
-            let ex = extract(kind, &obj).unwrap().unwrap();
+            let ex = extract(kind, &obj).unwrap();
             assert_eq!(
                 images(&ex),
                 vec![(
@@ -244,7 +247,7 @@ mod tests {
             );
         }
         let cron = json!({"metadata": {"name": "nightly"}, "spec": {"jobTemplate": {"spec": {"template": template}}}});
-        let ex = extract("CronJob", &cron).unwrap().unwrap();
+        let ex = extract("CronJob", &cron).unwrap();
         assert_eq!(images(&ex)[0].0, "CronJob nightly, container \"side\"");
     }
 
@@ -255,7 +258,7 @@ mod tests {
             {"name": "step-build", "image": "gcr.io/x/y@sha256:abc", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": env}]},
             {"name": "step-plain", "image": "busybox"}
         ]}});
-        let ex = extract("Pod", &pod).unwrap().unwrap();
+        let ex = extract("Pod", &pod).unwrap();
         let known: Vec<String> = ex.targets[0]
             .known_platforms
             .as_ref()
@@ -265,11 +268,20 @@ mod tests {
             .collect();
         assert_eq!(known, vec!["linux/amd64", "linux/arm64/v8"]);
         assert_eq!(ex.targets[1].known_platforms, None);
+
+        // Written by anyone else, the variable is only a claim: the registry is asked.
+        let untrusted =
+            super::extract(Kind::Pod, &["spec"], &pod, &ExtractOptions::default()).unwrap();
+        assert!(
+            untrusted
+                .targets
+                .iter()
+                .all(|t| t.known_platforms.is_none())
+        );
     }
 
     #[test]
     fn other_kinds_are_not_pods_and_broken_pods_are_errors() {
-        assert_eq!(extract("ConfigMap", &json!({})).unwrap(), None);
         let err = extract(
             "Deployment",
             &json!({"metadata": {"name": "x"}, "spec": {}}),

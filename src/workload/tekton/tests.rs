@@ -511,6 +511,7 @@ fn only_images_that_run_and_those_the_user_names_are_targets() {
     let plain = extract_pipeline_run(&object, &catalog, &ExtractOptions::default()).unwrap();
     let options = ExtractOptions {
         tekton_image_params: vec!["BASE_IMAGE".into()],
+        ..ExtractOptions::default()
     };
     let with_params = extract_pipeline_run(&object, &catalog, &options).unwrap();
     let build = p(

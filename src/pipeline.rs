@@ -1,0 +1,379 @@
+//! The review pipeline both front doors share (the webhook in [`crate::admission`], `archgate
+//! check` in [`crate::check`]):
+//!
+//! ```text
+//! Subject ─> extraction ─> reference completion ─> candidate platforms ─> resolution ─> Checked
+//!            (workload)    (catalog, bundles)       (scheduling)           (resolver)
+//! ```
+//!
+//! The verdict is the policy's ([`crate::policy::decide`]): this module decides nothing a user
+//! reads, it only gathers what the policy needs. Where the catalog, the nodes and the credentials
+//! come from is the [`ClusterView`]'s business: a live cluster, a fixed platform list, or the
+//! files given to `archgate check`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::time::Instant;
+
+use crate::bundles::{Bundles, WithBundles};
+use crate::cluster::ClusterView;
+use crate::platform::Platform;
+use crate::policy::{Checked, Outcome};
+use crate::reference::ImageRef;
+use crate::resolver::{Credentials, Resolution, ResolveError, Resolver};
+use crate::scheduling::{self, NodeView};
+use crate::subject::Subject;
+use crate::workload::{self, BundleRef, ExtractError, ExtractOptions, Extraction, Target};
+
+/// Resources fetched from Tekton bundles for one review, at most.
+const MAX_BUNDLE_RESOURCES: usize = 64;
+
+/// What every review shares: the registry side and the settings of extraction.
+pub struct Pipeline {
+    pub resolver: Arc<Resolver>,
+    pub bundles: Bundles,
+    pub exemptions: Exemptions,
+    /// Extraction options for objects from anyone.
+    pub extract: ExtractOptions,
+    /// The same, trusting what only the Tekton controller writes (`TEKTON_PLATFORM_COMMANDS`).
+    extract_trusted: ExtractOptions,
+}
+
+/// One review: the object, what it was before (UPDATE), and where the cluster facts come from.
+pub struct Request<'a> {
+    pub subject: &'a Subject,
+    pub old: Option<&'a Subject>,
+    pub cluster: &'a dyn ClusterView,
+    /// The review was sent by the Tekton controller (its `userInfo`), not by a pod's author.
+    pub from_tekton_controller: bool,
+    pub deadline: Instant,
+}
+
+/// What the policy decides on.
+#[derive(Debug, Default)]
+pub struct Reviewed {
+    pub checked: Vec<Checked>,
+    /// Warnings from extraction, in the user's words (values known only at run time, references
+    /// that could not be followed).
+    pub notes: Vec<String>,
+    /// Resources that could not be fetched (Tekton bundles), so their images were not checked.
+    pub unchecked: Vec<String>,
+}
+
+impl Pipeline {
+    pub fn new(resolver: Arc<Resolver>, exemptions: Exemptions, extract: ExtractOptions) -> Self {
+        let extract_trusted = ExtractOptions {
+            trust_tekton_platforms: true,
+            ..extract.clone()
+        };
+        let extract = ExtractOptions {
+            trust_tekton_platforms: false,
+            ..extract
+        };
+        Self {
+            resolver,
+            bundles: Bundles::default(),
+            exemptions,
+            extract,
+            extract_trusted,
+        }
+    }
+
+    /// Runs every stage for one object. `Err` means the object cannot be read as its kind.
+    pub async fn review(&self, request: Request<'_>) -> Result<Reviewed, ExtractError> {
+        let Request {
+            subject,
+            old,
+            cluster,
+            from_tekton_controller,
+            deadline,
+        } = request;
+        let options = if from_tekton_controller {
+            &self.extract_trusted
+        } else {
+            &self.extract
+        };
+        let namespace = subject.namespace();
+        let (extraction, unchecked) = self
+            .complete(subject, cluster, namespace, options, deadline)
+            .await?;
+        let notes = extraction.warnings;
+        let nodes = cluster.nodes();
+        let mut targets = extraction.targets;
+        if let Some(old) = old {
+            // On UPDATE an image is left alone only if the old object already ran it on the same
+            // candidate platforms: a changed nodeSelector or affinity moves the pod somewhere new.
+            let before = self.placed_images(old, cluster, options, &nodes);
+            targets.retain(|t| {
+                !before.contains(&(
+                    t.image.clone(),
+                    scheduling::candidates(&t.placement, &nodes),
+                ))
+            });
+        }
+        // Every target of one object comes from the same pod template (or, for Tekton, runs under
+        // the same service account), so the first one's pull secrets stand for all.
+        let credentials = match targets.first() {
+            Some(t) => cluster.credentials(namespace, &t.placement),
+            None => cluster.credentials(namespace, &Default::default()),
+        };
+        let checked = resolve(
+            targets,
+            &nodes,
+            &self.resolver,
+            &credentials,
+            &self.exemptions,
+            deadline,
+        )
+        .await;
+        Ok(Reviewed {
+            checked,
+            notes,
+            unchecked,
+        })
+    }
+
+    /// Extraction with every reference the catalog or a Tekton bundle can fill in, and what could
+    /// not be fetched. Bundles can name bundles: fetch and extract again, a bounded number of rounds.
+    async fn complete(
+        &self,
+        subject: &Subject,
+        cluster: &dyn ClusterView,
+        namespace: &str,
+        options: &ExtractOptions,
+        deadline: Instant,
+    ) -> Result<(Extraction, Vec<String>), ExtractError> {
+        let base = cluster.catalog();
+        let mut fetched = HashMap::new();
+        let mut unchecked = Vec::new();
+        loop {
+            let catalog = WithBundles {
+                base: base.as_ref(),
+                fetched: &fetched,
+            };
+            let extraction = workload::extract(subject.kind, &subject.object, &catalog, options)?;
+            let wanted: Vec<BundleRef> = extraction
+                .unresolved_bundles
+                .iter()
+                .filter(|b| !fetched.contains_key(*b))
+                .cloned()
+                .collect();
+            if wanted.is_empty() || fetched.len() >= MAX_BUNDLE_RESOURCES {
+                return Ok((extraction, unchecked));
+            }
+            // Bundles are pulled with the webhook's own credentials and the namespace's default ones.
+            let credentials = cluster.credentials(namespace, &Default::default());
+            let results = join_all(wanted.iter().map(|b| {
+                tokio::time::timeout_at(
+                    deadline,
+                    self.bundles.fetch(&self.resolver, &credentials, b),
+                )
+            }))
+            .await;
+            let before = fetched.len();
+            for (reference, result) in wanted.into_iter().zip(results) {
+                let why = match result {
+                    Ok(Ok(resource)) => {
+                        fetched.insert(reference, resource);
+                        continue;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "the registry did not answer in time".to_string(),
+                };
+                unchecked.push(crate::policy::bundle_not_checked(&reference, &why));
+            }
+            if fetched.len() == before {
+                return Ok((extraction, unchecked));
+            }
+        }
+    }
+
+    /// The old object's images with the platforms each had to run on. An old object that cannot
+    /// be read counts as empty, so every image is checked.
+    fn placed_images(
+        &self,
+        old: &Subject,
+        cluster: &dyn ClusterView,
+        options: &ExtractOptions,
+        nodes: &[NodeView],
+    ) -> HashSet<(String, Vec<Platform>)> {
+        let catalog = cluster.catalog();
+        workload::extract(old.kind, &old.object, catalog.as_ref(), options)
+            .map(|e| {
+                e.targets
+                    .into_iter()
+                    .map(|t| {
+                        let candidates = scheduling::candidates(&t.placement, nodes);
+                        (t.image, candidates)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A cached answer that would deny is asked again unless it is younger than this: the tag may
+/// have just been rebuilt (`docker buildx build --push`) for the missing platform.
+pub const RECHECK_AFTER: Duration = Duration::from_secs(5);
+
+/// Glob patterns of images that are never checked (`registry.k8s.io/*`).
+#[derive(Debug, Clone, Default)]
+pub struct Exemptions {
+    patterns: Vec<String>,
+}
+
+impl Exemptions {
+    pub fn new(patterns: Vec<String>) -> Self {
+        Self { patterns }
+    }
+
+    /// Matches the image as written and its canonical form (`nginx` is `docker.io/library/nginx`).
+    pub fn covers(&self, written: &str, canonical: Option<&str>) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| glob(p, written) || canonical.is_some_and(|c| glob(p, c)))
+    }
+}
+
+/// `*` matches any run of characters (including `/`), `?` one character.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Resolution: every target's image once, in parallel, paired with its candidate platforms.
+pub async fn resolve(
+    targets: Vec<Target>,
+    nodes: &[NodeView],
+    resolver: &Resolver,
+    credentials: &Credentials,
+    exemptions: &Exemptions,
+    deadline: Instant,
+) -> Vec<Checked> {
+    let mut images: HashMap<ImageRef, Vec<Platform>> = HashMap::new();
+    let mut pending = Vec::new();
+    for target in targets {
+        let candidates = scheduling::candidates(&target.placement, nodes);
+        let parsed = ImageRef::parse(&target.image);
+        if let Ok(image) = &parsed
+            && exemptions.covers(image.written(), Some(&image.canonical()))
+        {
+            continue;
+        }
+        if let (Ok(image), None) = (&parsed, &target.known_platforms) {
+            images
+                .entry(image.clone())
+                .or_default()
+                .extend(candidates.iter().cloned());
+        }
+        pending.push((target, candidates, parsed));
+    }
+
+    let lookups = images.iter().map(|(image, needed)| async move {
+        let outcome = resolve_within(image, needed, resolver, credentials, deadline).await;
+        (image.clone(), outcome)
+    });
+    let resolved: HashMap<ImageRef, Result<Resolution, ResolveError>> =
+        join_all(lookups).await.into_iter().collect();
+
+    pending
+        .into_iter()
+        .map(|(target, candidates, parsed)| {
+            let outcome = match (parsed, &target.known_platforms) {
+                (Err(e), _) => Outcome::Invalid(e),
+                (Ok(_), Some(known)) => Outcome::Resolved(Resolution {
+                    digest: String::new(),
+                    platforms: known.clone().into(),
+                }),
+                (Ok(image), None) => match &resolved[&image] {
+                    Ok(r) => Outcome::Resolved(r.clone()),
+                    Err(e) => Outcome::Failed(e.clone()),
+                },
+            };
+            Checked {
+                target,
+                candidates,
+                outcome,
+            }
+        })
+        .collect()
+}
+
+/// One image: the cached answer, re-asked once if it would deny and is not fresh.
+async fn resolve_within(
+    image: &ImageRef,
+    needed: &[Platform],
+    resolver: &Resolver,
+    credentials: &Credentials,
+    deadline: Instant,
+) -> Result<Resolution, ResolveError> {
+    let timeout = || ResolveError::Timeout {
+        registry: image.registry().to_string(),
+    };
+    let first = tokio::time::timeout_at(deadline, resolver.resolve(image, credentials))
+        .await
+        .map_err(|_| timeout())?;
+    let would_deny = match &first {
+        Ok(r) => needed
+            .iter()
+            .any(|need| !r.platforms.iter().any(|have| have.satisfies(need))),
+        Err(e) => e.is_not_found(),
+    };
+    if !would_deny {
+        return first;
+    }
+    match resolver.tag_age(image, credentials).await {
+        Some(age) if age > RECHECK_AFTER => {
+            tokio::time::timeout_at(deadline, resolver.refresh(image, credentials))
+                .await
+                .unwrap_or(first)
+        }
+        _ => first,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_table() {
+        let cases = [
+            ("registry.k8s.io/*", "registry.k8s.io/pause:3.9", true),
+            ("registry.k8s.io/*", "registry.k8s.io", false),
+            ("*/library/nginx:*", "docker.io/library/nginx:1.27", true),
+            ("nginx", "nginx", true),
+            ("nginx", "nginx:1", false),
+            ("ngin?:1", "nginx:1", true),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ];
+        for (p, t, want) in cases {
+            assert_eq!(glob(p, t), want, "{p} vs {t}");
+        }
+        let ex = Exemptions::new(vec!["docker.io/library/*".into()]);
+        assert!(ex.covers("nginx", Some("docker.io/library/nginx:latest")));
+        assert!(!ex.covers("ghcr.io/x/y", Some("ghcr.io/x/y:latest")));
+    }
+}
