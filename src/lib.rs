@@ -1,9 +1,12 @@
 //! archgate: an admission webhook that denies pods whose images lack a platform the pod could be
 //! scheduled on, so "exec format error" surfaces at `kubectl apply` instead of in a crash loop.
 //!
-//! Data flows one way: request → [`workload`] (targets) → [`scheduling`] (candidate platforms) →
-//! [`resolver`] (platforms per image, cached) → [`policy`] (verdict) → response. The webhook
-//! ([`serve`], [`admission`], [`server`]) and the CLI ([`check`]) are thin doors onto [`review`].
+//! One pipeline, two front doors. The webhook ([`admission`], served by [`server`] and [`serve`])
+//! and the CLI ([`check`]) each turn their input into a [`subject::Subject`] (the kind decided once,
+//! by API group and kind) and run [`pipeline::Pipeline::review`]: extraction ([`workload`]) →
+//! reference completion (the [`cluster`] catalog, [`bundles`]) → candidate platforms
+//! ([`scheduling`]) → resolution ([`resolver`], cached) → checked targets, on which [`policy`]
+//! decides and words the verdict. Data flows one way; ARCHITECTURE.md has the map.
 #![forbid(unsafe_code)]
 
 pub mod admission;
