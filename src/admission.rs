@@ -69,12 +69,13 @@ impl Admission {
         mut req: AdmissionRequest<ReviewObject>,
     ) -> AdmissionReview<DynamicObject> {
         let started = Instant::now();
+        // `object`, not `name`: JSON logs nest the span with its own `name` ("review").
         let span = info_span!(
             "review",
             uid = %req.uid,
             kind = %req.kind.kind,
             namespace = req.namespace.as_deref().unwrap_or(""),
-            name = %req.name,
+            object = %object_name(&req),
             operation = ?req.operation,
             decision = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
@@ -154,6 +155,26 @@ impl Admission {
             (true, false, _) => Decision::Warned,
         };
         (verdict, decision)
+    }
+}
+
+/// The object's name as a person would look for it: `request.name` is empty on CREATE when the
+/// client did not repeat it, and on `generateName` objects; the object itself knows more.
+fn object_name(req: &AdmissionRequest<ReviewObject>) -> String {
+    let meta = req.object.as_ref().map(|o| &o.metadata);
+    if !req.name.is_empty() {
+        return req.name.clone();
+    }
+    match meta {
+        Some(m) if m.name.as_deref().is_some_and(|n| !n.is_empty()) => {
+            m.name.clone().unwrap_or_default()
+        }
+        Some(m) => m
+            .generate_name
+            .as_deref()
+            .map(|g| format!("{g}*"))
+            .unwrap_or_default(),
+        None => String::new(),
     }
 }
 

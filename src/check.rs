@@ -12,7 +12,7 @@
 //! document, a registry or bundle that could not be asked).
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -395,17 +395,19 @@ fn unreadable(path: &Path, number: usize, reason: &str) -> Line {
     }
 }
 
+/// Writes the report to stdout. A reader that went away (`archgate check ... | head`) is not an
+/// error: `println!` would panic on the broken pipe, so the report is written by hand.
 fn print(lines: &[Line], output: Output) {
-    match output {
-        Output::Json => match serde_json::to_string_pretty(lines) {
-            Ok(json) => println!("{json}"),
-            Err(e) => eprintln!("archgate check: {e}"),
-        },
-        Output::Text => {
-            for l in lines {
-                println!("{}", l.text);
-            }
-        }
+    let mut out = std::io::stdout().lock();
+    let written = match output {
+        Output::Json => serde_json::to_writer_pretty(&mut out, lines)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+        Output::Text => lines.iter().try_for_each(|l| writeln!(out, "{}", l.text)),
+    };
+    match written.and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => eprintln!("archgate check: {e}"),
+        _ => {}
     }
 }
 

@@ -12,6 +12,7 @@ use crate::policy::{Mode, OnMissingImage, OnRegistryError};
 #[command(
     name = "archgate",
     version,
+    propagate_version = true,
     about = "Deny images that lack a platform the pod could be scheduled on"
 )]
 pub struct Cli {
@@ -29,7 +30,23 @@ pub enum Command {
     Check(CheckArgs),
     /// Write a CA and a serving certificate for the webhook's Service (the self-signed install).
     Certs(CertsArgs),
+    /// Print a shell completion script: `archgate completions bash > /etc/bash_completion.d/archgate`.
+    Completions(CompletionsArgs),
 }
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `archgate check`'s exit codes, shown in its `--help` (other tools rely on them).
+pub const CHECK_EXIT_CODES: &str = "Exit status:
+  0  every image provides every platform it needs
+  1  an image lacks a platform or does not exist (even if something else could not be checked)
+  2  nothing was found wrong, but something could not be checked: bad usage, an invalid
+     reference or platform, an unreadable document, a registry or bundle that could not be asked";
 
 /// How to reach registries; shared by `serve` and `check`.
 #[derive(Debug, Args, Clone, Default)]
@@ -81,11 +98,12 @@ pub struct ServeArgs {
     /// Make a CA and a serving certificate for localhost, 127.0.0.1 and every --dns-name.
     #[arg(long)]
     pub self_signed: bool,
-    /// With --self-signed: write the CA certificate (PEM) here, for clients to trust.
-    #[arg(long, value_name = "PATH", requires = "self_signed")]
+    /// With --self-signed (or `selfSigned: true` in the config): write the CA certificate (PEM)
+    /// here, for clients to trust.
+    #[arg(long, value_name = "PATH")]
     pub self_signed_ca_out: Option<PathBuf>,
-    /// With --self-signed: an extra DNS name for the serving certificate.
-    #[arg(long = "dns-name", value_name = "NAME", requires = "self_signed")]
+    /// With --self-signed (or `selfSigned: true`): an extra DNS name for the serving certificate.
+    #[arg(long = "dns-name", value_name = "NAME")]
     pub dns_names: Vec<String>,
     /// Platform every candidate node may run (OS/ARCH[/VARIANT]), or `auto` to read the cluster's
     /// nodes [default: linux/amd64].
@@ -131,6 +149,7 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = CHECK_EXIT_CODES)]
 pub struct CheckArgs {
     /// Platform every image must provide (repeatable) [default: linux/amd64].
     #[arg(short = 'p', long = "platform", value_name = "OS/ARCH[/VARIANT]")]

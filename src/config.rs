@@ -243,6 +243,10 @@ pub enum ConfigError {
         "no serving certificate: pass --tls-cert and --tls-key (or tlsCert/tlsKey in the config), or --self-signed"
     )]
     NoTls,
+    #[error(
+        "--self-signed-ca-out and --dns-name shape the self-signed certificate: add --self-signed (or selfSigned: true in the config)"
+    )]
+    SelfSignedOnly,
     #[error("tlsCert and tlsKey must be set together")]
     HalfTls,
     #[error("--platform: {0}")]
@@ -361,6 +365,9 @@ impl Settings {
 
         let self_signed =
             args.self_signed || (args.tls_cert.is_none() && self_signed == Some(true));
+        if !self_signed && (args.self_signed_ca_out.is_some() || !args.dns_names.is_empty()) {
+            return Err(ConfigError::SelfSignedOnly);
+        }
         let tls = if self_signed {
             TlsSource::SelfSigned {
                 ca_out: first(args.self_signed_ca_out.clone(), self_signed_ca_out),
@@ -600,6 +607,32 @@ mod tests {
             s.tekton_controller,
             crate::admission::DEFAULT_TEKTON_CONTROLLER
         );
+    }
+
+    /// Before, `--self-signed-ca-out`/`--dns-name` were refused unless `--self-signed` was on the
+    /// command line, even with `selfSigned: true` in the config file.
+    #[test]
+    fn self_signed_details_combine_with_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "selfSigned: true\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = serve(&[
+            "--config",
+            p,
+            "--self-signed-ca-out",
+            "/tmp/ca.pem",
+            "--dns-name",
+            "hook.local",
+        ])
+        .unwrap();
+        let TlsSource::SelfSigned { ca_out, dns_names } = s.tls else {
+            panic!("self-signed expected")
+        };
+        assert_eq!(ca_out, Some("/tmp/ca.pem".into()));
+        assert_eq!(dns_names, ["hook.local"]);
+        let err = serve(&["--tls-cert", "a", "--tls-key", "b", "--dns-name", "x"]).unwrap_err();
+        assert!(err.to_string().contains("--self-signed"), "{err}");
     }
 
     #[test]

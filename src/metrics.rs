@@ -126,6 +126,14 @@ impl Metrics {
             "Latency of registry requests",
             registry_seconds.clone(),
         );
+        registry.register(
+            "build",
+            "The running archgate's version (always 1)",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
+        );
         let cluster_stale = Gauge::default();
         registry.register(
             "cluster_view_stale",

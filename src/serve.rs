@@ -110,7 +110,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     .await?;
     let webhook_listener = server::bind(settings.listen, "the webhook (--listen)").await?;
     let (webhook, admin) = (webhook_listener.local_addr()?, admin_listener.local_addr()?);
-    info!(%webhook, %admin, mode = %settings.policy.mode, "archgate serving");
+    info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        %webhook,
+        %admin,
+        mode = %settings.policy.mode,
+        "archgate serving"
+    );
     readiness.set_listening();
     let admin_task = tokio::spawn(server::serve_plain(
         admin_listener,

@@ -790,3 +790,63 @@ async fn tekton_platform_commands_in_files_are_not_trusted() {
         "{run}"
     );
 }
+
+// ---- the command line people meet (issue 15) -------------------------------------------------
+
+/// Before: `archgate check ... | head` panicked with "Broken pipe" (exit 101).
+#[test]
+fn a_reader_that_goes_away_is_not_a_panic() {
+    let sandbox = Sandbox::new();
+    // Invalid references need no registry; 3,000 lines overflow any pipe buffer.
+    let images: Vec<String> = (0..3000).map(|i| format!("Bad/Reference:{i}:x")).collect();
+    let mut command = sandbox.command(&images.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then hang up, as `head -n 1` does.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+}
+
+#[test]
+fn help_version_and_completions() {
+    let run = |args: &[&str]| {
+        let out = Command::new(ARCHGATE).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (code, help) = run(&["check", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(help.contains("Exit status:"), "{help}");
+    assert!(help.contains("1  an image lacks a platform"), "{help}");
+    let version = format!("archgate {}", env!("CARGO_PKG_VERSION"));
+    for sub in ["serve", "check", "certs"] {
+        let (code, out) = run(&[sub, "--version"]);
+        assert_eq!(code, Some(0), "{sub} --version");
+        assert_eq!(
+            out.trim(),
+            version.replace("archgate", &format!("archgate-{sub}")),
+            "{sub}"
+        );
+    }
+    for (shell, marker) in [
+        ("bash", "_archgate()"),
+        ("zsh", "#compdef archgate"),
+        ("fish", "complete -c archgate"),
+    ] {
+        let (code, script) = run(&["completions", shell]);
+        assert_eq!(code, Some(0), "{shell}");
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("dockerfile") || script.contains("platform"),
+            "{shell}"
+        );
+    }
+}
