@@ -63,6 +63,14 @@ pub struct Line {
 
 /// Runs the check and prints the report; returns the exit code.
 pub async fn run(args: CheckArgs) -> i32 {
+    // Warnings only (a credential helper that failed), as plain lines on stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
     match report(&args).await {
         Ok(lines) => {
             print(&lines, args.output);

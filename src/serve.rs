@@ -149,7 +149,14 @@ fn load_credentials(settings: &Settings) -> anyhow::Result<Credentials> {
             warn!(path = %path.display(), "docker config not found; registries are asked anonymously");
             Ok(Credentials::default())
         }
-        path => Ok(Credentials::load(path.as_deref())?),
+        path => {
+            let credentials = Credentials::load(path.as_deref())?;
+            let helpers = credentials.helper_names();
+            if !helpers.is_empty() {
+                warn!(helpers = %helpers.join(","), "the docker config names credential helpers; the webhook runs no programs, so their registries are asked anonymously");
+            }
+            Ok(credentials.without_helpers())
+        }
     }
 }
 

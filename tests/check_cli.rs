@@ -850,3 +850,54 @@ fn help_version_and_completions() {
         );
     }
 }
+
+/// Before: `credsStore`/`credHelpers` in ~/.docker/config.json (Docker Desktop's default) were
+/// ignored without a word. The helper here is a stand-in shell script speaking the
+/// docker-credential-helpers protocol (`get`, server on stdin, JSON on stdout): the real helpers
+/// talk to a desktop keychain, which this machine does not have.
+#[tokio::test]
+async fn docker_credential_helpers_are_run() {
+    common::install_crypto_provider();
+    let registry = Registry::start_tls_auth("ci", "s3cret-pw").await;
+    let fixtures = push_standard_fixtures(&registry).await;
+    let sandbox = Sandbox::new();
+    let bin = tempfile::tempdir().unwrap();
+    let asked = bin.path().join("asked");
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread server\necho \"$server\" >> {asked}\n\
+         if [ \"$server\" = \"{host}\" ]; then echo '{{\"ServerURL\":\"{host}\",\"Username\":\"ci\",\"Secret\":\"s3cret-pw\"}}'; \
+         else echo 'credentials not found in native keychain'; exit 1; fi\n",
+        asked = asked.display(),
+        host = registry.host()
+    );
+    let helper = bin.path().join("docker-credential-teststore");
+    std::fs::write(&helper, script).unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = sandbox.docker_config.path().join("config.json");
+    std::fs::write(&config, r#"{"auths": {}, "credsStore": "teststore"}"#).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let ca = registry.ca_path().to_str().unwrap();
+    let multi = fixtures.multi.reference();
+    let cuda = fixtures.ai_base_cuda.reference();
+    let output = sandbox
+        .command(&["--registry-ca", ca, &multi, &cuda])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains(&format!("ok    {multi}")), "{stdout}");
+    // One question per registry host, however many images it serves.
+    let questions = std::fs::read_to_string(&asked).unwrap();
+    assert_eq!(questions.lines().collect::<Vec<_>>(), [registry.host()]);
+
+    // A helper that is not installed: said once on stderr, the registry asked anonymously.
+    std::fs::write(&config, r#"{"credsStore": "absent"}"#).unwrap();
+    let run = sandbox.run(&["--registry-ca", ca, &multi]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("docker-credential-absent"), "{run}");
+}

@@ -2,10 +2,14 @@
 //!
 //! Never log or display a secret: `Debug` on [`RegistryAuth`] redacts, and identities are hashes.
 
-use std::collections::BTreeMap;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use oci_client::secrets::RegistryAuth;
@@ -15,7 +19,23 @@ use serde::Deserialize;
 #[derive(Clone, Default)]
 pub struct Credentials {
     by_host: BTreeMap<String, Auth>,
+    /// Credential helpers a developer's docker config names; only `archgate check` runs them.
+    helpers: Option<Arc<Helpers>>,
 }
+
+/// `credsStore` and `credHelpers`: `docker-credential-<name>` programs that hold the secrets
+/// (Docker Desktop's default, so a laptop's config.json often has no `auths` at all).
+#[derive(Default)]
+struct Helpers {
+    store: Option<String>,
+    per_host: BTreeMap<String, String>,
+    /// Each host's answer, asked once per process.
+    answers: Mutex<HashMap<String, Option<Auth>>>,
+}
+
+/// A helper that has not answered by then is killed; its answer is a few hundred bytes.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HELPER_OUTPUT: u64 = 64 << 10;
 
 /// How archgate authenticates to one registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,6 +78,10 @@ pub enum CredentialsError {
 struct DockerConfig {
     #[serde(default)]
     auths: BTreeMap<String, AuthEntry>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -75,17 +99,54 @@ struct AuthEntry {
 }
 
 impl Credentials {
-    /// Parses a docker `config.json` (or the `.dockerconfigjson` of a Secret).
-    ///
-    /// `credsStore`/`credHelpers` name programs on a developer's machine that a webhook cannot run;
-    /// they are ignored.
+    /// Parses a docker `config.json` (or the `.dockerconfigjson` of a Secret). `credsStore` and
+    /// `credHelpers` name programs: from a Secret they are the author's words and are never run.
     pub fn from_docker_config(json: &[u8], origin: &str) -> Result<Self, CredentialsError> {
+        Ok(Self::with_helpers(json, origin)?.without_helpers())
+    }
+
+    /// A docker `config.json` from the user's own machine, with its credential helpers (see
+    /// [`Credentials::helper_names`]); `archgate check` runs them, the webhook drops them.
+    fn with_helpers(json: &[u8], origin: &str) -> Result<Self, CredentialsError> {
         let config: DockerConfig =
             serde_json::from_slice(json).map_err(|e| CredentialsError::Json {
                 origin: origin.to_string(),
                 reason: e.to_string(),
             })?;
-        Self::from_auths(config.auths, origin)
+        let mut credentials = Self::from_auths(config.auths, origin)?;
+        let per_host: BTreeMap<String, String> = config
+            .cred_helpers
+            .into_iter()
+            .map(|(host, helper)| (normalize_host(&host), helper))
+            .filter(|(_, helper)| !helper.is_empty())
+            .collect();
+        let store = config.creds_store.filter(|s| !s.is_empty());
+        if store.is_some() || !per_host.is_empty() {
+            credentials.helpers = Some(Arc::new(Helpers {
+                store,
+                per_host,
+                answers: Mutex::default(),
+            }));
+        }
+        Ok(credentials)
+    }
+
+    /// The credential helpers this config names (`osxkeychain`, `desktop`, `ecr-login`, ...).
+    pub fn helper_names(&self) -> Vec<String> {
+        let Some(helpers) = &self.helpers else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = helpers.store.iter().cloned().collect();
+        names.extend(helpers.per_host.values().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The same credentials without helpers: a webhook runs no programs named in a config file.
+    pub fn without_helpers(mut self) -> Self {
+        self.helpers = None;
+        self
     }
 
     /// Parses a legacy `.dockercfg` (a bare map of host to entry).
@@ -112,7 +173,10 @@ impl Credentials {
                 by_host.insert(host, auth);
             }
         }
-        Ok(Self { by_host })
+        Ok(Self {
+            by_host,
+            helpers: None,
+        })
     }
 
     /// Reads `path`, or the default places docker looks: `$DOCKER_CONFIG/config.json`, then
@@ -125,7 +189,7 @@ impl Credentials {
             })
         };
         if let Some(path) = path {
-            return Self::from_docker_config(&read(path)?, &path.display().to_string());
+            return Self::with_helpers(&read(path)?, &path.display().to_string());
         }
         let defaults = [
             std::env::var_os("DOCKER_CONFIG").map(|d| PathBuf::from(d).join("config.json")),
@@ -133,7 +197,7 @@ impl Credentials {
         ];
         for path in defaults.into_iter().flatten() {
             if path.is_file() {
-                return Self::from_docker_config(&read(&path)?, &path.display().to_string());
+                return Self::with_helpers(&read(&path)?, &path.display().to_string());
             }
         }
         Ok(Self::default())
@@ -156,18 +220,117 @@ impl Credentials {
     /// The credentials for `registry` (as written in an image reference), and who they make us.
     /// Just the identity for `registry`: the warm path needs it for cache keys and nothing else.
     pub fn identity_for(&self, registry: &str) -> Identity {
-        if self.by_host.is_empty() {
+        if self.by_host.is_empty() && self.helpers.is_none() {
             return 0;
         }
         self.for_registry(registry).1
     }
 
     pub fn for_registry(&self, registry: &str) -> (Auth, Identity) {
-        match self.by_host.get(&normalize_host(registry)) {
-            Some(auth) => (auth.clone(), identity(registry, auth)),
+        let host = normalize_host(registry);
+        let helped = || self.helpers.as_ref().and_then(|h| h.answer(&host));
+        match self.by_host.get(&host).cloned().or_else(helped) {
+            Some(auth) => {
+                let id = identity(registry, &auth);
+                (auth, id)
+            }
             None => (Auth::Direct(RegistryAuth::Anonymous), 0),
         }
     }
+}
+
+impl Helpers {
+    /// The helper's credentials for `host`, asked once. `credHelpers` wins over `credsStore`, as in
+    /// docker. A helper that fails is reported and the host is asked anonymously.
+    fn answer(&self, host: &str) -> Option<Auth> {
+        let helper = self.per_host.get(host).or(self.store.as_ref())?;
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(answer) = answers.get(host) {
+            return answer.clone();
+        }
+        // Docker Hub's entry in a helper is keyed by the old index URL.
+        let server = if host == "docker.io" {
+            "https://index.docker.io/v1/"
+        } else {
+            host
+        };
+        let answer = match run_helper(helper, server) {
+            Ok(answer) => answer,
+            Err(reason) => {
+                tracing::warn!(helper = %helper, registry = %host, %reason, "credential helper failed; asking anonymously");
+                None
+            }
+        };
+        answers.insert(host.to_string(), answer.clone());
+        answer
+    }
+}
+
+/// The reply of `docker-credential-<name> get` (the docker-credential-helpers protocol).
+#[derive(Deserialize)]
+struct HelperReply {
+    #[serde(rename = "Username", default)]
+    username: String,
+    #[serde(rename = "Secret", default)]
+    secret: String,
+}
+
+/// Runs `docker-credential-<helper> get` with the server on stdin, within [`HELPER_TIMEOUT`] and
+/// [`MAX_HELPER_OUTPUT`]. `Ok(None)`: the helper holds nothing for this server. A child process
+/// with a deadline is a few lines with `try_wait`; no crate needed for it.
+fn run_helper(helper: &str, server: &str) -> Result<Option<Auth>, String> {
+    if helper.contains(['/', '\\']) {
+        return Err("a helper name cannot contain a path".into());
+    }
+    let program = format!("docker-credential-{helper}");
+    let mut child = Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading closes the pipe; its answer still counts.
+        let _ = std::io::Write::write_all(&mut stdin, server.as_bytes());
+    }
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&mut stdout).take(MAX_HELPER_OUTPUT).read_to_end(&mut out);
+        out
+    });
+    let deadline = Instant::now() + HELPER_TIMEOUT;
+    let status = loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{program} did not answer within {HELPER_TIMEOUT:?}"
+                ));
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        // "credentials not found in native keychain": nothing stored for this server.
+        return if String::from_utf8_lossy(&out).contains("not found") {
+            Ok(None)
+        } else {
+            Err(format!("{program} get failed ({status})"))
+        };
+    }
+    let reply: HelperReply =
+        serde_json::from_slice(&out).map_err(|_| format!("{program} get answered no JSON"))?;
+    Ok(match (reply.username.as_str(), reply.secret) {
+        (_, secret) if secret.is_empty() => None,
+        // The helper protocol's marker for an identity token (an OAuth2 refresh token).
+        ("<token>", secret) => Some(Auth::IdentityToken(secret)),
+        (user, secret) => Some(Auth::Direct(RegistryAuth::Basic(user.to_string(), secret))),
+    })
 }
 
 impl std::fmt::Debug for Credentials {
