@@ -22,6 +22,13 @@ pub enum Param {
 /// The parameters visible in one scope, by name.
 pub type Params = BTreeMap<String, Param>;
 
+/// Where a `$(context.…)` variable known at admission sits in a scope, e.g.
+/// `context_key("context.pipelineRun.name")`. A param name never starts with `$`, so a param cannot
+/// shadow it.
+pub fn context_key(variable: &str) -> String {
+    format!("${variable}")
+}
+
 /// Layer `top` over `base`: later scopes win, as Tekton's precedence rules say.
 pub fn overlay(base: &Params, top: &Params) -> Params {
     let mut out = base.clone();
@@ -29,18 +36,94 @@ pub fn overlay(base: &Params, top: &Params) -> Params {
     out
 }
 
-/// The defaults a Task, Pipeline or StepAction declares (`spec.params[].default`).
-pub fn declared_defaults(params: Option<&Value>, path: &str) -> Result<Params, Bad> {
+/// How many rounds of "a default names another param" are followed. Tekton's Pipeline reconciler
+/// stops at the same depth (`maxParamReferenceDepth`, pkg/reconciler/pipelinerun/resources/apply.go)
+/// and fails the run past it; here the rest stays unknown.
+const MAX_REFERENCE_DEPTH: usize = 10;
+
+/// The defaults a Task, Pipeline or StepAction declares (`spec.params[].default`), each resolved.
+///
+/// A default may name other params (`default: "$(params.registry)/tool:1"`): Tekton resolves those in
+/// StepActions and Tasks since v0.68 and in Pipelines since v1.9 (docs/stepactions.md "Parameter
+/// Substitution Precedence"; pkg/reconciler/pipelinerun/resources/apply.go `ApplyParameters`). A
+/// reference sees `refs` first (what the resource was given, for Pipelines and StepActions; only
+/// the context for Tasks, whose reconciler resolves defaults from the other defaults before the
+/// TaskRun's values are laid over them), then the other defaults, following chains up to
+/// [`MAX_REFERENCE_DEPTH`]. What stays unresolved (a cycle, a missing param, a run-time value) is
+/// [`Param::Unknown`]: Tekton fails such a run, so nothing from it runs.
+pub fn declared_defaults(params: Option<&Value>, refs: &Params, path: &str) -> Result<Params, Bad> {
     let mut out = Params::new();
+    let mut pending = Vec::new();
     for (i, param) in list(params, path)?.iter().enumerate() {
         let here = format!("{path}[{i}]");
         let name = param_name(param, &here)?;
         if let Some(default) = param.get("default") {
-            // Defaults are literal: Tekton does not substitute inside them.
-            out.insert(name, literal(default, &format!("{here}.default"))?);
+            let here = format!("{here}.default");
+            let value = normalise(default, &here)?;
+            if mentions_variable(&value) {
+                pending.push((name, value, here));
+            } else {
+                out.insert(name, Param::Known(value));
+            }
         }
     }
+    let mut unresolved = Vec::new();
+    for _ in 0..MAX_REFERENCE_DEPTH {
+        if pending.is_empty() {
+            break;
+        }
+        let visible = overlay(&out, refs);
+        let before = pending.len();
+        unresolved.clear();
+        for (name, value, here) in std::mem::take(&mut pending) {
+            match substitute_value(&value, &visible, &here)? {
+                known @ Param::Known(_) => {
+                    out.insert(name, known);
+                }
+                Param::Unknown(expr) => {
+                    unresolved.push((name.clone(), expr));
+                    pending.push((name, value, here));
+                }
+            }
+        }
+        if pending.len() == before {
+            break;
+        }
+    }
+    for (name, expr) in unresolved {
+        out.entry(name).or_insert(Param::Unknown(expr));
+    }
     Ok(out)
+}
+
+/// Whether a (normalised) value holds a `$(...)` anywhere.
+fn mentions_variable(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains("$("),
+        Value::Array(items) => items.iter().any(mentions_variable),
+        Value::Object(map) => map.values().any(mentions_variable),
+        _ => false,
+    }
+}
+
+/// Layer `given` over a Task's or StepAction's `defaults`: an object param given only some of its
+/// keys takes the others from its default (docs/tasks.md "Specifying Parameters": "one may provide
+/// values for just a subset of keys in spec's default"; pkg/reconciler/taskrun/resources/apply.go
+/// `getTaskParameters` merges key by key). Pipelines take a run's object whole.
+pub fn overlay_objects(defaults: &Params, given: &Params) -> Params {
+    let mut out = defaults.clone();
+    for (name, value) in given {
+        let merged = match (out.get(name), value) {
+            (Some(Param::Known(Value::Object(base))), Param::Known(Value::Object(top))) => {
+                let mut map = base.clone();
+                map.extend(top.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Param::Known(Value::Object(map))
+            }
+            _ => value.clone(),
+        };
+        out.insert(name.clone(), merged);
+    }
+    out
 }
 
 /// The names a spec declares, with or without a default.
@@ -81,11 +164,6 @@ fn param_name(param: &Value, path: &str) -> Result<String, Bad> {
         Some(Value::String(name)) => Ok(name.clone()),
         _ => Err(Bad(format!("{path}.name is missing or not a string"))),
     }
-}
-
-/// A value with no substitution (defaults, run params): scalars become strings as Tekton reads them.
-fn literal(value: &Value, path: &str) -> Result<Param, Bad> {
-    Ok(Param::Known(normalise(value, path)?))
 }
 
 /// Tekton reads YAML numbers and booleans in params as their text; null as the empty string.
@@ -218,6 +296,12 @@ fn closing_paren(text: &str) -> Option<usize> {
 /// The string one expression stands for, or `Err` with the expression as the user wrote it.
 fn evaluate(expr: &str, scope: &Params) -> Result<String, String> {
     let unknown = || format!("$({expr})");
+    if expr.trim().starts_with("context.") {
+        return match scope.get(&context_key(expr.trim())) {
+            Some(Param::Known(Value::String(value))) => Ok(value.clone()),
+            _ => Err(unknown()),
+        };
+    }
     let reference = parse_reference(expr).ok_or_else(unknown)?;
     let Some(Param::Known(mut value)) = scope.get(&reference.name).cloned() else {
         return Err(match scope.get(&reference.name) {
@@ -563,7 +647,7 @@ mod tests {
     fn declared_defaults_and_passed_values() {
         let decl =
             json!([{"name": "a", "default": "x"}, {"name": "b"}, {"name": "n", "default": 1}]);
-        let d = declared_defaults(Some(&decl), "p").unwrap();
+        let d = declared_defaults(Some(&decl), &Params::new(), "p").unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d["n"], Param::Known(json!("1")));
         assert_eq!(declared_names(Some(&decl), "p").unwrap(), ["a", "b", "n"]);
@@ -572,5 +656,113 @@ mod tests {
         assert_eq!(p["b"], Param::Known(json!("x-y")));
         assert!(passed(Some(&json!({"a": 1})), &d, "p").is_err());
         assert!(passed(Some(&json!([{"value": 1}])), &d, "p").is_err());
+    }
+
+    /// Defaults naming other params (Tekton v0.68+ for Tasks and StepActions, v1.9+ for
+    /// Pipelines; docs/stepactions.md "Parameter Substitution Precedence").
+    #[test]
+    fn defaults_that_name_other_params_are_resolved() {
+        let decl = json!([
+            {"name": "url", "default": "$(params.registry)/$(params.repo):$(params.tag)"},
+            {"name": "registry", "default": "$(params.base)/org"},
+            {"name": "base", "default": "quay.io"},
+            {"name": "repo", "default": "tool"},
+            {"name": "tag", "default": "1"},
+            {"name": "args", "type": "array", "default": ["--image=$(params.url)"]},
+            {"name": "cfg", "type": "object", "default": {"image": "$(params.url)"}},
+            {"name": "later", "default": "$(tasks.a.results.digest)"},
+            {"name": "loop-a", "default": "$(params.loop-b)"},
+            {"name": "loop-b", "default": "$(params.loop-a)"},
+            {"name": "ghost", "default": "$(params.nowhere)"}
+        ]);
+        let d = declared_defaults(Some(&decl), &Params::new(), "p").unwrap();
+        assert_eq!(d["url"], Param::Known(json!("quay.io/org/tool:1")));
+        assert_eq!(
+            d["args"],
+            Param::Known(json!(["--image=quay.io/org/tool:1"]))
+        );
+        assert_eq!(
+            d["cfg"],
+            Param::Known(json!({"image": "quay.io/org/tool:1"}))
+        );
+        assert_eq!(
+            d["later"],
+            Param::Unknown("$(tasks.a.results.digest)".into())
+        );
+        assert!(
+            matches!(d["loop-a"], Param::Unknown(_)),
+            "{:?}",
+            d["loop-a"]
+        );
+        assert_eq!(d["ghost"], Param::Unknown("$(params.nowhere)".into()));
+        // What the resource was given is seen first (Pipelines, StepActions).
+        let given = scope(&[("repo", json!("app")), ("tag", json!("2"))]);
+        let d = declared_defaults(Some(&decl), &given, "p").unwrap();
+        assert_eq!(d["url"], Param::Known(json!("quay.io/org/app:2")));
+    }
+
+    #[test]
+    fn a_chain_longer_than_tektons_depth_stays_unknown() {
+        let mut decl = vec![json!({"name": "p0", "default": "img"})];
+        for i in 1..=MAX_REFERENCE_DEPTH + 2 {
+            decl.push(json!({"name": format!("p{i}"), "default": format!("$(params.p{})", i - 1)}));
+        }
+        // Listed last first, so every round resolves one link only.
+        decl.reverse();
+        let d = declared_defaults(Some(&Value::Array(decl)), &Params::new(), "p").unwrap();
+        assert_eq!(d["p1"], Param::Known(json!("img")));
+        assert!(matches!(
+            d[&format!("p{}", MAX_REFERENCE_DEPTH + 2)],
+            Param::Unknown(_)
+        ));
+    }
+
+    /// docs/tasks.md "Specifying Parameters": an object given some keys takes the rest from its
+    /// default.
+    #[test]
+    fn partly_given_objects_take_missing_keys_from_the_default() {
+        let defaults = scope(&[(
+            "img",
+            json!({"registry": "quay.io", "name": "tool", "tag": "1"}),
+        )]);
+        let given = scope(&[("img", json!({"tag": "2"})), ("other", json!("x"))]);
+        let merged = overlay_objects(&defaults, &given);
+        assert_eq!(
+            merged["img"],
+            Param::Known(json!({"registry": "quay.io", "name": "tool", "tag": "2"}))
+        );
+        assert_eq!(merged["other"], Param::Known(json!("x")));
+        // A string over an object default replaces it (Tekton rejects the type mismatch).
+        let replaced = overlay_objects(&defaults, &scope(&[("img", json!("plain"))]));
+        assert_eq!(replaced["img"], Param::Known(json!("plain")));
+    }
+
+    #[test]
+    fn known_context_variables_are_substituted_and_cannot_be_shadowed() {
+        let mut s = scope(&[("context.pipelineRun.name", json!("param-not-context"))]);
+        assert_eq!(
+            substitute("$(context.pipelineRun.name)", &s),
+            Err("$(context.pipelineRun.name)".into())
+        );
+        s.insert(
+            context_key("context.pipelineRun.name"),
+            Param::Known(json!("nightly")),
+        );
+        assert_eq!(
+            substitute(
+                "r/$(context.pipelineRun.name):$( context.pipelineRun.name )",
+                &s
+            )
+            .as_deref(),
+            Ok("r/nightly:nightly")
+        );
+        assert_eq!(
+            substitute("$(params[\"context.pipelineRun.name\"])", &s).as_deref(),
+            Ok("param-not-context")
+        );
+        assert_eq!(
+            substitute("$(context.pipelineRun.uid)", &s),
+            Err("$(context.pipelineRun.uid)".into())
+        );
     }
 }
