@@ -29,7 +29,8 @@ impl std::fmt::Display for Report {
     }
 }
 
-/// The registry harness (behind its counting proxy) and the binary that asks it.
+/// The registry harness (behind its in-process counting proxy) and the binary that asks it. The
+/// binary is waited for on a test thread, so tests run multi-threaded to keep the proxy serving.
 struct Setup(World);
 
 impl Setup {
@@ -79,7 +80,7 @@ impl Setup {
 
 /// Tekton v1.x `when` (docs/pipelines.md "Guard Task execution using when expressions"): the
 /// arm64-only task and finally task are skipped when `arch` is not arm64, so the run passes.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_false_skips_the_arm64_only_task_and_finally_task() {
     let s = Setup::start().await;
     let run = tekton_runs::guarded_by_when("amd64", &s.arm(), &s.multi());
@@ -109,7 +110,7 @@ async fn when_false_skips_the_arm64_only_task_and_finally_task() {
 
 /// docs/tasks.md "Specifying Parameters": the object's missing `repo` comes from the default, so
 /// the image is known and checked (it was skipped as unknown before).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partly_given_object_param_is_completed_from_its_default() {
     let s = Setup::start().await;
     let repo = format!("{}/cerebral/ai-base", s.host());
@@ -125,7 +126,7 @@ async fn a_partly_given_object_param_is_completed_from_its_default() {
 
 /// Pipelines v1.9+ and Tasks v0.68+ resolve defaults that name other params; both images are the
 /// arm64-only fixture (they were literal `$(params.registry)/...` text before).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn defaults_that_name_other_params_are_resolved() {
     let s = Setup::start().await;
     let run = tekton_runs::defaults_naming_params(s.host(), "cerebral/ai-base:cuda");
@@ -142,7 +143,7 @@ async fn defaults_that_name_other_params_are_resolved() {
 
 /// docs/variables.md: `$(context.pipelineRun.name)` and `$(context.taskRun.name)` are known when
 /// the run has a fixed name; with generateName the image is unknown and skipped with a warning.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_names_are_substituted_for_a_fixed_run_name() {
     let s = Setup::start().await;
     let r = s.check(&tekton_runs::named_by_context(Some("ai"), s.host()), &[]);
@@ -161,7 +162,7 @@ async fn context_names_are_substituted_for_a_fixed_run_name() {
 
 /// The pin hint names the run's pod template. `check` prints one line per image and no hint
 /// today; the shared verdict of issue 10 gives it one.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the pipeline rewrite (issue 10)"]
 async fn the_pin_hint_names_the_runs_pod_template() {
     let s = Setup::start().await;
@@ -178,7 +179,7 @@ async fn the_pin_hint_names_the_runs_pod_template() {
 
 /// A run's service account and pull secrets choose the credentials. `check` has no cluster to read
 /// them from; issue 10's pipeline could take ServiceAccounts and Secrets from the files checked.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the pipeline rewrite (issue 10)"]
 async fn a_runs_pull_secret_in_the_same_file_opens_a_private_registry() {
     common::install_crypto_provider();
