@@ -36,6 +36,17 @@ pub fn overlay(base: &Params, top: &Params) -> Params {
     out
 }
 
+/// The most bytes one substituted value may hold. References multiply text (`$(params.a)$(params.a)`,
+/// chained through defaults, pipeline task params and nested pipelines), so a run of a few
+/// kilobytes could otherwise ask for gigabytes. Images, `when` values and pod-template fields are
+/// far shorter; a longer value is unknown, which only matters if an image is built from it.
+pub const MAX_VALUE_BYTES: usize = 16 << 10;
+
+/// The most bytes the values of one param list (a run's, a pipeline task's, a spec's defaults)
+/// may hold together; past it the remaining values are unknown. With [`MAX_VALUE_BYTES`] this
+/// bounds a scope whatever the number of params.
+pub const MAX_SCOPE_BYTES: usize = 256 << 10;
+
 /// How many rounds of "a default names another param" are followed. Tekton's Pipeline reconciler
 /// stops at the same depth (`maxParamReferenceDepth`, pkg/reconciler/pipelinerun/resources/apply.go)
 /// and fails the run past it; here the rest stays unknown.
@@ -54,6 +65,7 @@ const MAX_REFERENCE_DEPTH: usize = 10;
 pub fn declared_defaults(params: Option<&Value>, refs: &Params, path: &str) -> Result<Params, Bad> {
     let mut out = Params::new();
     let mut pending = Vec::new();
+    let mut budget = Budget::default();
     for (i, param) in list(params, path)?.iter().enumerate() {
         let here = format!("{path}[{i}]");
         let name = param_name(param, &here)?;
@@ -63,7 +75,7 @@ pub fn declared_defaults(params: Option<&Value>, refs: &Params, path: &str) -> R
             if mentions_variable(&value) {
                 pending.push((name, value, here));
             } else {
-                out.insert(name, Param::Known(value));
+                out.insert(name, budget.spend(Param::Known(value), &here));
             }
         }
     }
@@ -78,7 +90,7 @@ pub fn declared_defaults(params: Option<&Value>, refs: &Params, path: &str) -> R
         for (name, value, here) in std::mem::take(&mut pending) {
             match substitute_value(&value, &visible, &here)? {
                 known @ Param::Known(_) => {
-                    out.insert(name, known);
+                    out.insert(name, budget.spend(known, &here));
                 }
                 Param::Unknown(expr) => {
                     unresolved.push((name.clone(), expr));
@@ -138,16 +150,48 @@ pub fn declared_names(params: Option<&Value>, path: &str) -> Result<Vec<String>,
 /// `params: [{name, value}]` of a run, pipeline task or step, each value substituted in `scope`.
 pub fn passed(params: Option<&Value>, scope: &Params, path: &str) -> Result<Params, Bad> {
     let mut out = Params::new();
+    let mut budget = Budget::default();
     for (i, param) in list(params, path)?.iter().enumerate() {
         let here = format!("{path}[{i}]");
         let name = param_name(param, &here)?;
         let value = param.get("value").unwrap_or(&Value::Null);
-        out.insert(
-            name,
-            substitute_value(value, scope, &format!("{here}.value"))?,
-        );
+        let value = substitute_value(value, scope, &format!("{here}.value"))?;
+        out.insert(name, budget.spend(value, &here));
     }
     Ok(out)
+}
+
+/// What one param list has spent of [`MAX_SCOPE_BYTES`].
+#[derive(Default)]
+struct Budget(usize);
+
+impl Budget {
+    fn spend(&mut self, param: Param, path: &str) -> Param {
+        if let Param::Known(value) = &param {
+            self.0 = self.0.saturating_add(size(value));
+            if self.0 > MAX_SCOPE_BYTES {
+                return Param::Unknown(format!(
+                    "{path} (params over {} KiB)",
+                    MAX_SCOPE_BYTES >> 10
+                ));
+            }
+        }
+        param
+    }
+}
+
+/// The bytes of text a value holds.
+fn size(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(size).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + size(v)).sum(),
+        _ => 0,
+    }
+}
+
+fn oversize(expr: &str) -> String {
+    format!("{expr} (over {} KiB)", MAX_VALUE_BYTES >> 10)
 }
 
 /// A list field that may be absent; anything but a list is bad input.
@@ -206,26 +250,38 @@ pub fn substitute_value(value: &Value, scope: &Params, path: &str) -> Result<Par
         },
         Value::Array(items) => {
             let mut out = Vec::new();
+            let mut bytes = 0usize;
             for item in items {
                 let text = item.as_str().unwrap_or_default();
-                match whole_reference(text, scope) {
-                    Some(Param::Known(Value::Array(spliced))) => out.extend(spliced),
+                let added = match whole_reference(text, scope) {
+                    Some(Param::Known(Value::Array(spliced))) => spliced,
                     Some(Param::Unknown(expr)) => return Ok(Param::Unknown(expr)),
                     _ => match substitute(text, scope) {
-                        Ok(s) => out.push(Value::String(s)),
+                        Ok(s) => vec![Value::String(s)],
                         Err(expr) => return Ok(Param::Unknown(expr)),
                     },
+                };
+                bytes = bytes.saturating_add(added.iter().map(size).sum());
+                if bytes > MAX_VALUE_BYTES {
+                    return Ok(Param::Unknown(oversize(path)));
                 }
+                out.extend(added);
             }
             Param::Known(Value::Array(out))
         }
         Value::Object(map) => {
             let mut out = serde_json::Map::new();
+            let mut bytes = 0usize;
             for (key, item) in map {
-                match substitute(item.as_str().unwrap_or_default(), scope) {
-                    Ok(s) => out.insert(key.clone(), Value::String(s)),
+                let s = match substitute(item.as_str().unwrap_or_default(), scope) {
+                    Ok(s) => s,
                     Err(expr) => return Ok(Param::Unknown(expr)),
                 };
+                bytes = bytes.saturating_add(key.len() + s.len());
+                if bytes > MAX_VALUE_BYTES {
+                    return Ok(Param::Unknown(oversize(path)));
+                }
+                out.insert(key.clone(), Value::String(s));
             }
             Param::Known(Value::Object(out))
         }
@@ -272,6 +328,9 @@ pub fn substitute(text: &str, scope: &Params) -> Result<String, String> {
         };
         let expr = &after[..end];
         out.push_str(&evaluate(expr, scope)?);
+        if out.len() > MAX_VALUE_BYTES {
+            return Err(oversize(&format!("$({expr})")));
+        }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -764,5 +823,53 @@ mod tests {
             substitute("$(context.pipelineRun.uid)", &s),
             Err("$(context.pipelineRun.uid)".into())
         );
+    }
+
+    /// Hostile input: references that double at every link of a default chain, and a list of
+    /// params each naming a large one, stay within the byte bounds as unknown values.
+    #[test]
+    fn multiplying_references_stay_within_the_byte_bounds() {
+        let mut decl = vec![json!({"name": "p0", "default": "x".repeat(1000)})];
+        for i in 1..=MAX_REFERENCE_DEPTH {
+            let prev = format!("$(params.p{})", i - 1);
+            decl.push(json!({"name": format!("p{i}"), "default": prev.repeat(4)}));
+        }
+        let d = declared_defaults(Some(&Value::Array(decl)), &Params::new(), "p").unwrap();
+        assert_eq!(d["p1"], Param::Known(json!("x".repeat(4000))));
+        // p3 would be 64 000 bytes; what builds on it stays unknown too.
+        let p3 = &d["p3"];
+        assert!(
+            matches!(p3, Param::Unknown(e) if e.contains("over 16 KiB")),
+            "{p3:?}"
+        );
+        assert!(matches!(
+            &d[&format!("p{MAX_REFERENCE_DEPTH}")],
+            Param::Unknown(_)
+        ));
+        for value in d.values() {
+            if let Param::Known(v) = value {
+                assert!(size(v) <= MAX_VALUE_BYTES);
+            }
+        }
+        let arrays = scope(&[("a", json!(vec!["y".repeat(1000); 10]))]);
+        let spliced = json!(vec!["$(params.a[*])"; 10]);
+        assert!(matches!(
+            substitute_value(&spliced, &arrays, "v").unwrap(),
+            Param::Unknown(_)
+        ));
+        let big = scope(&[("big", json!("z".repeat(MAX_VALUE_BYTES)))]);
+        let many: Vec<Value> = (0..100)
+            .map(|i| json!({"name": format!("n{i}"), "value": "$(params.big)"}))
+            .collect();
+        let given = passed(Some(&Value::Array(many)), &big, "params").unwrap();
+        let known: usize = given
+            .values()
+            .map(|p| match p {
+                Param::Known(v) => size(v),
+                Param::Unknown(_) => 0,
+            })
+            .sum();
+        assert!(known <= MAX_SCOPE_BYTES, "{known}");
+        assert!(matches!(&given["n99"], Param::Unknown(e) if e.contains("params over")));
     }
 }
