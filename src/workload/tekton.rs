@@ -2,8 +2,10 @@
 //!
 //! A run names its work directly (`pipelineSpec`, `taskSpec`) or by reference (`pipelineRef`,
 //! `taskRef`, `steps[].ref`, resolvers); references are read through the [`Catalog`] so this module
-//! stays pure. Images come after Tekton's parameter substitution (see [`params`]); anything only
-//! known at run time is skipped with a warning, because a false denial blocks a build for nothing.
+//! stays pure. Images come after Tekton's parameter and context substitution (see `params.rs`), and
+//! pipeline tasks whose `when` is surely false are skipped as Tekton skips them (see `when.rs`);
+//! anything only known at run time is skipped with a warning, because a false denial blocks a build
+//! for nothing.
 //! Build outputs (kaniko's `IMAGE`) never become targets: only images that run, plus what the user
 //! names through the `archgate.io/images` annotation or `ExtractOptions::tekton_image_params`.
 

@@ -1,8 +1,10 @@
 //! Tekton parameters: what a `$(params...)` expression stands for at admission time.
 //!
-//! Values flow run → pipeline → pipeline task → task → step action. Some are only known when the
-//! run executes (task results, context variables): those stay [`Param::Unknown`] so that an image
-//! built from them is skipped with a warning instead of being checked as a wrong string.
+//! Values flow run → pipeline → pipeline task → task → step action, defaults may name other params
+//! (see [`declared_defaults`]), and `$(context.…)` names the run when its name is fixed (see
+//! [`context_key`]). Some values are only known when the run executes (task results, a generated
+//! name, uids): those stay [`Param::Unknown`] so that an image built from them is skipped with a
+//! warning instead of being checked as a wrong string.
 
 use std::collections::BTreeMap;
 
