@@ -104,8 +104,9 @@ fn extract_run(
         Some(Value::String(ns)) => ns.clone(),
         Some(_) => return Err(error("metadata.namespace is not a string".to_string())),
     };
-    // Only a run's own fixed name is a context value; generateName is chosen by the API server
-    // after admission, and a definition's name is not a run's.
+    // Only a run's own name is a context value, never a definition's. A run written with only
+    // `generateName` has none in a file (`check -f`); the API server names it before validating
+    // webhooks are called, and that name is the one Tekton substitutes.
     let run_name = matches!(kind, "PipelineRun" | "TaskRun")
         .then(|| object.pointer("/metadata/name").and_then(Value::as_str))
         .flatten()
@@ -165,7 +166,7 @@ struct Walker<'a> {
     catalog: &'a dyn Catalog,
     options: &'a ExtractOptions,
     namespace: String,
-    /// The run's `metadata.name` when fixed (not `generateName`).
+    /// The run's `metadata.name`, when it has one (not only `generateName`).
     run_name: Option<String>,
     api_version: String,
     out: Extraction,
