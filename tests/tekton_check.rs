@@ -142,7 +142,8 @@ async fn defaults_that_name_other_params_are_resolved() {
 }
 
 /// docs/variables.md: `$(context.pipelineRun.name)` and `$(context.taskRun.name)` are known when
-/// the run has a fixed name; with generateName the image is unknown and skipped with a warning.
+/// the run has a name; a file with only generateName leaves the image unknown, skipped with a
+/// warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_names_are_substituted_for_a_fixed_run_name() {
     let s = Setup::start().await;

@@ -309,7 +309,8 @@ async fn defaults_that_name_other_params_are_resolved() {
 }
 
 /// docs/variables.md: `$(context.pipelineRun.name)` and `$(context.taskRun.name)` for a run with
-/// a fixed name; a generated name leaves them unknown (allowed, with a warning).
+/// a name; a run not named yet (only `generateName`, as a mutating webhook would see it) leaves
+/// them unknown (allowed, with a warning).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_names_are_substituted_for_a_fixed_run_name() {
     let world = World::new().await;

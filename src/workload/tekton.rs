@@ -105,8 +105,8 @@ fn extract_run(
         Some(_) => return Err(error("metadata.namespace is not a string".to_string())),
     };
     // Only a run's own name is a context value, never a definition's. A run written with only
-    // `generateName` has none in a file (`check -f`); the API server names it before validating
-    // webhooks are called, and that name is the one Tekton substitutes.
+    // `generateName` has none in a file (`check -f`); the API server names it after mutating and
+    // before validating webhooks (kyverno/kyverno#4955), and that name is the one Tekton uses.
     let run_name = matches!(kind, "PipelineRun" | "TaskRun")
         .then(|| object.pointer("/metadata/name").and_then(Value::as_str))
         .flatten()
