@@ -323,10 +323,33 @@ fn hints(checked: &[Checked]) -> Vec<String> {
         if let Some(platform) = shared
             && candidates_differ(&resolved)
         {
-            out.push(scheduling::pin_hint(platform));
+            let hint = scheduling::pin_hint(platform);
+            out.push(match pin_site(checked) {
+                Some(site) => format!("{hint} in {site}"),
+                None => hint,
+            });
         }
     }
     out
+}
+
+/// Where to pin, when the pods are not written as pods (Tekton runs): the narrowest pod template
+/// every failing target shares, e.g. one task's `taskRunSpecs` entry or the run-wide template.
+fn pin_site(checked: &[Checked]) -> Option<&str> {
+    let mut failing = checked
+        .iter()
+        .filter(|c| !c.missing().is_empty())
+        .map(|c| c.target.placement.pin_at.as_slice());
+    let first = failing.next()?;
+    let shared = failing.fold(first.len(), |n, other| {
+        first
+            .iter()
+            .zip(other)
+            .take(n)
+            .take_while(|(a, b)| a == b)
+            .count()
+    });
+    first[..shared].last().map(String::as_str)
 }
 
 /// Pinning only helps when the pod could land on more than one platform.
@@ -525,6 +548,41 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("--platform linux/amd64,linux/arm64"), "{msg}");
+    }
+
+    /// Issue 13: a Tekton run is pinned in its pod templates, not with a pod's nodeSelector.
+    #[test]
+    fn tekton_pin_hint_names_the_narrowest_shared_pod_template() {
+        let run = "spec.taskRunTemplate.podTemplate";
+        let task = |t: &str| format!("spec.taskRunSpecs[].podTemplate (pipelineTaskName: {t})");
+        let both = ["linux/amd64", "linux/arm64"];
+        let in_task = |name: &str, pipeline_task: &str, platforms: &[Platform]| {
+            let mut c = checked(name, name, &both, resolved(platforms));
+            c.target.placement = Arc::new(Placement {
+                pin_at: vec![run.to_string(), task(pipeline_task)],
+                ..Placement::default()
+            });
+            c
+        };
+        let amd = [p("linux/amd64")];
+        let all = [p("linux/amd64"), p("linux/arm64")];
+        let hint = |c: &[Checked]| {
+            let msg = decide(c, &[], &Policy::default()).message.unwrap();
+            msg.lines().last().unwrap().to_string()
+        };
+        let one_task = [in_task("a", "build", &amd), in_task("b", "test", &all)];
+        assert_eq!(
+            hint(&one_task),
+            format!(
+                "pin it: nodeSelector kubernetes.io/arch: amd64 in {}",
+                task("build")
+            )
+        );
+        let two_tasks = [in_task("a", "build", &amd), in_task("b", "test", &amd)];
+        assert_eq!(
+            hint(&two_tasks),
+            format!("pin it: nodeSelector kubernetes.io/arch: amd64 in {run}")
+        );
     }
 
     #[test]

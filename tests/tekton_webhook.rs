@@ -2,8 +2,24 @@
 //! naming the task and step, before any TaskRun starts.
 
 mod common;
+mod tekton_runs;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use archgate::admission::Admission;
+use archgate::bundles::Bundles;
+use archgate::cluster::{ClusterState, PullSecretStores, Stores};
+use archgate::metrics::Metrics;
+use archgate::policy::Policy;
+use archgate::resolver::{Credentials, RegistryOptions, Resolver};
+use archgate::review::Exemptions;
+use archgate::workload::ExtractOptions;
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, ServiceAccount};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
+use tower::ServiceExt;
 
 use common::webhook::{Webhook, World};
 
@@ -219,4 +235,298 @@ async fn bundle_tasks_are_fetched_from_the_registry() {
     assert_eq!(r["allowed"], true, "{r}");
     let w = r["warnings"][0].as_str().unwrap();
     assert!(w.contains("buildah") && w.contains("not checked"), "{w}");
+}
+
+// ---- issue 13: evaluate what Tekton evaluates --------------------------------------------------
+
+fn warnings(r: &Value) -> Vec<String> {
+    r["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter_map(|w| w.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Tekton v1.x `when` (docs/pipelines.md "Guard Task execution using when expressions"): an
+/// arm64-only task and finally task skipped by their `when` do not deny the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_false_skips_the_arm64_only_task_and_finally_task() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let run = tekton_runs::guarded_by_when("amd64", &world.arm_only(), &world.multi());
+    let r = hook.review(&review("PipelineRun", "v1", run)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(warnings(&r).is_empty(), "{r}");
+    let run = tekton_runs::guarded_by_when("arm64", &world.arm_only(), &world.multi());
+    let r = hook.review(&review("PipelineRun", "v1", run)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    let lines: Vec<String> = message(&r).lines().map(str::to_string).collect();
+    for (line, task) in lines.iter().zip(["arm-test", "arm-report"]) {
+        let want = format!(
+            "pipeline task \"{task}\" step \"run\" image \"{}\" is missing linux/amd64",
+            world.arm_only()
+        );
+        assert!(line.starts_with(&want), "{want}\n{r}");
+    }
+}
+
+/// docs/tasks.md "Specifying Parameters": the missing `repo` key comes from the Task's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_given_object_param_is_completed_from_its_default() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let repo = format!("{}/cerebral/ai-base", world.proxy.host());
+    let run = tekton_runs::partly_given_object(&repo, "cuda");
+    let r = hook.review(&review("PipelineRun", "v1", run)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        message(&r).starts_with(&format!(
+            "pipeline task \"build\" step \"run\" image \"{}\" is missing",
+            world.arm_only()
+        )),
+        "{r}"
+    );
+}
+
+/// Pipelines v1.9+ and Tasks v0.68+ resolve defaults naming other params.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defaults_that_name_other_params_are_resolved() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let run = tekton_runs::defaults_naming_params(world.proxy.host(), "cerebral/ai-base:cuda");
+    let r = hook.review(&review("PipelineRun", "v1", run)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    for task in ["pipeline-default", "task-default"] {
+        let want = format!(
+            "pipeline task \"{task}\" step \"run\" image \"{}\" is missing",
+            world.arm_only()
+        );
+        assert!(message(&r).contains(&want), "{want}\n{r}");
+    }
+}
+
+/// docs/variables.md: `$(context.pipelineRun.name)` and `$(context.taskRun.name)` for a run with
+/// a name; a run not named yet (only `generateName`, as a mutating webhook would see it) leaves
+/// them unknown (allowed, with a warning).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_names_are_substituted_for_a_fixed_run_name() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let run = tekton_runs::named_by_context(Some("ai"), world.proxy.host());
+    let r = hook.review(&review("PipelineRun", "v1", run)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    for step in ["by-run", "by-task-run"] {
+        let want = format!(
+            "pipeline task \"base\" step \"{step}\" image \"{}\"",
+            world.arm_only()
+        );
+        assert!(message(&r).contains(&want), "{want}\n{r}");
+    }
+    let run = tekton_runs::named_by_context(None, world.proxy.host());
+    let r = hook.review(&review("PipelineRun", "v1", run)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(
+        warnings(&r)
+            .iter()
+            .any(|w| w.contains("$(context.pipelineRun.name)")),
+        "{r}"
+    );
+}
+
+/// Issue 13 point 6: on a mixed cluster the hint names where a Tekton user pins: one task's
+/// `taskRunSpecs[].podTemplate` when only its images miss a platform, else the run's template
+/// (`spec.podTemplate` in v1beta1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pin_hint_names_the_runs_pod_template() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &["-p", "linux/amd64,linux/arm64"]).await;
+    let last_line = |r: &Value| message(r).lines().last().unwrap_or_default().to_string();
+    let run = tekton_runs::two_tasks(&world.arm_only(), &world.multi(), false);
+    let r = hook.review(&review("PipelineRun", "v1", run)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(
+        last_line(&r),
+        "pin it: nodeSelector kubernetes.io/arch: arm64 in spec.taskRunSpecs[].podTemplate (pipelineTaskName: build)"
+    );
+    let run = tekton_runs::two_tasks(&world.arm_only(), &world.arm_only(), true);
+    let r = hook.review(&review("PipelineRun", "v1beta1", run)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(
+        last_line(&r),
+        "pin it: nodeSelector kubernetes.io/arch: arm64 in spec.podTemplate"
+    );
+}
+
+// ---- pull credentials of a run (issue 13 point 5) ----------------------------------------------
+
+const USER: &str = "ci-bot";
+const PASSWORD: &str = "s3cret-pass";
+
+/// The webhook's router in process over a cluster view fed the way the reflectors feed it: one
+/// amd64 node, namespace `ci` with the ServiceAccounts `default` (no secrets) and `builder`
+/// (secret `regcred`), `pusher` (secret `pushcred`), and the two secrets for the TLS + htpasswd
+/// registry. No API server runs here, so the stores are written directly (as tests/cluster.rs).
+struct PrivateCluster {
+    /// Kept for its process: the registry stops when dropped.
+    _registry: common::Registry,
+    fixtures: common::Fixtures,
+    router: axum::Router,
+}
+
+impl PrivateCluster {
+    async fn start() -> Self {
+        common::install_crypto_provider();
+        let registry = common::Registry::start_tls_auth(USER, PASSWORD).await;
+        let fixtures = common::push_standard_fixtures(&registry).await;
+        let mut nodes = Writer::<Node>::default();
+        let mut namespaces = Writer::<Namespace>::default();
+        let mut accounts = Writer::<ServiceAccount>::default();
+        let mut secrets = [Writer::<Secret>::default(), Writer::<Secret>::default()];
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "amd",
+            "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}}}))
+        .unwrap();
+        let account = |name: &str, secrets: &[&str]| -> ServiceAccount {
+            let refs: Vec<Value> = secrets.iter().map(|s| json!({"name": s})).collect();
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "ci"},
+                "imagePullSecrets": refs}))
+            .unwrap()
+        };
+        let auth = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{USER}:{PASSWORD}"),
+        );
+        let config = json!({"auths": {registry.host(): {"auth": auth}}}).to_string();
+        let secret = |name: &str| -> Secret {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ci", "resourceVersion": "1"},
+                "type": "kubernetes.io/dockerconfigjson",
+                "data": {".dockerconfigjson": base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD, &config)}
+            }))
+            .unwrap()
+        };
+        let namespace: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "ci"}})).unwrap();
+        let stores = Stores {
+            nodes: nodes.as_reader(),
+            namespaces: namespaces.as_reader(),
+            pull_secrets: Some(PullSecretStores {
+                service_accounts: accounts.as_reader(),
+                secrets: secrets.iter().map(Writer::as_reader).collect(),
+            }),
+            tekton: Vec::new(),
+        };
+        listed(&mut nodes, [node]);
+        listed(&mut namespaces, [namespace]);
+        listed(
+            &mut accounts,
+            [
+                account("default", &[]),
+                account("builder", &["regcred"]),
+                account("pusher", &["pushcred"]),
+            ],
+        );
+        let [first, second] = &mut secrets;
+        listed(first, [secret("regcred"), secret("pushcred")]);
+        listed(second, []);
+        let metrics = Arc::new(Metrics::new());
+        let options = RegistryOptions {
+            ca_pem: Some(registry.ca_pem().as_bytes().to_vec()),
+            ..RegistryOptions::default()
+        };
+        let admission = Admission {
+            resolver: Arc::new(Resolver::new(options, metrics.clone()).unwrap()),
+            cluster: Arc::new(ClusterState::from_stores(stores, Credentials::default())),
+            policy: Policy::default(),
+            deadline: Duration::from_secs(10),
+            exempt_namespaces: Vec::new(),
+            exemptions: Exemptions::default(),
+            extract: ExtractOptions::default(),
+            metrics,
+            bundles: Bundles::default(),
+        };
+        Self {
+            _registry: registry,
+            fixtures,
+            router: archgate::server::router(Arc::new(admission)),
+        }
+    }
+
+    async fn review(&self, run: Value) -> Value {
+        let body = review("PipelineRun", "v1", run).to_string();
+        let request = axum::http::Request::post(archgate::server::VALIDATE_PATH)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let reply: Value = serde_json::from_slice(&bytes).unwrap();
+        reply["response"].clone()
+    }
+}
+
+/// The initial list, as a watcher delivers it.
+fn listed<K>(writer: &mut Writer<K>, objects: impl IntoIterator<Item = K>)
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    writer.apply_watcher_event(&Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+}
+
+/// Tekton's TaskRun pods pull with the run's `taskRunTemplate.serviceAccountName` or pod template
+/// `imagePullSecrets` (v1 `GetTaskRunSpec`): with either, the private arm64-only image is read and
+/// denied; with neither (the namespace's default account has no secret) it cannot be checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_service_account_and_pull_secrets_open_its_registry() {
+    let cluster = PrivateCluster::start().await;
+    let image = cluster.fixtures.ai_base_cuda.reference();
+    for (account, secret) in [(Some("builder"), None), (None, Some("regcred"))] {
+        let r = cluster
+            .review(tekton_runs::with_credentials(&image, account, secret))
+            .await;
+        assert_eq!(r["allowed"], false, "{account:?} {secret:?}: {r}");
+        assert!(
+            message(&r).contains(&format!("image \"{image}\" is missing linux/amd64")),
+            "{r}"
+        );
+    }
+    let r = cluster
+        .review(tekton_runs::with_credentials(&image, None, None))
+        .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(
+        warnings(&r).iter().any(|w| w.contains("was not checked")),
+        "{r}"
+    );
+}
+
+/// `taskRunSpecs[].serviceAccountName` gives one task its own credentials. Extraction carries them
+/// per target (tests in src/workload/tekton/tests.rs); the review still pulls every target of an
+/// object with the first target's credentials, which issue 10's pipeline changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the pipeline rewrite (issue 10)"]
+async fn one_tasks_own_service_account_opens_its_registry() {
+    let cluster = PrivateCluster::start().await;
+    let private = cluster.fixtures.ai_base_cuda.reference();
+    // `build` pulls with the namespace's default account, which has no secret for this registry.
+    let public = cluster.fixtures.multi.reference();
+    let run = tekton_runs::per_task_account(&public, &private, "pusher");
+    let r = cluster.review(run).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        message(&r).contains(&format!(
+            "pipeline task \"push\" step \"run\" image \"{private}\" is missing"
+        )),
+        "{r}"
+    );
 }

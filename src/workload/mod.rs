@@ -74,6 +74,10 @@ pub struct Placement {
     pub pull_secrets: Vec<String>,
     /// `serviceAccountName`; the kubelet also uses that account's pull secrets.
     pub service_account: Option<String>,
+    /// Where the user sets this pod's node selector when that is not the pod spec itself, widest
+    /// first: a Tekton run's pod template for every task, then the one for this task alone
+    /// (`spec.taskRunSpecs[].podTemplate (pipelineTaskName: build)`). Empty for pods and templates.
+    pub pin_at: Vec<String>,
 }
 
 /// What an extractor found: the targets, and what it could not check (said as warnings).

@@ -2,8 +2,10 @@
 //!
 //! A run names its work directly (`pipelineSpec`, `taskSpec`) or by reference (`pipelineRef`,
 //! `taskRef`, `steps[].ref`, resolvers); references are read through the [`Catalog`] so this module
-//! stays pure. Images come after Tekton's parameter substitution (see [`params`]); anything only
-//! known at run time is skipped with a warning, because a false denial blocks a build for nothing.
+//! stays pure. Images come after Tekton's parameter and context substitution (see `params.rs`), and
+//! pipeline tasks whose `when` is surely false are skipped as Tekton skips them (see `when.rs`);
+//! anything only known at run time is skipped with a warning, because a false denial blocks a build
+//! for nothing.
 //! Build outputs (kaniko's `IMAGE`) never become targets: only images that run, plus what the user
 //! names through the `archgate.io/images` annotation or `ExtractOptions::tekton_image_params`.
 
@@ -11,12 +13,16 @@ mod params;
 mod placement;
 #[cfg(test)]
 mod tests;
+mod when;
 
 use std::sync::Arc;
 
 use serde_json::Value;
 
-use self::params::{Param, Params, declared_defaults, declared_names, list, overlay, passed};
+use self::params::{
+    Param, Params, context_key, declared_defaults, declared_names, list, overlay, overlay_objects,
+    passed,
+};
 use self::placement::{Templates, Unplaced};
 use super::{
     BundleRef, Catalog, ExtractError, ExtractOptions, Extraction, Location, Placement, Target,
@@ -98,10 +104,25 @@ fn extract_run(
         Some(Value::String(ns)) => ns.clone(),
         Some(_) => return Err(error("metadata.namespace is not a string".to_string())),
     };
+    // Only a run's own name is a context value, never a definition's. A run written with only
+    // `generateName` has none in a file (`check -f`); the API server names it after mutating and
+    // before validating webhooks (kyverno/kyverno#4955), and that name is the one Tekton uses.
+    let run_name = matches!(kind, "PipelineRun" | "TaskRun")
+        .then(|| object.pointer("/metadata/name").and_then(Value::as_str))
+        .flatten()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let mut walker = Walker {
         catalog,
         options,
         namespace,
+        run_name,
+        api_version,
         out: Extraction::default(),
         depth: 0,
         task_runs: 0,
@@ -137,12 +158,17 @@ struct TaskSite<'s> {
     /// `pipeline task "build"` (nested: `pipeline task "outer" pipeline task "inner"`), or empty.
     prefix: &'s str,
     placement: Arc<Placement>,
+    /// `$(context.taskRun.*)` values known at admission (see [`Walker::task_context`]).
+    context: Params,
 }
 
 struct Walker<'a> {
     catalog: &'a dyn Catalog,
     options: &'a ExtractOptions,
     namespace: String,
+    /// The run's `metadata.name`, when it has one (not only `generateName`).
+    run_name: Option<String>,
+    api_version: String,
     out: Extraction,
     depth: usize,
     /// Pipeline tasks expanded so far, against `MAX_TASK_RUNS`.
@@ -153,7 +179,7 @@ impl Walker<'_> {
     fn pipeline_run(&mut self, object: &Value) -> Result<(), Bad> {
         let spec = spec_of(object, "spec")?;
         let run_scope = passed(spec.get("params"), &Params::new(), "spec.params")?;
-        let templates = Templates::of_pipeline_run(spec)?;
+        let templates = Templates::of_pipeline_run(spec, &self.api_version)?;
         validate_templates(&templates, spec)?;
         let body = if let Some(pipeline) = spec.get("pipelineSpec").filter(|v| !v.is_null()) {
             Body::Pipeline {
@@ -183,7 +209,7 @@ impl Walker<'_> {
     fn task_run(&mut self, object: &Value) -> Result<(), Bad> {
         let spec = spec_of(object, "spec")?;
         let run_scope = passed(spec.get("params"), &Params::new(), "spec.params")?;
-        let placement = match Templates::of_task_run(spec).placement(None, &run_scope) {
+        let placement = match Templates::of_task_run(spec)?.placement(None, &run_scope) {
             Ok(placement) => Arc::new(placement),
             Err(unplaced) => return self.unplaced(unplaced, "its images"),
         };
@@ -198,6 +224,7 @@ impl Walker<'_> {
             let site = TaskSite {
                 prefix: "",
                 placement: placement.clone(),
+                context: self.task_context(self.run_name.clone()),
             };
             let result = self.run_task(task, &run_scope, &run_scope, &site, from);
             self.contain(result, from, "")?;
@@ -213,13 +240,14 @@ impl Walker<'_> {
         let site = TaskSite {
             prefix: "",
             placement: Arc::new(Placement::default()),
+            context: Params::new(),
         };
         let none = Params::new();
         match kind.to_ascii_lowercase().as_str() {
             "pipeline" => self.walk_pipeline(spec, &none, "", None),
             "task" | "clustertask" => self.run_task(spec, &none, &none, &site, &Origin::Embedded),
             "stepaction" => {
-                let scope = declared_defaults(spec.get("params"), "spec.params")?;
+                let scope = declared_defaults(spec.get("params"), &none, "spec.params")?;
                 let image = string_field(spec, "image", "spec")?;
                 if let Some(image) = image {
                     self.target(&site, "image", "", image, &scope);
@@ -269,7 +297,17 @@ impl Walker<'_> {
         if !spec.is_object() {
             return Err(Bad("the pipeline spec is not an object".into()));
         }
-        let scope = overlay(&declared_defaults(spec.get("params"), "params")?, given);
+        // A run's pipeline sees `$(context.pipelineRun.*)` (Tekton's `ApplyContexts` over the whole
+        // pipeline spec, embedded task specs included); a pipeline nested in it runs as a child
+        // PipelineRun of another name.
+        let context = if self.depth == 0 {
+            self.pipeline_context()
+        } else {
+            Params::new()
+        };
+        let given = overlay(given, &context);
+        let defaults = declared_defaults(spec.get("params"), &given, "params")?;
+        let scope = overlay(&defaults, &given);
         for field in ["tasks", "finally"] {
             for (i, task) in list(spec.get(field), field)?.iter().enumerate() {
                 self.walk_pipeline_task(task, &scope, prefix, templates, &format!("{field}[{i}]"))?;
@@ -291,6 +329,11 @@ impl Walker<'_> {
             Some(Value::String(name)) => name.as_str(),
             _ => return Err(Bad(format!("{path}.name is missing or not a string"))),
         };
+        // A task whose `when` is surely false never runs, and neither do its images; the tasks
+        // after it still run (Tekton's `skipBecauseParentTaskWasSkipped` ignores `when` skips).
+        if when::surely_skipped(task.get("when"), pipeline_scope, &format!("{path}.when"))? {
+            return Ok(());
+        }
         if !self.spend_task_run() {
             return Ok(());
         }
@@ -309,6 +352,7 @@ impl Walker<'_> {
         let body = self.pipeline_task_body(task, &at, &ref_scope, path)?;
         // Only the run's own pipeline tasks have taskRunSpecs; nested pipelines get the run default.
         let own_template = prefix.is_empty().then_some(name);
+        let count = combos.len();
         for (i, combo) in combos.into_iter().enumerate() {
             if i > 0 && !self.spend_task_run() {
                 return Ok(());
@@ -327,13 +371,57 @@ impl Walker<'_> {
                 }
                 Some(Err(Unplaced::Bad(bad))) => return Err(bad),
             };
+            let task_run = own_template.and_then(|task| self.task_run_name(task, i, count));
             let site = TaskSite {
                 prefix: &at,
                 placement: Arc::new(placement),
+                context: self.task_context(task_run),
             };
             self.run_body(&body, pipeline_scope, &given, &site, templates)?;
         }
         Ok(())
+    }
+
+    /// `$(context.pipelineRun.name|namespace)` where known: the name only when the run has a fixed
+    /// `metadata.name`, the namespace whenever the object or request names it.
+    fn pipeline_context(&self) -> Params {
+        self.context("pipelineRun", self.run_name.clone())
+    }
+
+    /// `$(context.taskRun.name|namespace)` of a TaskRun named `name` (when known).
+    fn task_context(&self, name: Option<String>) -> Params {
+        self.context("taskRun", name)
+    }
+
+    fn context(&self, run: &str, name: Option<String>) -> Params {
+        let known = [
+            ("name", name),
+            (
+                "namespace",
+                Some(self.namespace.clone()).filter(|n| !n.is_empty()),
+            ),
+        ];
+        known
+            .into_iter()
+            .filter_map(|(field, value)| {
+                let key = context_key(&format!("context.{run}.{field}"));
+                value.map(|v| (key, Param::Known(Value::String(v))))
+            })
+            .collect()
+    }
+
+    /// The name Tekton gives the TaskRun of pipeline task `task` (combination `index` of
+    /// `count`): `<run>-<task>`, or `<run>-<task>-<index>` for a matrix of several
+    /// (pkg/reconciler/pipelinerun/resources/pipelinerunresolution.go `getNewRunNames`). Past 63
+    /// characters knative's `ChildName` shortens it with a hash: left unknown here.
+    fn task_run_name(&self, task: &str, index: usize, count: usize) -> Option<String> {
+        let run = self.run_name.as_deref()?;
+        let name = if count == 1 {
+            format!("{run}-{task}")
+        } else {
+            format!("{run}-{task}-{index}")
+        };
+        (name.len() <= 63).then_some(name)
     }
 
     /// Counts one more pipeline task run; `false` (said once, as a warning) past `MAX_TASK_RUNS`.
@@ -410,11 +498,13 @@ impl Walker<'_> {
         if !spec.is_object() {
             return Err(Bad("the task spec is not an object".into()));
         }
-        let defaults = declared_defaults(spec.get("params"), "params")?;
+        // Task defaults see the other defaults, not the TaskRun's values (module docs of `params`).
+        let defaults = declared_defaults(spec.get("params"), &site.context, "params")?;
         let scope = match from {
-            Origin::Embedded => overlay(&overlay(&defaults, outer), given),
-            Origin::Referenced(_) => overlay(&defaults, given),
+            Origin::Embedded => overlay_objects(&overlay(&defaults, outer), given),
+            Origin::Referenced(_) => overlay_objects(&defaults, given),
         };
+        let scope = overlay(&scope, &site.context);
         let mut names = declared_names(spec.get("params"), "params")?;
         names.extend(given.keys().cloned());
         self.image_params(site.prefix, names.iter(), &scope, &site.placement);
@@ -677,9 +767,13 @@ impl Walker<'_> {
         };
         let read = |action: &Value| -> Result<(Params, Option<String>), Bad> {
             let spec = spec_of(action, "spec")?;
-            let defaults = declared_defaults(spec.get("params"), "spec.params")?;
+            let refs = overlay(&given, &site.context);
+            let defaults = declared_defaults(spec.get("params"), &refs, "spec.params")?;
             let image = string_field(spec, "image", "spec")?.map(str::to_string);
-            Ok((overlay(&defaults, &given), image))
+            Ok((
+                overlay(&overlay_objects(&defaults, &given), &site.context),
+                image,
+            ))
         };
         match read(&action) {
             Ok((scope, Some(image))) => self.target(site, label, container, &image, &scope),

@@ -1,8 +1,10 @@
 //! Tekton parameters: what a `$(params...)` expression stands for at admission time.
 //!
-//! Values flow run → pipeline → pipeline task → task → step action. Some are only known when the
-//! run executes (task results, context variables): those stay [`Param::Unknown`] so that an image
-//! built from them is skipped with a warning instead of being checked as a wrong string.
+//! Values flow run → pipeline → pipeline task → task → step action, defaults may name other params
+//! (see [`declared_defaults`]), and `$(context.…)` names the run when its name is fixed (see
+//! [`context_key`]). Some values are only known when the run executes (task results, a generated
+//! name, uids): those stay [`Param::Unknown`] so that an image built from them is skipped with a
+//! warning instead of being checked as a wrong string.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +24,13 @@ pub enum Param {
 /// The parameters visible in one scope, by name.
 pub type Params = BTreeMap<String, Param>;
 
+/// Where a `$(context.…)` variable known at admission sits in a scope, e.g.
+/// `context_key("context.pipelineRun.name")`. A param name never starts with `$`, so a param cannot
+/// shadow it.
+pub fn context_key(variable: &str) -> String {
+    format!("${variable}")
+}
+
 /// Layer `top` over `base`: later scopes win, as Tekton's precedence rules say.
 pub fn overlay(base: &Params, top: &Params) -> Params {
     let mut out = base.clone();
@@ -29,18 +38,106 @@ pub fn overlay(base: &Params, top: &Params) -> Params {
     out
 }
 
-/// The defaults a Task, Pipeline or StepAction declares (`spec.params[].default`).
-pub fn declared_defaults(params: Option<&Value>, path: &str) -> Result<Params, Bad> {
+/// The most bytes one substituted value may hold. References multiply text (`$(params.a)$(params.a)`,
+/// chained through defaults, pipeline task params and nested pipelines), so a run of a few
+/// kilobytes could otherwise ask for gigabytes. Images, `when` values and pod-template fields are
+/// far shorter; a longer value is unknown, which only matters if an image is built from it.
+pub const MAX_VALUE_BYTES: usize = 16 << 10;
+
+/// The most bytes the values of one param list (a run's, a pipeline task's, a spec's defaults)
+/// may hold together; past it the remaining values are unknown. With [`MAX_VALUE_BYTES`] this
+/// bounds a scope whatever the number of params.
+pub const MAX_SCOPE_BYTES: usize = 256 << 10;
+
+/// How many rounds of "a default names another param" are followed. Tekton's Pipeline reconciler
+/// stops at the same depth (`maxParamReferenceDepth`, pkg/reconciler/pipelinerun/resources/apply.go)
+/// and fails the run past it; here the rest stays unknown.
+const MAX_REFERENCE_DEPTH: usize = 10;
+
+/// The defaults a Task, Pipeline or StepAction declares (`spec.params[].default`), each resolved.
+///
+/// A default may name other params (`default: "$(params.registry)/tool:1"`): Tekton resolves those in
+/// StepActions and Tasks since v0.68 and in Pipelines since v1.9 (docs/stepactions.md "Parameter
+/// Substitution Precedence"; pkg/reconciler/pipelinerun/resources/apply.go `ApplyParameters`). A
+/// reference sees `refs` first (what the resource was given, for Pipelines and StepActions; only
+/// the context for Tasks, whose reconciler resolves defaults from the other defaults before the
+/// TaskRun's values are laid over them), then the other defaults, following chains up to
+/// [`MAX_REFERENCE_DEPTH`]. What stays unresolved (a cycle, a missing param, a run-time value) is
+/// [`Param::Unknown`]: Tekton fails such a run, so nothing from it runs.
+pub fn declared_defaults(params: Option<&Value>, refs: &Params, path: &str) -> Result<Params, Bad> {
     let mut out = Params::new();
+    let mut pending = Vec::new();
+    let mut budget = Budget::default();
     for (i, param) in list(params, path)?.iter().enumerate() {
         let here = format!("{path}[{i}]");
         let name = param_name(param, &here)?;
         if let Some(default) = param.get("default") {
-            // Defaults are literal: Tekton does not substitute inside them.
-            out.insert(name, literal(default, &format!("{here}.default"))?);
+            let here = format!("{here}.default");
+            let value = normalise(default, &here)?;
+            if mentions_variable(&value) {
+                pending.push((name, value, here));
+            } else {
+                out.insert(name, budget.spend(Param::Known(value), &here));
+            }
         }
     }
+    let mut unresolved = Vec::new();
+    for _ in 0..MAX_REFERENCE_DEPTH {
+        if pending.is_empty() {
+            break;
+        }
+        let visible = overlay(&out, refs);
+        let before = pending.len();
+        unresolved.clear();
+        for (name, value, here) in std::mem::take(&mut pending) {
+            match substitute_value(&value, &visible, &here)? {
+                known @ Param::Known(_) => {
+                    out.insert(name, budget.spend(known, &here));
+                }
+                Param::Unknown(expr) => {
+                    unresolved.push((name.clone(), expr));
+                    pending.push((name, value, here));
+                }
+            }
+        }
+        if pending.len() == before {
+            break;
+        }
+    }
+    for (name, expr) in unresolved {
+        out.entry(name).or_insert(Param::Unknown(expr));
+    }
     Ok(out)
+}
+
+/// Whether a (normalised) value holds a `$(...)` anywhere.
+fn mentions_variable(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains("$("),
+        Value::Array(items) => items.iter().any(mentions_variable),
+        Value::Object(map) => map.values().any(mentions_variable),
+        _ => false,
+    }
+}
+
+/// Layer `given` over a Task's or StepAction's `defaults`: an object param given only some of its
+/// keys takes the others from its default (docs/tasks.md "Specifying Parameters": "one may provide
+/// values for just a subset of keys in spec's default"; pkg/reconciler/taskrun/resources/apply.go
+/// `getTaskParameters` merges key by key). Pipelines take a run's object whole.
+pub fn overlay_objects(defaults: &Params, given: &Params) -> Params {
+    let mut out = defaults.clone();
+    for (name, value) in given {
+        let merged = match (out.get(name), value) {
+            (Some(Param::Known(Value::Object(base))), Param::Known(Value::Object(top))) => {
+                let mut map = base.clone();
+                map.extend(top.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Param::Known(Value::Object(map))
+            }
+            _ => value.clone(),
+        };
+        out.insert(name.clone(), merged);
+    }
+    out
 }
 
 /// The names a spec declares, with or without a default.
@@ -55,16 +152,48 @@ pub fn declared_names(params: Option<&Value>, path: &str) -> Result<Vec<String>,
 /// `params: [{name, value}]` of a run, pipeline task or step, each value substituted in `scope`.
 pub fn passed(params: Option<&Value>, scope: &Params, path: &str) -> Result<Params, Bad> {
     let mut out = Params::new();
+    let mut budget = Budget::default();
     for (i, param) in list(params, path)?.iter().enumerate() {
         let here = format!("{path}[{i}]");
         let name = param_name(param, &here)?;
         let value = param.get("value").unwrap_or(&Value::Null);
-        out.insert(
-            name,
-            substitute_value(value, scope, &format!("{here}.value"))?,
-        );
+        let value = substitute_value(value, scope, &format!("{here}.value"))?;
+        out.insert(name, budget.spend(value, &here));
     }
     Ok(out)
+}
+
+/// What one param list has spent of [`MAX_SCOPE_BYTES`].
+#[derive(Default)]
+struct Budget(usize);
+
+impl Budget {
+    fn spend(&mut self, param: Param, path: &str) -> Param {
+        if let Param::Known(value) = &param {
+            self.0 = self.0.saturating_add(size(value));
+            if self.0 > MAX_SCOPE_BYTES {
+                return Param::Unknown(format!(
+                    "{path} (params over {} KiB)",
+                    MAX_SCOPE_BYTES >> 10
+                ));
+            }
+        }
+        param
+    }
+}
+
+/// The bytes of text a value holds.
+fn size(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(size).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + size(v)).sum(),
+        _ => 0,
+    }
+}
+
+fn oversize(expr: &str) -> String {
+    format!("{expr} (over {} KiB)", MAX_VALUE_BYTES >> 10)
 }
 
 /// A list field that may be absent; anything but a list is bad input.
@@ -81,11 +210,6 @@ fn param_name(param: &Value, path: &str) -> Result<String, Bad> {
         Some(Value::String(name)) => Ok(name.clone()),
         _ => Err(Bad(format!("{path}.name is missing or not a string"))),
     }
-}
-
-/// A value with no substitution (defaults, run params): scalars become strings as Tekton reads them.
-fn literal(value: &Value, path: &str) -> Result<Param, Bad> {
-    Ok(Param::Known(normalise(value, path)?))
 }
 
 /// Tekton reads YAML numbers and booleans in params as their text; null as the empty string.
@@ -128,26 +252,38 @@ pub fn substitute_value(value: &Value, scope: &Params, path: &str) -> Result<Par
         },
         Value::Array(items) => {
             let mut out = Vec::new();
+            let mut bytes = 0usize;
             for item in items {
                 let text = item.as_str().unwrap_or_default();
-                match whole_reference(text, scope) {
-                    Some(Param::Known(Value::Array(spliced))) => out.extend(spliced),
+                let added = match whole_reference(text, scope) {
+                    Some(Param::Known(Value::Array(spliced))) => spliced,
                     Some(Param::Unknown(expr)) => return Ok(Param::Unknown(expr)),
                     _ => match substitute(text, scope) {
-                        Ok(s) => out.push(Value::String(s)),
+                        Ok(s) => vec![Value::String(s)],
                         Err(expr) => return Ok(Param::Unknown(expr)),
                     },
+                };
+                bytes = bytes.saturating_add(added.iter().map(size).sum());
+                if bytes > MAX_VALUE_BYTES {
+                    return Ok(Param::Unknown(oversize(path)));
                 }
+                out.extend(added);
             }
             Param::Known(Value::Array(out))
         }
         Value::Object(map) => {
             let mut out = serde_json::Map::new();
+            let mut bytes = 0usize;
             for (key, item) in map {
-                match substitute(item.as_str().unwrap_or_default(), scope) {
-                    Ok(s) => out.insert(key.clone(), Value::String(s)),
+                let s = match substitute(item.as_str().unwrap_or_default(), scope) {
+                    Ok(s) => s,
                     Err(expr) => return Ok(Param::Unknown(expr)),
                 };
+                bytes = bytes.saturating_add(key.len() + s.len());
+                if bytes > MAX_VALUE_BYTES {
+                    return Ok(Param::Unknown(oversize(path)));
+                }
+                out.insert(key.clone(), Value::String(s));
             }
             Param::Known(Value::Object(out))
         }
@@ -194,6 +330,9 @@ pub fn substitute(text: &str, scope: &Params) -> Result<String, String> {
         };
         let expr = &after[..end];
         out.push_str(&evaluate(expr, scope)?);
+        if out.len() > MAX_VALUE_BYTES {
+            return Err(oversize(&format!("$({expr})")));
+        }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -218,6 +357,12 @@ fn closing_paren(text: &str) -> Option<usize> {
 /// The string one expression stands for, or `Err` with the expression as the user wrote it.
 fn evaluate(expr: &str, scope: &Params) -> Result<String, String> {
     let unknown = || format!("$({expr})");
+    if expr.trim().starts_with("context.") {
+        return match scope.get(&context_key(expr.trim())) {
+            Some(Param::Known(Value::String(value))) => Ok(value.clone()),
+            _ => Err(unknown()),
+        };
+    }
     let reference = parse_reference(expr).ok_or_else(unknown)?;
     let Some(Param::Known(mut value)) = scope.get(&reference.name).cloned() else {
         return Err(match scope.get(&reference.name) {
@@ -563,7 +708,7 @@ mod tests {
     fn declared_defaults_and_passed_values() {
         let decl =
             json!([{"name": "a", "default": "x"}, {"name": "b"}, {"name": "n", "default": 1}]);
-        let d = declared_defaults(Some(&decl), "p").unwrap();
+        let d = declared_defaults(Some(&decl), &Params::new(), "p").unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d["n"], Param::Known(json!("1")));
         assert_eq!(declared_names(Some(&decl), "p").unwrap(), ["a", "b", "n"]);
@@ -572,5 +717,161 @@ mod tests {
         assert_eq!(p["b"], Param::Known(json!("x-y")));
         assert!(passed(Some(&json!({"a": 1})), &d, "p").is_err());
         assert!(passed(Some(&json!([{"value": 1}])), &d, "p").is_err());
+    }
+
+    /// Defaults naming other params (Tekton v0.68+ for Tasks and StepActions, v1.9+ for
+    /// Pipelines; docs/stepactions.md "Parameter Substitution Precedence").
+    #[test]
+    fn defaults_that_name_other_params_are_resolved() {
+        let decl = json!([
+            {"name": "url", "default": "$(params.registry)/$(params.repo):$(params.tag)"},
+            {"name": "registry", "default": "$(params.base)/org"},
+            {"name": "base", "default": "quay.io"},
+            {"name": "repo", "default": "tool"},
+            {"name": "tag", "default": "1"},
+            {"name": "args", "type": "array", "default": ["--image=$(params.url)"]},
+            {"name": "cfg", "type": "object", "default": {"image": "$(params.url)"}},
+            {"name": "later", "default": "$(tasks.a.results.digest)"},
+            {"name": "loop-a", "default": "$(params.loop-b)"},
+            {"name": "loop-b", "default": "$(params.loop-a)"},
+            {"name": "ghost", "default": "$(params.nowhere)"}
+        ]);
+        let d = declared_defaults(Some(&decl), &Params::new(), "p").unwrap();
+        assert_eq!(d["url"], Param::Known(json!("quay.io/org/tool:1")));
+        assert_eq!(
+            d["args"],
+            Param::Known(json!(["--image=quay.io/org/tool:1"]))
+        );
+        assert_eq!(
+            d["cfg"],
+            Param::Known(json!({"image": "quay.io/org/tool:1"}))
+        );
+        assert_eq!(
+            d["later"],
+            Param::Unknown("$(tasks.a.results.digest)".into())
+        );
+        assert!(
+            matches!(d["loop-a"], Param::Unknown(_)),
+            "{:?}",
+            d["loop-a"]
+        );
+        assert_eq!(d["ghost"], Param::Unknown("$(params.nowhere)".into()));
+        // What the resource was given is seen first (Pipelines, StepActions).
+        let given = scope(&[("repo", json!("app")), ("tag", json!("2"))]);
+        let d = declared_defaults(Some(&decl), &given, "p").unwrap();
+        assert_eq!(d["url"], Param::Known(json!("quay.io/org/app:2")));
+    }
+
+    #[test]
+    fn a_chain_longer_than_tektons_depth_stays_unknown() {
+        let mut decl = vec![json!({"name": "p0", "default": "img"})];
+        for i in 1..=MAX_REFERENCE_DEPTH + 2 {
+            decl.push(json!({"name": format!("p{i}"), "default": format!("$(params.p{})", i - 1)}));
+        }
+        // Listed last first, so every round resolves one link only.
+        decl.reverse();
+        let d = declared_defaults(Some(&Value::Array(decl)), &Params::new(), "p").unwrap();
+        assert_eq!(d["p1"], Param::Known(json!("img")));
+        assert!(matches!(
+            d[&format!("p{}", MAX_REFERENCE_DEPTH + 2)],
+            Param::Unknown(_)
+        ));
+    }
+
+    /// docs/tasks.md "Specifying Parameters": an object given some keys takes the rest from its
+    /// default.
+    #[test]
+    fn partly_given_objects_take_missing_keys_from_the_default() {
+        let defaults = scope(&[(
+            "img",
+            json!({"registry": "quay.io", "name": "tool", "tag": "1"}),
+        )]);
+        let given = scope(&[("img", json!({"tag": "2"})), ("other", json!("x"))]);
+        let merged = overlay_objects(&defaults, &given);
+        assert_eq!(
+            merged["img"],
+            Param::Known(json!({"registry": "quay.io", "name": "tool", "tag": "2"}))
+        );
+        assert_eq!(merged["other"], Param::Known(json!("x")));
+        // A string over an object default replaces it (Tekton rejects the type mismatch).
+        let replaced = overlay_objects(&defaults, &scope(&[("img", json!("plain"))]));
+        assert_eq!(replaced["img"], Param::Known(json!("plain")));
+    }
+
+    #[test]
+    fn known_context_variables_are_substituted_and_cannot_be_shadowed() {
+        let mut s = scope(&[("context.pipelineRun.name", json!("param-not-context"))]);
+        assert_eq!(
+            substitute("$(context.pipelineRun.name)", &s),
+            Err("$(context.pipelineRun.name)".into())
+        );
+        s.insert(
+            context_key("context.pipelineRun.name"),
+            Param::Known(json!("nightly")),
+        );
+        assert_eq!(
+            substitute(
+                "r/$(context.pipelineRun.name):$( context.pipelineRun.name )",
+                &s
+            )
+            .as_deref(),
+            Ok("r/nightly:nightly")
+        );
+        assert_eq!(
+            substitute("$(params[\"context.pipelineRun.name\"])", &s).as_deref(),
+            Ok("param-not-context")
+        );
+        assert_eq!(
+            substitute("$(context.pipelineRun.uid)", &s),
+            Err("$(context.pipelineRun.uid)".into())
+        );
+    }
+
+    /// Hostile input: references that double at every link of a default chain, and a list of
+    /// params each naming a large one, stay within the byte bounds as unknown values.
+    #[test]
+    fn multiplying_references_stay_within_the_byte_bounds() {
+        let mut decl = vec![json!({"name": "p0", "default": "x".repeat(1000)})];
+        for i in 1..=MAX_REFERENCE_DEPTH {
+            let prev = format!("$(params.p{})", i - 1);
+            decl.push(json!({"name": format!("p{i}"), "default": prev.repeat(4)}));
+        }
+        let d = declared_defaults(Some(&Value::Array(decl)), &Params::new(), "p").unwrap();
+        assert_eq!(d["p1"], Param::Known(json!("x".repeat(4000))));
+        // p3 would be 64 000 bytes; what builds on it stays unknown too.
+        let p3 = &d["p3"];
+        assert!(
+            matches!(p3, Param::Unknown(e) if e.contains("over 16 KiB")),
+            "{p3:?}"
+        );
+        assert!(matches!(
+            &d[&format!("p{MAX_REFERENCE_DEPTH}")],
+            Param::Unknown(_)
+        ));
+        for value in d.values() {
+            if let Param::Known(v) = value {
+                assert!(size(v) <= MAX_VALUE_BYTES);
+            }
+        }
+        let arrays = scope(&[("a", json!(vec!["y".repeat(1000); 10]))]);
+        let spliced = json!(vec!["$(params.a[*])"; 10]);
+        assert!(matches!(
+            substitute_value(&spliced, &arrays, "v").unwrap(),
+            Param::Unknown(_)
+        ));
+        let big = scope(&[("big", json!("z".repeat(MAX_VALUE_BYTES)))]);
+        let many: Vec<Value> = (0..100)
+            .map(|i| json!({"name": format!("n{i}"), "value": "$(params.big)"}))
+            .collect();
+        let given = passed(Some(&Value::Array(many)), &big, "params").unwrap();
+        let known: usize = given
+            .values()
+            .map(|p| match p {
+                Param::Known(v) => size(v),
+                Param::Unknown(_) => 0,
+            })
+            .sum();
+        assert!(known <= MAX_SCOPE_BYTES, "{known}");
+        assert!(matches!(&given["n99"], Param::Unknown(e) if e.contains("params over")));
     }
 }

@@ -739,3 +739,235 @@ fn a_run_naming_too_many_images_stops_at_the_target_cap() {
         ex.warnings
     );
 }
+
+// ---- issue 13: evaluate what Tekton evaluates ---------------------------------------------------
+
+fn named_pr(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+           "metadata": {"name": name, "namespace": "ci"}, "spec": spec})
+}
+
+fn step_task(image: &str) -> Value {
+    json!({"steps": [{"name": "s", "image": image}]})
+}
+
+/// docs/pipelines.md "Guard Task execution using when expressions" (Tekton v1.x): a task or
+/// finally task whose `when` is false with what admission knows contributes nothing; one that
+/// needs a result may run; the tasks after a skipped task still run.
+#[test]
+fn when_false_skips_a_task_and_a_finally_task_only() {
+    let spec = json!({
+        "params": [{"name": "arch", "value": "amd64"}],
+        "pipelineSpec": {
+            "params": [{"name": "arch"}, {"name": "mode", "default": "release"}],
+            "tasks": [
+                {"name": "arm", "when": [{"input": "$(params.arch)", "operator": "in", "values": ["arm64"]}],
+                 "taskSpec": step_task("arm-only:1")},
+                {"name": "amd", "when": [{"input": "$(params.arch)", "operator": "notin", "values": ["arm64"]}],
+                 "taskSpec": step_task("amd:1")},
+                {"name": "after-arm", "runAfter": ["arm"], "taskSpec": step_task("after:1")},
+                {"name": "maybe", "when": [{"input": "$(tasks.amd.results.ok)", "operator": "in", "values": ["yes"]}],
+                 "taskSpec": step_task("maybe:1")},
+                {"name": "cel", "when": [{"cel": "'$(params.arch)' == 'arm64'"}], "taskSpec": step_task("cel:1")}
+            ],
+            "finally": [
+                {"name": "debug-report", "when": [{"input": "$(params.mode)", "operator": "in", "values": ["debug"]}],
+                 "taskSpec": step_task("report:1")},
+                {"name": "on-failure", "when": [{"input": "$(tasks.status)", "operator": "in", "values": ["Failed"]}],
+                 "taskSpec": step_task("notify:1")}
+            ]
+        }
+    });
+    let ex = run_pr(spec, &TestCatalog::default());
+    let images: Vec<String> = ex.targets.iter().map(|t| t.image.clone()).collect();
+    assert_eq!(images, ["amd:1", "after:1", "maybe:1", "cel:1", "notify:1"]);
+    assert!(ex.warnings.is_empty(), "{:?}", ex.warnings);
+}
+
+#[test]
+fn when_uses_the_runs_fixed_name_and_generated_names_stay_unknown() {
+    let spec = json!({"pipelineSpec": {"tasks": [
+        {"name": "nightly-only", "when": [{"input": "$(context.pipelineRun.name)", "operator": "in", "values": ["nightly"]}],
+         "taskSpec": step_task("nightly:1")}
+    ]}});
+    let named = |name: &str| {
+        extract_pipeline_run(
+            &named_pr(name, spec.clone()),
+            &EmptyCatalog,
+            &ExtractOptions::default(),
+        )
+        .unwrap()
+        .targets
+        .len()
+    };
+    assert_eq!(named("nightly"), 1);
+    assert_eq!(named("pr-1234"), 0);
+    // generateName: the name is chosen after admission, so the task may run.
+    assert_eq!(run_pr(spec, &TestCatalog::default()).targets.len(), 1);
+}
+
+/// docs/variables.md: `$(context.pipelineRun.name|namespace)` in the pipeline spec (embedded task
+/// specs included) and `$(context.taskRun.name|namespace)` in any task spec; TaskRun names are
+/// `<run>-<task>` (`-<i>` per matrix combination).
+#[test]
+fn context_variables_are_substituted_for_fixed_names() {
+    let catalog = TestCatalog::default().with(
+        "Task",
+        "ref",
+        json!({"steps": [{"name": "s", "image": "r/$(context.taskRun.name):$(context.taskRun.namespace)"}]}),
+    );
+    let spec = json!({"pipelineSpec": {"tasks": [
+        {"name": "emb", "taskSpec": {"steps": [
+            {"name": "s", "image": "r/$(context.pipelineRun.name):$(context.pipelineRun.namespace)"},
+            {"name": "t", "image": "r/$(context.taskRun.name)"}]}},
+        {"name": "referenced", "taskRef": {"name": "ref"}},
+        {"name": "fan", "matrix": {"params": [{"name": "v", "value": ["a", "b"]}]},
+         "taskSpec": {"params": [{"name": "v"}], "steps": [{"name": "s", "image": "r/$(context.taskRun.name):$(params.v)"}]}}
+    ]}});
+    let ex = extract_pipeline_run(
+        &named_pr("nightly", spec.clone()),
+        &catalog,
+        &ExtractOptions::default(),
+    )
+    .unwrap();
+    let images: Vec<&str> = ex.targets.iter().map(|t| t.image.as_str()).collect();
+    assert_eq!(
+        images,
+        [
+            "r/nightly:ci",
+            "r/nightly-emb",
+            "r/nightly-referenced:ci",
+            "r/nightly-fan-0:a",
+            "r/nightly-fan-1:b"
+        ]
+    );
+    // A name Tekton would shorten with a hash, and a generated name: unknown, skipped with a warning.
+    let long = "n".repeat(60);
+    for object in [named_pr(&long, spec.clone()), pr(spec)] {
+        let ex = extract_pipeline_run(&object, &catalog, &ExtractOptions::default()).unwrap();
+        assert!(
+            !ex.targets.iter().any(|t| t.image.contains("-emb")),
+            "{:?}",
+            pairs(&ex)
+        );
+        assert!(
+            ex.warnings
+                .iter()
+                .any(|w| w.contains("$(context.taskRun.name)")),
+            "{:?}",
+            ex.warnings
+        );
+    }
+    // A TaskRun's own name.
+    let ex = run_tr(
+        json!({"taskSpec": {"steps": [{"name": "s", "image": "r/$(context.taskRun.name):$(context.taskRun.namespace)"}]}}),
+        &TestCatalog::default(),
+    );
+    assert_eq!(pairs(&ex), vec![p("step \"s\"", "r/tr:ci")]);
+}
+
+/// docs/tasks.md "Specifying Parameters": an object given only some keys takes the rest from the
+/// Task's (or StepAction's) default.
+#[test]
+fn partly_given_object_params_take_the_missing_keys_from_the_default() {
+    let catalog = TestCatalog::default()
+        .with("Task", "build", json!({
+            "params": [{"name": "tool", "type": "object",
+                        "properties": {"registry": {}, "name": {}, "tag": {}},
+                        "default": {"registry": "quay.io", "name": "kaniko", "tag": "1"}}],
+            "steps": [{"name": "s", "image": "$(params.tool.registry)/$(params.tool.name):$(params.tool.tag)"},
+                      {"name": "act", "ref": {"name": "act"},
+                       "params": [{"name": "cfg", "value": {"tag": "9"}}]}]
+        }))
+        .with("StepAction", "act", json!({
+            "params": [{"name": "cfg", "type": "object", "default": {"image": "helper", "tag": "1"}}],
+            "image": "$(params.cfg.image):$(params.cfg.tag)"
+        }));
+    let ex = run_pr(
+        json!({"pipelineSpec": {"tasks": [{"name": "b", "taskRef": {"name": "build"},
+            "params": [{"name": "tool", "value": {"tag": "2"}}]}]}}),
+        &catalog,
+    );
+    assert_eq!(
+        pairs(&ex),
+        vec![
+            p("pipeline task \"b\" step \"s\"", "quay.io/kaniko:2"),
+            p("pipeline task \"b\" step \"act\"", "helper:9"),
+        ]
+    );
+    assert!(ex.warnings.is_empty(), "{:?}", ex.warnings);
+}
+
+/// Defaults naming other params: Pipelines (v1.9+) and StepActions (v0.68+) see what they were
+/// given, Tasks (v0.68+) see their other defaults (pkg/reconciler/taskrun/resources/apply.go).
+#[test]
+fn defaults_that_name_other_params_resolve_as_tekton_resolves_them() {
+    let catalog = TestCatalog::default()
+        .with("Task", "t", json!({
+            "params": [{"name": "registry", "default": "task.example"},
+                       {"name": "image", "default": "$(params.registry)/tool:1"}],
+            "steps": [{"name": "s", "image": "$(params.image)"},
+                      {"name": "act", "ref": {"name": "act"}, "params": [{"name": "registry", "value": "$(params.registry)"}]}]
+        }))
+        .with("StepAction", "act", json!({
+            "params": [{"name": "registry"}, {"name": "image", "default": "$(params.registry)/helper:1"}],
+            "image": "$(params.image)"
+        }));
+    let spec = json!({
+        "params": [{"name": "registry", "value": "run.example"}],
+        "pipelineSpec": {
+            "params": [{"name": "registry"}, {"name": "builder", "default": "$(params.registry)/builder:1"}],
+            "tasks": [
+                {"name": "emb", "taskSpec": step_task("$(params.builder)")},
+                {"name": "ref", "taskRef": {"name": "t"}, "params": [{"name": "registry", "value": "$(params.registry)"}]}
+            ]
+        }
+    });
+    let ex = run_pr(spec, &catalog);
+    assert_eq!(
+        pairs(&ex),
+        vec![
+            p("pipeline task \"emb\" step \"s\"", "run.example/builder:1"),
+            p("pipeline task \"ref\" step \"s\"", "task.example/tool:1"),
+            p("pipeline task \"ref\" step \"act\"", "run.example/helper:1"),
+        ]
+    );
+}
+
+#[test]
+fn runs_carry_service_accounts_pull_secrets_and_pin_sites() {
+    let spec = json!({
+        "taskRunTemplate": {"serviceAccountName": "builder",
+                            "podTemplate": {"imagePullSecrets": [{"name": "run-cred"}]}},
+        "taskRunSpecs": [{"pipelineTaskName": "push", "serviceAccountName": "pusher",
+                          "podTemplate": {"imagePullSecrets": [{"name": "push-cred"}]}}],
+        "pipelineSpec": {"tasks": [
+            {"name": "build", "taskSpec": step_task("b:1")},
+            {"name": "push", "taskSpec": step_task("p:1")}
+        ]}
+    });
+    let ex = run_pr(spec, &TestCatalog::default());
+    let placement = |i: usize| ex.targets[i].placement.clone();
+    assert_eq!(placement(0).service_account.as_deref(), Some("builder"));
+    assert_eq!(placement(0).pull_secrets, ["run-cred"]);
+    assert_eq!(placement(1).service_account.as_deref(), Some("pusher"));
+    assert_eq!(placement(1).pull_secrets, ["push-cred"]);
+    assert_eq!(
+        placement(1).pin_at,
+        [
+            "spec.taskRunTemplate.podTemplate",
+            "spec.taskRunSpecs[].podTemplate (pipelineTaskName: push)"
+        ]
+    );
+    let ex = run_tr(
+        json!({"serviceAccountName": "ci", "podTemplate": {"imagePullSecrets": [{"name": "c"}]},
+               "taskSpec": step_task("t:1")}),
+        &TestCatalog::default(),
+    );
+    assert_eq!(
+        ex.targets[0].placement.service_account.as_deref(),
+        Some("ci")
+    );
+    assert_eq!(ex.targets[0].placement.pull_secrets, ["c"]);
+    assert_eq!(ex.targets[0].placement.pin_at, ["spec.podTemplate"]);
+}
