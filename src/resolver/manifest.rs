@@ -2,8 +2,9 @@
 //! their config blobs.
 //!
 //! These are small serde views rather than oci-client's types on purpose: oci-client's
-//! `ConfigFile` drops `variant` and `os.version`, and its `Platform` maps architectures into an
-//! enum; archgate must report exactly what the registry says.
+//! `ConfigFile` drops `variant`, `os.version` and `os.features`, and its `Platform` maps
+//! architectures into an enum; archgate must report exactly what the registry says, and
+//! [`crate::platform`] matches on every one of those fields as containerd does.
 
 use std::collections::BTreeMap;
 
@@ -47,7 +48,7 @@ pub enum ManifestError {
     MediaType(String),
     #[error("the manifest has neither `manifests` nor `config`")]
     Shape,
-    #[error("the image config does not name an OS and architecture")]
+    #[error("the image config does not name an architecture")]
     ConfigPlatform,
     #[error("the image config is {0} bytes, larger than any real image config")]
     ConfigTooLarge(i64),
@@ -94,15 +95,25 @@ struct RawPlatform {
     variant: Option<String>,
     #[serde(rename = "os.version", default)]
     os_version: Option<String>,
+    #[serde(rename = "os.features", default)]
+    os_features: Option<Vec<String>>,
 }
 
 impl RawPlatform {
+    /// The platform, or `None` without an architecture (no node can match it). An empty `os` is
+    /// kept: containerd reads it as the node's own OS (`normalizeOS`).
     fn into_platform(self) -> Option<Platform> {
-        if self.os.is_empty() || self.architecture.is_empty() {
+        if self.architecture.is_empty() {
             return None;
         }
         let mut p = Platform::new(&self.os, &self.architecture, self.variant.as_deref());
         p.os_version = self.os_version.filter(|v| !v.is_empty());
+        p.os_features = self
+            .os_features
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| !f.is_empty())
+            .collect();
         Some(p)
     }
 }
@@ -186,6 +197,40 @@ mod tests {
     }
 
     #[test]
+    fn index_keeps_features_and_entries_without_os() {
+        let doc = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": "sha256:a", "size": 1, "mediaType": "x", "platform": {"architecture": "amd64"}},
+                {"digest": "sha256:b", "size": 1, "mediaType": "x", "platform": {"os": "windows", "architecture": "amd64",
+                 "os.version": "10.0.20348.2227", "os.features": ["win32k"]}},
+                {"digest": "sha256:c", "size": 1, "mediaType": "x", "platform": {"os": "linux"}},
+                {"digest": "sha256:d", "size": 1, "mediaType": "x", "platform": {"os": "linux", "architecture": "amd64", "os.features": 7}}
+            ]
+        })));
+        // A malformed field is a malformed manifest, not a silently narrower platform.
+        assert!(doc.is_err(), "{doc:?}");
+        let doc = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": "sha256:a", "size": 1, "mediaType": "x", "platform": {"architecture": "amd64"}},
+                {"digest": "sha256:b", "size": 1, "mediaType": "x", "platform": {"os": "windows", "architecture": "amd64",
+                 "os.version": "10.0.20348.2227", "os.features": ["win32k"]}},
+                {"digest": "sha256:c", "size": 1, "mediaType": "x", "platform": {"os": "linux"}}
+            ]
+        })))
+        .unwrap();
+        let Document::Index(platforms) = doc else {
+            panic!("{doc:?}")
+        };
+        let shown: Vec<String> = platforms.iter().map(|p| p.node_name()).collect();
+        assert_eq!(shown, ["*/amd64", "windows(10.0.20348.2227+win32k)/amd64"]);
+        assert!(platforms[0].satisfies(&Platform::parse("linux/amd64").unwrap()));
+    }
+
+    #[test]
     fn docker_list_and_single_manifests() {
         let list = parse_manifest(&body(json!({
             "schemaVersion": 2,
@@ -224,6 +269,13 @@ mod tests {
             parse_config(b"{\"rootfs\":{}}"),
             Err(ManifestError::ConfigPlatform)
         );
+        // containerd's `ConfigPlatform` reads the same fields, so a config without `os` runs on
+        // any OS with its architecture, and `os.features` count.
+        let p = parse_config(&body(
+            json!({"architecture": "amd64", "variant": "v3", "os.features": ["x"]}),
+        ))
+        .unwrap();
+        assert_eq!(p.node_name(), "*(+x)/amd64/v3");
     }
 
     #[test]
