@@ -65,6 +65,7 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     let CheckArgs {
         platforms,
         files,
+        runtime,
         registry,
         output: _,
         images,
@@ -72,7 +73,11 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     if images.is_empty() && files.is_empty() {
         return Err("nothing to check: name images, or YAML files with -f".into());
     }
-    let platforms = parse_platforms(platforms)?;
+    let runtime = runtime.runtime_matcher.unwrap_or_default();
+    let platforms: Vec<Platform> = parse_platforms(platforms)?
+        .into_iter()
+        .map(|p| p.pulled_with(runtime))
+        .collect();
     let ca_pem = match &registry.registry_ca {
         Some(path) => Some(
             std::fs::read(path).map_err(|e| format!("--registry-ca {}: {e}", path.display()))?,

@@ -67,15 +67,16 @@ pub struct Platform {
     clap::ValueEnum,
 )]
 pub enum RuntimeMatcher {
-    /// Only the node's own platform: containerd 2.x's transfer service
-    /// (`platforms.Ordered(platforms.DefaultSpec())` in `internal/cri/server/images`), and the
-    /// safe assumption where the runtime is unknown.
+    // containerd 2.x's transfer service pulls with `platforms.Ordered(platforms.DefaultSpec())`
+    // (`internal/cri/server/images`, `core/transfer/image` `Store.ImageFilter`).
+    /// Only the node's own platform (containerd 2.x; also assumed for unknown runtimes).
     #[default]
     #[serde(rename = "strict")]
     #[value(name = "strict")]
     Strict,
-    /// The node's platform, then the ones it can also run: containerd 1.6/1.7, and 2.x with
-    /// `use_local_image_pull` (`client.Pull` with `platforms.Default()`, i.e. `platforms.Only`).
+    // `client.Pull` without a platform uses the client's `platforms.Default()`, which is
+    // `platforms.Only(DefaultSpec())` on Linux (defaults_unix.go).
+    /// The node's platform, then older ones its CPU runs (containerd 1.6/1.7).
     #[serde(rename = "containerd-1.7")]
     #[value(name = "containerd-1.7")]
     Containerd17,

@@ -117,13 +117,19 @@ fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
     let placement = Arc::new(placement(spec));
     let mut on_node = None;
     let mut out = Vec::new();
-    let mut push = |name: &str,
+    // `container "x"`, or `init container "x"`: the kubelet's own words for where it failed.
+    let mut push = |init: bool,
+                    name: &str,
                     image: Option<&String>,
                     placement: &Arc<Placement>,
                     known: Option<Vec<Platform>>| {
         if let Some(image) = image {
+            let mut location = Location::container(owner.clone(), name);
+            if init {
+                location.scope = format!("init {}", location.scope);
+            }
             out.push(Target {
-                location: Location::container(owner.clone(), name),
+                location,
                 image: image.clone(),
                 placement: placement.clone(),
                 known_platforms: known,
@@ -132,6 +138,7 @@ fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
     };
     for c in spec.init_containers.iter().flatten() {
         push(
+            true,
             &c.name,
             c.image.as_ref(),
             &placement,
@@ -140,6 +147,7 @@ fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
     }
     for c in &spec.containers {
         push(
+            false,
             &c.name,
             c.image.as_ref(),
             &placement,
@@ -154,7 +162,7 @@ fn targets(spec: &PodSpec, owner: Option<String>) -> Vec<Target> {
                 ..(*placement).clone()
             })
         });
-        push(&c.name, c.image.as_ref(), pinned, None);
+        push(false, &c.name, c.image.as_ref(), pinned, None);
     }
     out
 }
@@ -208,7 +216,7 @@ mod tests {
         assert_eq!(
             images(&ex),
             vec![
-                ("container \"init\"".to_string(), "busybox".to_string()),
+                ("init container \"init\"".to_string(), "busybox".to_string()),
                 ("container \"app\"".to_string(), "nginx:1.27".to_string()),
                 ("container \"side\"".to_string(), "envoy".to_string()),
                 ("container \"debug\"".to_string(), "alpine".to_string()),
