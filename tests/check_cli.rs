@@ -390,7 +390,7 @@ async fn files_check_every_container_of_every_workload_and_name_them() {
     // Each line names the object once, then the container, then the image as written.
     let expected = [
         format!(
-            "FAIL  Deployment/web container \"migrate\" image {}: missing linux/amd64 \
+            "FAIL  Deployment/web init container \"migrate\" image {}: missing linux/amd64 \
              (available: linux/arm64/v8)",
             f.ai_base_cuda.reference()
         ),
