@@ -229,10 +229,28 @@ impl Platform {
 
     /// Would a node running `node` pull this (image) platform out of an index?
     ///
-    /// `node.runtime` decides the fallbacks; see the module docs for each rule.
+    /// `node.runtime` decides the fallbacks: strict tries only the node's own platform
+    /// (`platforms.OnlyStrict`, `platforms.Ordered`); containerd 1.7 on Linux tries `platforms.Only`'s
+    /// list (`platformVector`). On Windows containerd's `Default()` is a plain
+    /// `NewMatcher(DefaultSpec())` in every version (defaults_windows.go): no fallbacks.
     pub fn satisfies(&self, node: &Platform) -> bool {
         let node = node.normalized();
-        accepted(&node).iter().any(|want| matches(want, self))
+        // `windowsStripFeaturesMatcher`: win32k is on every Windows host, so it never excludes.
+        let image = match self.os_features.iter().position(|f| f == "win32k") {
+            Some(i) if node.os == "windows" => {
+                let mut stripped = self.clone();
+                stripped.os_features.remove(i);
+                stripped.normalized()
+            }
+            _ => self.normalized(),
+        };
+        let build = self.os_version.as_deref();
+        if node.runtime == RuntimeMatcher::Strict || node.os == "windows" {
+            return matches(&node, &image, build);
+        }
+        platform_vector(&node)
+            .iter()
+            .any(|want| matches(want, &image, build))
     }
 
     /// `unknown/unknown` entries in an index are attestations and signatures, not runnable images.
@@ -278,18 +296,6 @@ impl Platform {
     }
 }
 
-/// The platforms a node with normalised platform `node` pulls, most preferred first.
-///
-/// Strict: only its own (`platforms.OnlyStrict`, `platforms.Ordered`). Containerd 1.7 on Linux:
-/// `platforms.Only`, whose list is `platformVector`. On Windows containerd's `Default()` is a
-/// plain `NewMatcher(DefaultSpec())` in every version (defaults_windows.go): no fallbacks.
-fn accepted(node: &Platform) -> Vec<Platform> {
-    if node.runtime == RuntimeMatcher::Strict || node.os == "windows" {
-        return vec![node.clone()];
-    }
-    platform_vector(node)
-}
-
 /// containerd's `platformVector`: the node's platform and every older one its CPU also runs.
 fn platform_vector(node: &Platform) -> Vec<Platform> {
     let with_variant = |arch: &str, variant: Option<String>| {
@@ -332,16 +338,17 @@ fn platform_vector(node: &Platform) -> Vec<Platform> {
         // arm64/vX.Y runs the arm64 variants in `arm64_variants`, then 32-bit arm/v8 and below.
         "arm64" => {
             let variant = node.variant.clone().unwrap_or_else(|| "v8".to_string());
-            let mut out: Vec<Platform> = arm64_variants(&variant)
+            let variants = arm64_variants(&variant);
+            if variants.is_empty() {
+                // containerd's `platformVector` returns an empty list here, so `Only` would match
+                // nothing, not even the node's own platform; archgate keeps that one (as strict).
+                return vec![node.clone()];
+            }
+            let mut out: Vec<Platform> = variants
                 .into_iter()
                 .map(|v| with_variant("arm64", Some(v)))
                 .collect();
-            let arm = if variant.starts_with("v8") || variant.starts_with("v9") {
-                "v8".to_string()
-            } else {
-                variant
-            };
-            out.extend(platform_vector(&with_variant("arm", Some(arm))));
+            out.extend(platform_vector(&with_variant("arm", Some("v8".into()))));
             out
         }
         _ => vec![node.clone()],
@@ -373,16 +380,8 @@ fn arm64_variants(variant: &str) -> Vec<String> {
 }
 
 /// containerd's `matcher.Match` for one wanted (normalised, node-side) platform against an
-/// image's platform, with the Windows wrappers `NewMatcher` adds.
-fn matches(want: &Platform, image: &Platform) -> bool {
-    let mut image = image.clone();
-    if want.os == "windows" {
-        // `windowsStripFeaturesMatcher`: win32k is on every Windows host, so it never excludes.
-        if let Some(i) = image.os_features.iter().position(|f| f == "win32k") {
-            image.os_features.remove(i);
-        }
-    }
-    let have = image.normalized();
+/// image's normalised platform; `build` is the image's `os.version` as the registry wrote it.
+fn matches(want: &Platform, have: &Platform, build: Option<&str>) -> bool {
     // `normalizeOS("")` is the node's own OS, on the node where containerd runs.
     let os = if have.os.is_empty() {
         &want.os
@@ -392,8 +391,7 @@ fn matches(want: &Platform, image: &Platform) -> bool {
     os == &want.os
         && have.architecture == want.architecture
         && have.variant == want.variant
-        && (want.os != "windows"
-            || windows_build_runs(want.os_version.as_deref(), image.os_version.as_deref()))
+        && (want.os != "windows" || windows_build_runs(want.os_version.as_deref(), build))
         && have
             .os_features
             .iter()

@@ -434,3 +434,58 @@ fn display_keeps_registry_spelling_and_os_version() {
     );
     assert_eq!(list(&[]), "none");
 }
+
+/// The fuzz target's invariants (fuzz/fuzz_targets/reference_platform.rs), on its seeds and on
+/// the new spellings: parse output is normal, its node name reads back, and every platform
+/// satisfies itself and its normal form under both matchers.
+#[test]
+fn fuzz_invariants_on_seeds() {
+    let mut inputs: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir("fuzz/seeds/reference_platform").unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        inputs.extend(text.lines().map(str::to_string));
+    }
+    inputs.extend(
+        [
+            "windows(10.0.99999)/amd64",
+            "windows(300.0.1)/amd64",
+            "windows(1.2.3)/amd64",
+            "windows(+win32k)/amd64",
+            "linux/arm64/v9.7",
+            "linux/arm64/v10",
+            "linux/amd64/v9",
+            "linux/arm/v9",
+        ]
+        .map(str::to_string),
+    );
+    assert!(inputs.len() > 20, "{inputs:?}");
+    for input in &inputs {
+        let Ok(parsed) = Platform::parse(input) else {
+            continue;
+        };
+        assert_eq!(parsed.normalized(), parsed, "{input}");
+        assert_eq!(
+            Platform::parse(&parsed.node_name()),
+            Ok(parsed.clone()),
+            "{input}"
+        );
+        let mut parts = input.splitn(3, '/');
+        let raw = Platform::new(
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next(),
+        );
+        for p in [parsed, raw] {
+            let n = p.normalized();
+            assert_eq!(n.normalized(), n, "{input}");
+            for runtime in [STRICT, LEGACY] {
+                let node = n.clone().pulled_with(runtime);
+                assert!(p.satisfies(&node), "{p:?} on its normal form ({runtime})");
+                assert!(
+                    p.satisfies(&p.clone().pulled_with(runtime)),
+                    "{p:?} on itself"
+                );
+            }
+        }
+    }
+}
