@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use base64::Engine;
-use common::{Fixtures, Registry, push_standard_fixtures};
+use common::{Fixtures, ImageSpec, Registry, push_standard_fixtures};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -634,4 +634,37 @@ async fn tls_registry_with_docker_config_and_registry_ca() {
     ]);
     assert_eq!(run.code, 2, "{run}");
     assert!(run.stderr.contains("/nonexistent/config.json"), "{run}");
+}
+
+/// Issue 19: `check` assumes strict nodes unless told `--runtime-matcher containerd-1.7`, and
+/// compares a Windows image's build with the one in `--platform windows(BUILD)/amd64`.
+#[tokio::test]
+async fn runtime_matcher_and_windows_builds() {
+    let setup = Setup::start().await;
+    let i386 = ImageSpec::docker_list("fallback/i386", "1", [("linux", "386", None)])
+        .push(&setup.registry)
+        .await
+        .reference();
+    let run = setup.check(&["-p", "linux/amd64", &i386]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.line_with(&i386).contains("missing linux/amd64"),
+        "{run}"
+    );
+    let run = setup.check(&[
+        "-p",
+        "linux/amd64",
+        "--runtime-matcher",
+        "containerd-1.7",
+        &i386,
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+
+    // The fixture is built for Windows Server 2019 (10.0.17763.5329).
+    let windows = setup.fixtures.windows.reference();
+    let run = setup.check(&["-p", "windows(10.0.17763)/amd64", &windows]);
+    assert_eq!(run.code, 0, "{run}");
+    let run = setup.check(&["-p", "windows(10.0.20348)/amd64", &windows]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.line_with(&windows).contains("missing windows"), "{run}");
 }
