@@ -156,7 +156,15 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
     Err(ManifestError::Shape)
 }
 
-/// Reads the platform out of an image config blob.
+/// Reads the platform out of an image config blob: os, architecture, variant, `os.version` and
+/// `os.features`, as containerd's `images.ConfigPlatform` does.
+///
+/// containerd pulls a single-manifest image without checking its platform (`images.Manifest`
+/// skips the root); the unpacker then decides. containerd 1.x compares only OS and architecture
+/// (`unpack.Unpacker.unpack` builds the platform from `i.OS`, `i.Architecture`), 2.x the whole
+/// config platform. archgate applies the whole platform to every node, as 2.x does: an
+/// `amd64/v3` single image is denied for a plain amd64 node that 1.x would unpack and then fail
+/// to run on an older CPU.
 pub fn parse_config(body: &[u8]) -> Result<Platform, ManifestError> {
     let raw: RawPlatform =
         serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
