@@ -296,6 +296,12 @@ impl Platform {
     }
 }
 
+/// The highest x86-64 microarchitecture level (x86-64-v4) and 32-bit ARM version (ARMv8) that
+/// exist. containerd walks down from any number a variant holds; archgate gives a variant past
+/// these no older ones, so a typo like `amd64/v4000000000` cannot cost a billion comparisons.
+const AMD64_LEVELS: u32 = 4;
+const ARM_LEVELS: u32 = 8;
+
 /// containerd's `platformVector`: the node's platform and every older one its CPU also runs.
 fn platform_vector(node: &Platform) -> Vec<Platform> {
     let with_variant = |arch: &str, variant: Option<String>| {
@@ -313,7 +319,8 @@ fn platform_vector(node: &Platform) -> Vec<Platform> {
         // amd64/vN also runs vN-1 .. v1; every amd64 runs 386.
         "amd64" => {
             let mut out = vec![node.clone()];
-            if let Some(level) = version(&node.variant).filter(|&l| l > 1) {
+            if let Some(level) = version(&node.variant).filter(|&l| (2..=AMD64_LEVELS).contains(&l))
+            {
                 out.extend(
                     (1..level)
                         .rev()
@@ -326,7 +333,7 @@ fn platform_vector(node: &Platform) -> Vec<Platform> {
         // arm/vN also runs vN-1 .. v5.
         "arm" => {
             let mut out = vec![node.clone()];
-            if let Some(level) = version(&node.variant).filter(|&l| l > 5) {
+            if let Some(level) = version(&node.variant).filter(|&l| (6..=ARM_LEVELS).contains(&l)) {
                 out.extend(
                     (5..level)
                         .rev()

@@ -455,6 +455,8 @@ fn fuzz_invariants_on_seeds() {
             "linux/arm64/v10",
             "linux/amd64/v9",
             "linux/arm/v9",
+            "linux/amd64/v4000000000",
+            "linux/arm/v4000000000",
         ]
         .map(str::to_string),
     );
