@@ -23,6 +23,13 @@ pub const ACCEPT: &[&str] = &[
 /// A config blob larger than this is not an image config; refuse to buffer it.
 pub const MAX_CONFIG_BYTES: i64 = 4 << 20;
 
+/// `os.features` kept per platform, and bytes per `os.version` or feature. Real images list one
+/// or two features (`win32k`); an entry past either bound is kept as needing [`UNREADABLE`].
+const MAX_OS_FEATURES: usize = 16;
+const MAX_OS_FIELD_BYTES: usize = 64;
+/// Stands for an `os.version` or `os.features` archgate would not read: no node has it.
+const UNREADABLE: &str = "unreadable";
+
 /// Buildx and other tools mark attestation and signature entries in an index this way.
 const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
 
@@ -107,13 +114,28 @@ impl RawPlatform {
             return None;
         }
         let mut p = Platform::new(&self.os, &self.architecture, self.variant.as_deref());
-        p.os_version = self.os_version.filter(|v| !v.is_empty());
-        p.os_features = self
+        p.os_version = self.os_version.filter(|v| !v.is_empty()).map(|v| {
+            // Every review compares (and copies) this; a real build is `10.0.20348.2227`.
+            if v.len() > MAX_OS_FIELD_BYTES {
+                UNREADABLE.to_string()
+            } else {
+                v
+            }
+        });
+        let features: Vec<String> = self
             .os_features
             .unwrap_or_default()
             .into_iter()
             .filter(|f| !f.is_empty())
             .collect();
+        // Past the bound the entry needs a feature no node offers: never a silent match.
+        let too_many = features.len() > MAX_OS_FEATURES
+            || features.iter().any(|f| f.len() > MAX_OS_FIELD_BYTES);
+        p.os_features = if too_many {
+            vec![UNREADABLE.to_string()]
+        } else {
+            features
+        };
         Some(p)
     }
 }
@@ -236,6 +258,24 @@ mod tests {
         let shown: Vec<String> = platforms.iter().map(|p| p.node_name()).collect();
         assert_eq!(shown, ["*/amd64", "windows(10.0.20348.2227+win32k)/amd64"]);
         assert!(platforms[0].satisfies(&Platform::parse("linux/amd64").unwrap()));
+    }
+
+    #[test]
+    fn oversized_os_fields_never_match() {
+        let many: Vec<String> = (0..=MAX_OS_FEATURES).map(|i| format!("f{i}")).collect();
+        let long = "9".repeat(MAX_OS_FIELD_BYTES + 1);
+        for platform in [
+            json!({"os": "linux", "architecture": "amd64", "os.features": many}),
+            json!({"os": "linux", "architecture": "amd64", "os.features": [long]}),
+            json!({"os": "windows", "architecture": "amd64", "os.version": format!("10.0.17763.{long}")}),
+        ] {
+            let p = parse_config(&body(platform)).unwrap();
+            assert!(p.to_string().len() < 80, "{p}");
+            for node in ["linux/amd64", "windows(10.0.17763)/amd64"] {
+                let node = Platform::parse(node).unwrap();
+                assert!(!p.satisfies(&node), "{p} on {}", node.node_name());
+            }
+        }
     }
 
     #[test]
