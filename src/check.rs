@@ -99,6 +99,7 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     let CheckArgs {
         platforms,
         files,
+        runtime,
         registry,
         output: _,
         images,
@@ -106,7 +107,11 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     if images.is_empty() && files.is_empty() {
         return Err("nothing to check: name images, or YAML files with -f".into());
     }
-    let platforms = parse_platforms(platforms)?;
+    let runtime = runtime.runtime_matcher.unwrap_or_default();
+    let platforms: Vec<Platform> = parse_platforms(platforms)?
+        .into_iter()
+        .map(|p| p.pulled_with(runtime))
+        .collect();
     let ca_pem = match &registry.registry_ca {
         Some(path) => Some(
             std::fs::read(path).map_err(|e| format!("--registry-ca {}: {e}", path.display()))?,
@@ -324,7 +329,7 @@ fn line(mut c: Checked, subject: Option<&Subject>) -> Line {
         Outcome::Invalid(e) => (None, vec![], Some(e.to_string())),
     };
     let (text, exit) = match &finding {
-        None => (ok_text(&c, &platforms), EXIT_OK),
+        None => (ok_text(&c), EXIT_OK),
         Some(f @ (Finding::Missing { .. } | Finding::NotFound { .. })) => {
             (format!("FAIL  {f}"), EXIT_FINDINGS)
         }
@@ -351,13 +356,13 @@ fn line(mut c: Checked, subject: Option<&Subject>) -> Line {
     }
 }
 
-/// `ok    Deployment web, container "app" image "nginx:1.27" (linux/amd64, linux/arm64/v8)`, or
-/// `ok    IMAGE (platforms)` for an image named on the command line.
-fn ok_text(c: &Checked, platforms: &[String]) -> String {
-    let available = if platforms.is_empty() {
-        platform::list(&[])
-    } else {
-        platforms.join(", ")
+/// `ok    Deployment web, container "app" image "nginx:1.27" (linux/amd64, linux/arm64)`, or
+/// `ok    IMAGE (platforms)` for an image named on the command line. Platforms as the registry
+/// lists them (variants, Windows builds): the report says what the image is.
+fn ok_text(c: &Checked) -> String {
+    let available = match &c.outcome {
+        Outcome::Resolved(r) => platform::list(&r.platforms),
+        _ => platform::list(&[]),
     };
     let image = &c.target.image;
     match c.target.location.object {

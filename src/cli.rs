@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::platform::RuntimeMatcher;
 use crate::policy::{Mode, OnMissingImage, OnRegistryError};
 
 #[derive(Debug, Parser)]
@@ -68,6 +69,17 @@ pub struct RegistryArgs {
     pub docker_config: Option<PathBuf>,
 }
 
+/// How the nodes of a `--platform` list pick an image's platform; shared by `serve` and `check`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RuntimeArgs {
+    /// How the nodes of a --platform list pull: `strict` takes only the listed platform, as
+    /// containerd 2.x does; `containerd-1.7` also takes what the CPU runs (amd64: 386; arm64:
+    /// arm/v8 to v5; arm/v7: v6, v5), as containerd 1.6/1.7 and 2.x with use_local_image_pull do
+    /// [default: strict]. With `--platform auto` each node's container runtime decides.
+    #[arg(long, value_enum, value_name = "MATCHER")]
+    pub runtime_matcher: Option<RuntimeMatcher>,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// YAML config file; flags given on the command line override it.
@@ -105,8 +117,8 @@ pub struct ServeArgs {
     /// With --self-signed (or `selfSigned: true`): an extra DNS name for the serving certificate.
     #[arg(long = "dns-name", value_name = "NAME")]
     pub dns_names: Vec<String>,
-    /// Platform every candidate node may run (OS/ARCH[/VARIANT]), or `auto` to read the cluster's
-    /// nodes [default: linux/amd64].
+    /// Platform every candidate node may run (OS/ARCH[/VARIANT]; a Windows build as
+    /// windows(10.0.17763)/amd64), or `auto` to read the cluster's nodes [default: linux/amd64].
     #[arg(short = 'p', long = "platform", value_name = "P")]
     pub platforms: Vec<String>,
     /// What to do with a finding [default: enforce].
@@ -145,19 +157,24 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
     #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
 #[command(after_help = CHECK_EXIT_CODES)]
 pub struct CheckArgs {
-    /// Platform every image must provide (repeatable) [default: linux/amd64].
+    /// Platform every image must provide (repeatable; a Windows build as
+    /// windows(10.0.17763)/amd64) [default: linux/amd64].
     #[arg(short = 'p', long = "platform", value_name = "OS/ARCH[/VARIANT]")]
     pub platforms: Vec<String>,
     /// Kubernetes YAML or JSON (multi-document; `-` for stdin): checks every container of Pods,
     /// workload pod templates and Tekton runs.
     #[arg(short = 'f', long = "file", value_name = "PATH")]
     pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Output format.

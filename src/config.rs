@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::cli::{LogFormat, ServeArgs};
 use crate::pipeline::Exemptions;
-use crate::platform::Platform;
+use crate::platform::{Platform, RuntimeMatcher};
 use crate::policy::{Mode, OnMissingImage, OnRegistryError, Policy};
 use crate::resolver::RegistryOptions;
 use crate::tls::CertificateFiles;
@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub dns_names: Vec<String>,
     #[serde(default)]
     pub platforms: Vec<String>,
+    /// How the nodes of `platforms` pick an image's platform (`strict` or `containerd-1.7`).
+    pub runtime_matcher: Option<RuntimeMatcher>,
     pub mode: Option<Mode>,
     pub on_registry_error: Option<OnRegistryError>,
     pub on_missing_image: Option<OnMissingImage>,
@@ -252,6 +254,11 @@ pub enum ConfigError {
     #[error("--platform: {0}")]
     Platform(String),
     #[error(
+        "--runtime-matcher (runtimeMatcher) applies to a --platform list; with --platform auto each \
+         node's container runtime decides (status.nodeInfo.containerRuntimeVersion): remove one"
+    )]
+    RuntimeMatcherWithAuto,
+    #[error(
         "--review-deadline must be between 0.1 and 29 seconds (the API server waits at most 30), got {0:?}"
     )]
     Deadline(Duration),
@@ -307,6 +314,22 @@ pub fn parse_platforms(values: &[String]) -> Result<PlatformSource, ConfigError>
     Ok(PlatformSource::Static(platforms))
 }
 
+/// A static list's nodes pull with `runtime` (default strict); live nodes say it themselves.
+pub fn pulled_with(
+    source: PlatformSource,
+    runtime: Option<RuntimeMatcher>,
+) -> Result<PlatformSource, ConfigError> {
+    match (source, runtime) {
+        (PlatformSource::Auto, Some(_)) => Err(ConfigError::RuntimeMatcherWithAuto),
+        (PlatformSource::Auto, None) => Ok(PlatformSource::Auto),
+        (PlatformSource::Static(list), runtime) => Ok(PlatformSource::Static(
+            list.into_iter()
+                .map(|p| p.pulled_with(runtime.unwrap_or_default()))
+                .collect(),
+        )),
+    }
+}
+
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -345,6 +368,7 @@ impl Settings {
             self_signed_ca_out,
             dns_names,
             platforms,
+            runtime_matcher,
             mode,
             on_registry_error,
             on_missing_image,
@@ -422,7 +446,10 @@ impl Settings {
             ..defaults
         };
 
-        let platforms = parse_platforms(&list(&args.platforms, platforms))?;
+        let platforms = pulled_with(
+            parse_platforms(&list(&args.platforms, platforms))?,
+            first(args.runtime.runtime_matcher, runtime_matcher),
+        )?;
         let cluster = ClusterAccess::decide(first(args.kubeconfig.clone(), kubeconfig), &platforms);
         let pull_secrets = args.pull_secrets || pull_secrets.unwrap_or(false);
         if pull_secrets && cluster == ClusterAccess::None {
@@ -550,6 +577,37 @@ mod tests {
         assert_eq!(
             s.platforms,
             PlatformSource::Static(vec![Platform::parse("linux/s390x").unwrap()])
+        );
+    }
+
+    #[test]
+    fn runtime_matcher_for_static_lists_only() {
+        let runtimes = |s: &Settings| match &s.platforms {
+            PlatformSource::Static(list) => list.iter().map(|p| p.runtime).collect::<Vec<_>>(),
+            PlatformSource::Auto => panic!("static expected"),
+        };
+        let s = serve(&["--self-signed", "-p", "linux/amd64,linux/arm64"]).unwrap();
+        assert_eq!(runtimes(&s), [RuntimeMatcher::Strict; 2]);
+        let s = serve(&["--self-signed", "--runtime-matcher", "containerd-1.7"]).unwrap();
+        assert_eq!(runtimes(&s), [RuntimeMatcher::Containerd17]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "selfSigned: true\nruntimeMatcher: containerd-1.7\n").unwrap();
+        let file = path.to_str().unwrap();
+        let s = serve(&["--config", file]).unwrap();
+        assert_eq!(runtimes(&s), [RuntimeMatcher::Containerd17]);
+        let s = serve(&["--config", file, "--runtime-matcher", "strict"]).unwrap();
+        assert_eq!(runtimes(&s), [RuntimeMatcher::Strict]);
+        // With live nodes the setting could not take effect: an error, not a silent no-op.
+        let err = serve(&["--config", file, "-p", "auto"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--platform auto"), "{err}");
+        std::fs::write(&path, "selfSigned: true\nruntimeMatcher: containerd-2\n").unwrap();
+        let err = serve(&["--config", file]).unwrap_err().to_string();
+        assert!(
+            err.contains("runtimeMatcher") || err.contains("containerd-2"),
+            "{err}"
         );
     }
 

@@ -163,8 +163,8 @@ impl fmt::Display for Finding {
                 f,
                 "{}image {image:?} is missing {} (available: {})",
                 lead(at),
-                platform::list(missing),
-                platform::list(available)
+                platform::node_list(missing),
+                platform::node_list(available)
             ),
             Finding::NotFound { at, image } => {
                 write!(f, "{}image {image:?} not found in registry", lead(at))
@@ -292,7 +292,7 @@ fn hints(checked: &[Checked]) -> Vec<String> {
     let needed: BTreeSet<String> = checked
         .iter()
         .filter(|c| !c.missing().is_empty())
-        .flat_map(|c| c.candidates.iter().map(|p| p.to_string()))
+        .flat_map(|c| c.candidates.iter().map(Platform::build_name))
         .collect();
     if !needed.is_empty() {
         let list: Vec<String> = needed.into_iter().collect();
@@ -310,20 +310,18 @@ fn hints(checked: &[Checked]) -> Vec<String> {
         })
         .collect();
     let any_missing = resolved.iter().any(|(c, _)| !c.missing().is_empty());
-    if any_missing {
+    if any_missing && candidates_differ(&resolved) {
         let candidates: BTreeSet<&Platform> = resolved
             .iter()
             .flat_map(|(c, _)| c.candidates.iter())
             .collect();
-        let shared = candidates.into_iter().find(|cand| {
+        let candidates: Vec<&Platform> = candidates.into_iter().collect();
+        let runs_everything = |cand: &Platform| {
             resolved
                 .iter()
                 .all(|(_, r)| r.platforms.iter().any(|have| have.satisfies(cand)))
-        });
-        if let Some(platform) = shared
-            && candidates_differ(&resolved)
-        {
-            let hint = scheduling::pin_hint(platform);
+        };
+        if let Some(hint) = scheduling::pin_hint(&candidates, runs_everything) {
             out.push(match pin_site(checked) {
                 Some(site) => format!("{hint} in {site}"),
                 None => hint,
@@ -432,7 +430,7 @@ mod tests {
         assert!(!v.allowed);
         assert_eq!(
             v.message.as_deref().unwrap(),
-            "container \"app\" image \"10.34.0.202:5000/cerebral/ai-base:cuda\" is missing linux/amd64 (available: linux/arm64/v8)\n\
+            "container \"app\" image \"10.34.0.202:5000/cerebral/ai-base:cuda\" is missing linux/amd64 (available: linux/arm64)\n\
              rebuild for every platform: docker buildx build --platform linux/amd64 ..."
         );
         assert!(v.warnings.is_empty());
@@ -583,6 +581,46 @@ mod tests {
             hint(&two_tasks),
             format!("pin it: nodeSelector kubernetes.io/arch: amd64 in {run}")
         );
+    }
+
+    #[test]
+    fn findings_and_hints_name_platforms_as_nodes_do() {
+        let build = |b: &str| {
+            let mut w = p("windows/amd64");
+            w.os_version = Some(b.into());
+            w
+        };
+        let win2019 = build("10.0.17763");
+        let win2022 = build("10.0.20348");
+        let mut image_2022 = Platform::new("windows", "amd64", None);
+        image_2022.os_version = Some("10.0.20348.2227".into());
+        let c = vec![Checked {
+            target: target("app", "x"),
+            candidates: vec![p("linux/amd64"), win2019, win2022],
+            outcome: resolved(&[Platform::new("linux", "arm64", Some("v8")), image_2022]),
+        }];
+        let msg = decide(&c, &[], &Policy::default()).message.unwrap();
+        assert_eq!(
+            msg,
+            "container \"app\" image \"x\" is missing linux/amd64, windows(10.0.17763)/amd64 \
+             (available: linux/arm64, windows(10.0.20348.2227)/amd64)\n\
+             rebuild for every platform: docker buildx build --platform linux/amd64,windows/amd64 ...\n\
+             pin it: nodeSelector kubernetes.io/os: windows, kubernetes.io/arch: amd64, \
+             node.kubernetes.io/windows-build: 10.0.20348"
+        );
+    }
+
+    #[test]
+    fn no_pin_hint_when_labels_cannot_tell_nodes_apart() {
+        // arm/v6 and arm/v7 nodes both say `kubernetes.io/arch: arm`.
+        let c = vec![checked(
+            "app",
+            "x",
+            &["linux/arm/v6", "linux/arm/v7"],
+            resolved(&[p("linux/arm/v7")]),
+        )];
+        let msg = decide(&c, &[], &Policy::default()).message.unwrap();
+        assert!(!msg.contains("pin it"), "{msg}");
     }
 
     #[test]

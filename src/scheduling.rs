@@ -2,18 +2,22 @@
 //!
 //! The scheduler knows nothing of images, so every node a pod's constraints admit is a place it may
 //! run. A static platform list (`--platform linux/amd64`) is treated as one synthetic node per
-//! platform carrying only the `kubernetes.io/os` and `kubernetes.io/arch` labels; live clusters
-//! supply real nodes with every label, taint and the cordon flag.
+//! platform carrying only the `kubernetes.io/os` and `kubernetes.io/arch` labels (and
+//! `node.kubernetes.io/windows-build` for a Windows build); live clusters supply real nodes with
+//! every label, taint and the cordon flag. A node's platform also says how its runtime matches
+//! image platforms ([`crate::platform::RuntimeMatcher`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
 
-use crate::platform::Platform;
+use crate::platform::{Platform, RuntimeMatcher};
 use crate::workload::Placement;
 
 pub const OS_LABEL: &str = "kubernetes.io/os";
 pub const ARCH_LABEL: &str = "kubernetes.io/arch";
+/// The kubelet sets it on Windows nodes to `major.minor.build` (`10.0.17763`).
+pub const WINDOWS_BUILD_LABEL: &str = "node.kubernetes.io/windows-build";
 
 /// What scheduling needs to know of one node.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,10 +34,10 @@ pub struct NodeView {
 impl NodeView {
     /// A stand-in node for a configured platform.
     pub fn synthetic(platform: &Platform) -> Self {
-        let labels = BTreeMap::from([
-            (OS_LABEL.to_string(), platform.os.clone()),
-            (ARCH_LABEL.to_string(), platform.architecture.clone()),
-        ]);
+        let labels = node_labels(platform)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         Self {
             name: platform.to_string(),
             labels,
@@ -68,8 +72,25 @@ pub fn admits(placement: &Placement, node: &NodeView) -> bool {
     selector_ok && affinity_ok && tolerates_all(&placement.tolerations, &node.taints)
 }
 
+/// Synthetic nodes know only the labels their platform implies ([`node_labels`]); a
+/// Windows build label is known to be absent from a node that is not Windows.
 fn label_unknown(node: &NodeView, key: &str) -> bool {
-    node.synthetic && key != OS_LABEL && key != ARCH_LABEL
+    node.synthetic
+        && !node.labels.contains_key(key)
+        && !(key == WINDOWS_BUILD_LABEL && node.platform.normalized().os != "windows")
+}
+
+/// The labels a node of `platform` carries that say its platform, as the kubelet sets them.
+fn node_labels(platform: &Platform) -> Vec<(&'static str, String)> {
+    let p = platform.normalized();
+    let mut labels = vec![
+        (OS_LABEL, p.os.clone()),
+        (ARCH_LABEL, p.architecture.clone()),
+    ];
+    if let (true, Some(build)) = (p.os == "windows", &p.os_version) {
+        labels.push((WINDOWS_BUILD_LABEL, build.clone()));
+    }
+    labels
 }
 
 /// Requirements within a term are ANDed. `matchFields` can only name `metadata.name`.
@@ -146,16 +167,50 @@ pub fn candidates(placement: &Placement, nodes: &[NodeView]) -> Vec<Platform> {
         .collect();
     out.sort();
     out.dedup();
+    // A strict node pulls a subset of what a containerd-1.7 node of the same platform pulls, so
+    // the strict one alone decides.
+    let strict: Vec<Platform> = out
+        .iter()
+        .filter(|p| p.runtime == RuntimeMatcher::Strict)
+        .map(|p| p.clone().pulled_with(RuntimeMatcher::Containerd17))
+        .collect();
+    out.retain(|p| p.runtime == RuntimeMatcher::Strict || !strict.contains(p));
     out
 }
 
-/// A selector that would make the pod admissible if every image provides `platform`: the mixed-
-/// cluster hint (`pin it: nodeSelector kubernetes.io/arch: amd64`).
-pub fn pin_hint(platform: &Platform) -> String {
-    format!(
-        "pin it: nodeSelector {ARCH_LABEL}: {}",
-        platform.architecture
-    )
+/// A node selector that keeps a pod where its images run, if one exists: the mixed-cluster hint
+/// (`pin it: nodeSelector kubernetes.io/arch: amd64`). `runs` says whether every image runs on a
+/// candidate platform. A selector is offered only if every candidate it still admits runs them
+/// all (arm/v6 and arm/v7 nodes share `kubernetes.io/arch: arm`, so neither can be pinned apart).
+pub fn pin_hint(candidates: &[&Platform], runs: impl Fn(&Platform) -> bool) -> Option<String> {
+    let oses: BTreeSet<String> = candidates.iter().map(|c| c.normalized().os).collect();
+    candidates.iter().filter(|c| runs(c)).find_map(|target| {
+        let target_labels = node_labels(target);
+        let selector: Vec<&(&str, String)> = target_labels
+            .iter()
+            .filter(|(key, value)| match *key {
+                OS_LABEL => oses.len() > 1,
+                ARCH_LABEL => true,
+                // The build only where another candidate runs another Windows build.
+                _ => candidates
+                    .iter()
+                    .any(|c| node_labels(c).iter().any(|(k, v)| k == key && v != value)),
+            })
+            .collect();
+        let admitted = |c: &Platform| {
+            let labels = node_labels(c);
+            selector.iter().all(|pair| labels.contains(pair))
+        };
+        candidates
+            .iter()
+            .filter(|c| admitted(c))
+            .all(|c| runs(c))
+            .then(|| {
+                let pairs: Vec<String> =
+                    selector.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                format!("pin it: nodeSelector {}", pairs.join(", "))
+            })
+    })
 }
 
 #[cfg(test)]
@@ -345,6 +400,91 @@ mod tests {
                 want,
                 "{placement:?}"
             );
+        }
+    }
+
+    #[test]
+    fn static_windows_builds_and_runtimes() {
+        let mut legacy_amd64 = Platform::parse("linux/amd64").unwrap();
+        legacy_amd64.runtime = RuntimeMatcher::Containerd17;
+        let nodes: Vec<NodeView> = [
+            Platform::parse("windows(10.0.17763)/amd64").unwrap(),
+            Platform::parse("windows(10.0.20348)/amd64").unwrap(),
+            Platform::parse("linux/amd64").unwrap(),
+            legacy_amd64.clone(),
+            legacy_amd64.pulled_with(RuntimeMatcher::Containerd17),
+        ]
+        .iter()
+        .map(NodeView::synthetic)
+        .collect();
+        let build = |b: &str| Placement {
+            node_selector: [(WINDOWS_BUILD_LABEL.to_string(), b.to_string())].into(),
+            ..Placement::default()
+        };
+        let shown = |placement: &Placement| -> Vec<String> {
+            candidates(placement, &nodes)
+                .iter()
+                .map(|p| format!("{} {}", p.node_name(), p.runtime))
+                .collect()
+        };
+        // The strict amd64 node decides for both amd64 nodes; the builds stay apart.
+        assert_eq!(
+            shown(&Placement::default()),
+            [
+                "linux/amd64 strict",
+                "windows(10.0.17763)/amd64 strict",
+                "windows(10.0.20348)/amd64 strict"
+            ]
+        );
+        // The build label narrows Windows nodes; Linux nodes do not have it.
+        assert_eq!(
+            shown(&build("10.0.20348")),
+            ["windows(10.0.20348)/amd64 strict"]
+        );
+        let only_legacy = [NodeView::synthetic(
+            &Platform::parse("linux/amd64")
+                .unwrap()
+                .pulled_with(RuntimeMatcher::Containerd17),
+        )];
+        let kept = candidates(&Placement::default(), &only_legacy);
+        assert_eq!(kept[0].runtime, RuntimeMatcher::Containerd17);
+    }
+
+    #[test]
+    fn pin_hint_names_only_labels_that_tell_candidates_apart() {
+        let parse = |list: &[&str]| -> Vec<Platform> {
+            list.iter().map(|p| Platform::parse(p).unwrap()).collect()
+        };
+        let cases: Vec<(Vec<Platform>, &str, Option<&str>)> = vec![
+            (
+                parse(&["linux/amd64", "linux/arm64"]),
+                "linux/arm64",
+                Some("pin it: nodeSelector kubernetes.io/arch: arm64"),
+            ),
+            (
+                parse(&["linux/amd64", "windows/amd64"]),
+                "linux/amd64",
+                Some("pin it: nodeSelector kubernetes.io/os: linux, kubernetes.io/arch: amd64"),
+            ),
+            (
+                parse(&["windows(10.0.17763)/amd64", "windows(10.0.20348)/amd64"]),
+                "windows(10.0.17763)/amd64",
+                Some(
+                    "pin it: nodeSelector kubernetes.io/arch: amd64, node.kubernetes.io/windows-build: 10.0.17763",
+                ),
+            ),
+            (
+                parse(&["linux/arm/v6", "linux/arm/v7"]),
+                "linux/arm/v7",
+                None,
+            ),
+            (parse(&["linux/amd64", "linux/arm64"]), "linux/s390x", None),
+        ];
+        for (list, runs_on, want) in cases {
+            let refs: Vec<&Platform> = list.iter().collect();
+            let runs_on = Platform::parse(runs_on).unwrap();
+            let hint = pin_hint(&refs, |c| c == &runs_on);
+            assert_eq!(hint.as_deref(), want, "{list:?}");
         }
     }
 }

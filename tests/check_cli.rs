@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use base64::Engine;
-use common::{Fixtures, Registry, push_standard_fixtures};
+use common::{Fixtures, ImageSpec, Registry, push_standard_fixtures};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -185,7 +185,8 @@ async fn images_pass_fail_or_are_not_found_with_the_contracted_exit_codes() {
     assert_eq!(run.code, 1, "{run}");
     let line = run.line_with(&cuda);
     assert!(line.contains("missing linux/amd64"), "{run}");
-    assert!(line.contains("available: linux/arm64/v8"), "{run}");
+    // Platforms in a finding are named as a node names them (issue 19): arm64, not arm64/v8.
+    assert!(line.contains("(available: linux/arm64)"), "{run}");
 
     let missing = setup.image("cerebral/ai-base:no-such-tag");
     let run = setup.check(&[&missing]);
@@ -391,8 +392,8 @@ async fn files_check_every_container_of_every_workload_and_name_them() {
     // webhook's own sentence for a finding (issue 10: one place words findings).
     let expected = [
         format!(
-            "FAIL  Deployment web, container \"migrate\" image {:?} is missing linux/amd64 \
-             (available: linux/arm64/v8)",
+            "FAIL  Deployment web, init container \"migrate\" image {:?} is missing linux/amd64 \
+             (available: linux/arm64)",
             f.ai_base_cuda.reference()
         ),
         format!(
@@ -900,4 +901,37 @@ async fn docker_credential_helpers_are_run() {
     let run = sandbox.run(&["--registry-ca", ca, &multi]);
     assert_eq!(run.code, 2, "{run}");
     assert!(run.stderr.contains("docker-credential-absent"), "{run}");
+}
+
+/// Issue 19: `check` assumes strict nodes unless told `--runtime-matcher containerd-1.7`, and
+/// compares a Windows image's build with the one in `--platform windows(BUILD)/amd64`.
+#[tokio::test]
+async fn runtime_matcher_and_windows_builds() {
+    let setup = Setup::start().await;
+    let i386 = ImageSpec::docker_list("fallback/i386", "1", [("linux", "386", None)])
+        .push(&setup.registry)
+        .await
+        .reference();
+    let run = setup.check(&["-p", "linux/amd64", &i386]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.line_with(&i386).contains("missing linux/amd64"),
+        "{run}"
+    );
+    let run = setup.check(&[
+        "-p",
+        "linux/amd64",
+        "--runtime-matcher",
+        "containerd-1.7",
+        &i386,
+    ]);
+    assert_eq!(run.code, 0, "{run}");
+
+    // The fixture is built for Windows Server 2019 (10.0.17763.5329).
+    let windows = setup.fixtures.windows.reference();
+    let run = setup.check(&["-p", "windows(10.0.17763)/amd64", &windows]);
+    assert_eq!(run.code, 0, "{run}");
+    let run = setup.check(&["-p", "windows(10.0.20348)/amd64", &windows]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.line_with(&windows).contains("missing windows"), "{run}");
 }

@@ -313,7 +313,7 @@ async fn the_mirrors_key_of_the_config_file_reaches_the_webhook() {
     let message = response["status"]["message"].as_str().unwrap();
     assert!(
         message.contains(&format!(
-            "image \"{image}\" is missing linux/amd64 (available: linux/arm64/v8)"
+            "image \"{image}\" is missing linux/amd64 (available: linux/arm64)"
         )),
         "{message}"
     );

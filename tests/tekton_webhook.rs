@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use archgate::admission::Admission;
-use archgate::bundles::Bundles;
 use archgate::cluster::{ClusterState, PullSecretStores, Stores};
 use archgate::metrics::Metrics;
+use archgate::pipeline::{Exemptions, Pipeline};
 use archgate::policy::Policy;
 use archgate::resolver::{Credentials, RegistryOptions, Resolver};
-use archgate::review::Exemptions;
 use archgate::workload::ExtractOptions;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret, ServiceAccount};
 use kube::runtime::reflector::store::Writer;
@@ -91,7 +90,7 @@ async fn pipeline_run_with_an_arm_only_builder_is_denied_naming_task_and_step() 
     assert_eq!(
         first,
         format!(
-            "pipeline task \"build\" step \"kaniko\" image \"{}\" is missing linux/amd64 (available: linux/arm64/v8)",
+            "pipeline task \"build\" step \"kaniko\" image \"{}\" is missing linux/amd64 (available: linux/arm64)",
             world.arm_only()
         )
     );
@@ -438,15 +437,17 @@ impl PrivateCluster {
             ..RegistryOptions::default()
         };
         let admission = Admission {
-            resolver: Arc::new(Resolver::new(options, metrics.clone()).unwrap()),
+            pipeline: Pipeline::new(
+                Arc::new(Resolver::new(options, metrics.clone()).unwrap()),
+                Exemptions::default(),
+                ExtractOptions::default(),
+            ),
             cluster: Arc::new(ClusterState::from_stores(stores, Credentials::default())),
             policy: Policy::default(),
             deadline: Duration::from_secs(10),
             exempt_namespaces: Vec::new(),
-            exemptions: Exemptions::default(),
-            extract: ExtractOptions::default(),
+            tekton_controller: archgate::admission::DEFAULT_TEKTON_CONTROLLER.to_string(),
             metrics,
-            bundles: Bundles::default(),
         };
         Self {
             _registry: registry,

@@ -16,10 +16,10 @@ use serde_json::Value;
 use tracing::{debug, warn};
 
 use super::ClusterView;
-use crate::platform::Platform;
+use crate::platform::{Platform, RuntimeMatcher};
 use crate::policy::Mode;
 use crate::resolver::{Credentials, CredentialsError};
-use crate::scheduling::{ARCH_LABEL, NodeView, OS_LABEL};
+use crate::scheduling::{ARCH_LABEL, NodeView, OS_LABEL, WINDOWS_BUILD_LABEL};
 use crate::workload::{Catalog, Placement};
 
 /// The namespace label that overrides the global mode.
@@ -285,7 +285,10 @@ fn parse_secret(secret: &Secret, namespace: &str, name: &str) -> Option<Credenti
 /// What scheduling needs of a Node, or `None` for a node whose platform nothing states.
 ///
 /// The `kubernetes.io/os`/`arch` labels are what pods select on, so they win; the kubelet's own
-/// report in `status.nodeInfo` stands in when a node lacks them.
+/// report in `status.nodeInfo` stands in when a node lacks them. The node's runtime
+/// (`containerRuntimeVersion`) says how it matches image platforms, and a Windows node's build
+/// (`node.kubernetes.io/windows-build`) which `os.version`s it runs. A 32-bit arm node is taken as
+/// arm/v7: no label says the CPU's variant.
 pub fn node_view(node: &Node) -> Option<NodeView> {
     let name = node.metadata.name.clone()?;
     let labels = node.metadata.labels.clone().unwrap_or_default();
@@ -303,13 +306,30 @@ pub fn node_view(node: &Node) -> Option<NodeView> {
         debug!(node = %name, "node states no platform; not a candidate");
         return None;
     };
+    let mut platform = Platform::new(&os, &arch, None);
+    if platform.normalized().os == "windows" {
+        // The kubelet's label is `major.minor.build`; the kernel version it reports on Windows is
+        // `major.minor.build.revision`, which containerd's `getWindowsOSVersion` reads the same.
+        platform.os_version = [
+            labels.get(WINDOWS_BUILD_LABEL),
+            info.map(|i| &i.kernel_version),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|v| !v.is_empty())
+        .cloned();
+    }
+    // An unknown runtime (or none reported) is matched strictly: never admit what it may refuse.
+    let runtime = info
+        .map(|i| RuntimeMatcher::for_runtime_version(&i.container_runtime_version))
+        .unwrap_or_default();
     let spec = node.spec.as_ref();
     Some(NodeView {
         name,
         labels,
         taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
         unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
-        platform: Platform::new(&os, &arch, None),
+        platform: platform.pulled_with(runtime),
         synthetic: false,
     })
 }
@@ -445,5 +465,92 @@ impl Catalog for StoreCatalog {
         }
         let object = tekton.store.get(&key)?;
         serde_json::to_value(&*object).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo};
+    use kube::api::ObjectMeta;
+
+    fn node(labels: &[(&str, &str)], info: NodeSystemInfo) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n".into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            status: Some(NodeStatus {
+                node_info: Some(info),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        }
+    }
+
+    fn info(os: &str, arch: &str, runtime: &str, kernel: &str) -> NodeSystemInfo {
+        NodeSystemInfo {
+            operating_system: os.into(),
+            architecture: arch.into(),
+            container_runtime_version: runtime.into(),
+            kernel_version: kernel.into(),
+            ..NodeSystemInfo::default()
+        }
+    }
+
+    #[test]
+    fn node_view_reads_runtime_and_windows_build() {
+        let cases = [
+            (
+                node(&[], info("linux", "amd64", "containerd://1.7.13", "6.1.0")),
+                "linux/amd64",
+                RuntimeMatcher::Containerd17,
+            ),
+            (
+                node(&[], info("linux", "arm64", "containerd://2.0.2", "6.1.0")),
+                "linux/arm64",
+                RuntimeMatcher::Strict,
+            ),
+            (
+                node(&[], info("linux", "amd64", "cri-o://1.29.1", "6.1.0")),
+                "linux/amd64",
+                RuntimeMatcher::Strict,
+            ),
+            (
+                node(
+                    &[(OS_LABEL, "linux"), (ARCH_LABEL, "arm")],
+                    NodeSystemInfo::default(),
+                ),
+                "linux/arm/v7",
+                RuntimeMatcher::Strict,
+            ),
+            (
+                node(
+                    &[(OS_LABEL, "windows"), (WINDOWS_BUILD_LABEL, "10.0.17763")],
+                    info("windows", "amd64", "containerd://1.7.0", "10.0.17763.5329"),
+                ),
+                "windows(10.0.17763)/amd64",
+                RuntimeMatcher::Containerd17,
+            ),
+            (
+                node(
+                    &[],
+                    info("windows", "amd64", "containerd://2.0.0", "10.0.20348.2227"),
+                ),
+                "windows(10.0.20348.2227)/amd64",
+                RuntimeMatcher::Strict,
+            ),
+        ];
+        for (node, name, runtime) in cases {
+            let view = node_view(&node).unwrap();
+            assert_eq!(view.platform.node_name(), name);
+            assert_eq!(view.platform.runtime, runtime, "{name}");
+        }
     }
 }

@@ -2,8 +2,9 @@
 //! their config blobs.
 //!
 //! These are small serde views rather than oci-client's types on purpose: oci-client's
-//! `ConfigFile` drops `variant` and `os.version`, and its `Platform` maps architectures into an
-//! enum; archgate must report exactly what the registry says.
+//! `ConfigFile` drops `variant`, `os.version` and `os.features`, and its `Platform` maps
+//! architectures into an enum; archgate must report exactly what the registry says, and
+//! [`crate::platform`] matches on every one of those fields as containerd does.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,13 @@ pub const ACCEPT: &[&str] = &[
 
 /// A config blob larger than this is not an image config; refuse to buffer it.
 pub const MAX_CONFIG_BYTES: i64 = 4 << 20;
+
+/// `os.features` kept per platform, and bytes per `os.version` or feature. Real images list one
+/// or two features (`win32k`); an entry past either bound is kept as needing [`UNREADABLE`].
+const MAX_OS_FEATURES: usize = 16;
+const MAX_OS_FIELD_BYTES: usize = 64;
+/// Stands for an `os.version` or `os.features` archgate would not read: no node has it.
+const UNREADABLE: &str = "unreadable";
 
 /// Buildx and other tools mark attestation and signature entries in an index this way.
 const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
@@ -47,7 +55,7 @@ pub enum ManifestError {
     MediaType(String),
     #[error("the manifest has neither `manifests` nor `config`")]
     Shape,
-    #[error("the image config does not name an OS and architecture")]
+    #[error("the image config does not name an architecture")]
     ConfigPlatform,
     #[error("the image config is {0} bytes, larger than any real image config")]
     ConfigTooLarge(i64),
@@ -94,15 +102,40 @@ struct RawPlatform {
     variant: Option<String>,
     #[serde(rename = "os.version", default)]
     os_version: Option<String>,
+    #[serde(rename = "os.features", default)]
+    os_features: Option<Vec<String>>,
 }
 
 impl RawPlatform {
+    /// The platform, or `None` without an architecture (no node can match it). An empty `os` is
+    /// kept: containerd reads it as the node's own OS (`normalizeOS`).
     fn into_platform(self) -> Option<Platform> {
-        if self.os.is_empty() || self.architecture.is_empty() {
+        if self.architecture.is_empty() {
             return None;
         }
         let mut p = Platform::new(&self.os, &self.architecture, self.variant.as_deref());
-        p.os_version = self.os_version.filter(|v| !v.is_empty());
+        p.os_version = self.os_version.filter(|v| !v.is_empty()).map(|v| {
+            // Every review compares (and copies) this; a real build is `10.0.20348.2227`.
+            if v.len() > MAX_OS_FIELD_BYTES {
+                UNREADABLE.to_string()
+            } else {
+                v
+            }
+        });
+        let features: Vec<String> = self
+            .os_features
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| !f.is_empty())
+            .collect();
+        // Past the bound the entry needs a feature no node offers: never a silent match.
+        let too_many = features.len() > MAX_OS_FEATURES
+            || features.iter().any(|f| f.len() > MAX_OS_FIELD_BYTES);
+        p.os_features = if too_many {
+            vec![UNREADABLE.to_string()]
+        } else {
+            features
+        };
         Some(p)
     }
 }
@@ -145,7 +178,15 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
     Err(ManifestError::Shape)
 }
 
-/// Reads the platform out of an image config blob.
+/// Reads the platform out of an image config blob: os, architecture, variant, `os.version` and
+/// `os.features`, as containerd's `images.ConfigPlatform` does.
+///
+/// containerd pulls a single-manifest image without checking its platform (`images.Manifest`
+/// skips the root); the unpacker then decides. containerd 1.x compares only OS and architecture
+/// (`unpack.Unpacker.unpack` builds the platform from `i.OS`, `i.Architecture`), 2.x the whole
+/// config platform. archgate applies the whole platform to every node, as 2.x does: an
+/// `amd64/v3` single image is denied for a plain amd64 node that 1.x would unpack and then fail
+/// to run on an older CPU.
 pub fn parse_config(body: &[u8]) -> Result<Platform, ManifestError> {
     let raw: RawPlatform =
         serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
@@ -183,6 +224,58 @@ mod tests {
             shown,
             vec!["linux/arm64/v8", "windows/amd64 (10.0.17763.5329)"]
         );
+    }
+
+    #[test]
+    fn index_keeps_features_and_entries_without_os() {
+        let doc = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": "sha256:a", "size": 1, "mediaType": "x", "platform": {"architecture": "amd64"}},
+                {"digest": "sha256:b", "size": 1, "mediaType": "x", "platform": {"os": "windows", "architecture": "amd64",
+                 "os.version": "10.0.20348.2227", "os.features": ["win32k"]}},
+                {"digest": "sha256:c", "size": 1, "mediaType": "x", "platform": {"os": "linux"}},
+                {"digest": "sha256:d", "size": 1, "mediaType": "x", "platform": {"os": "linux", "architecture": "amd64", "os.features": 7}}
+            ]
+        })));
+        // A malformed field is a malformed manifest, not a silently narrower platform.
+        assert!(doc.is_err(), "{doc:?}");
+        let doc = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": "sha256:a", "size": 1, "mediaType": "x", "platform": {"architecture": "amd64"}},
+                {"digest": "sha256:b", "size": 1, "mediaType": "x", "platform": {"os": "windows", "architecture": "amd64",
+                 "os.version": "10.0.20348.2227", "os.features": ["win32k"]}},
+                {"digest": "sha256:c", "size": 1, "mediaType": "x", "platform": {"os": "linux"}}
+            ]
+        })))
+        .unwrap();
+        let Document::Index(platforms) = doc else {
+            panic!("{doc:?}")
+        };
+        let shown: Vec<String> = platforms.iter().map(|p| p.node_name()).collect();
+        assert_eq!(shown, ["*/amd64", "windows(10.0.20348.2227+win32k)/amd64"]);
+        assert!(platforms[0].satisfies(&Platform::parse("linux/amd64").unwrap()));
+    }
+
+    #[test]
+    fn oversized_os_fields_never_match() {
+        let many: Vec<String> = (0..=MAX_OS_FEATURES).map(|i| format!("f{i}")).collect();
+        let long = "9".repeat(MAX_OS_FIELD_BYTES + 1);
+        for platform in [
+            json!({"os": "linux", "architecture": "amd64", "os.features": many}),
+            json!({"os": "linux", "architecture": "amd64", "os.features": [long]}),
+            json!({"os": "windows", "architecture": "amd64", "os.version": format!("10.0.17763.{long}")}),
+        ] {
+            let p = parse_config(&body(platform)).unwrap();
+            assert!(p.to_string().len() < 80, "{p}");
+            for node in ["linux/amd64", "windows(10.0.17763)/amd64"] {
+                let node = Platform::parse(node).unwrap();
+                assert!(!p.satisfies(&node), "{p} on {}", node.node_name());
+            }
+        }
     }
 
     #[test]
@@ -224,6 +317,13 @@ mod tests {
             parse_config(b"{\"rootfs\":{}}"),
             Err(ManifestError::ConfigPlatform)
         );
+        // containerd's `ConfigPlatform` reads the same fields, so a config without `os` runs on
+        // any OS with its architecture, and `os.features` count.
+        let p = parse_config(&body(
+            json!({"architecture": "amd64", "variant": "v3", "os.features": ["x"]}),
+        ))
+        .unwrap();
+        assert_eq!(p.node_name(), "*(+x)/amd64/v3");
     }
 
     #[test]

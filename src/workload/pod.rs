@@ -101,13 +101,19 @@ fn targets(spec: &PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Tar
     let placement = Arc::new(placement(spec));
     let mut on_node = None;
     let mut out = Vec::new();
-    let mut push = |name: &str,
+    // `container "x"`, or `init container "x"`: the kubelet's own words for where it failed.
+    let mut push = |init: bool,
+                    name: &str,
                     image: Option<&String>,
                     placement: &Arc<Placement>,
                     known: Option<Vec<Platform>>| {
         if let Some(image) = image {
+            let mut location = Location::container(owner.clone(), name);
+            if init {
+                location.scope = format!("init {}", location.scope);
+            }
             out.push(Target {
-                location: Location::container(owner.clone(), name),
+                location,
                 image: image.clone(),
                 placement: placement.clone(),
                 known_platforms: known,
@@ -116,6 +122,7 @@ fn targets(spec: &PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Tar
     };
     for c in spec.init_containers.iter().flatten() {
         push(
+            true,
             &c.name,
             c.image.as_ref(),
             &placement,
@@ -124,6 +131,7 @@ fn targets(spec: &PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Tar
     }
     for c in &spec.containers {
         push(
+            false,
             &c.name,
             c.image.as_ref(),
             &placement,
@@ -138,7 +146,7 @@ fn targets(spec: &PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Tar
                 ..(*placement).clone()
             })
         });
-        push(&c.name, c.image.as_ref(), pinned, None);
+        push(false, &c.name, c.image.as_ref(), pinned, None);
     }
     out
 }
@@ -212,7 +220,7 @@ mod tests {
         assert_eq!(
             images(&ex),
             vec![
-                ("container \"init\"".to_string(), "busybox".to_string()),
+                ("init container \"init\"".to_string(), "busybox".to_string()),
                 ("container \"app\"".to_string(), "nginx:1.27".to_string()),
                 ("container \"side\"".to_string(), "envoy".to_string()),
                 ("container \"debug\"".to_string(), "alpine".to_string()),

@@ -52,6 +52,8 @@ pub struct PlatformSpec {
     pub variant: Option<String>,
     /// Windows build, e.g. `10.0.17763.5329` (the `os.version` field).
     pub os_version: Option<String>,
+    /// Required OS features (the `os.features` field), e.g. `win32k`.
+    pub os_features: Vec<String>,
 }
 
 impl PlatformSpec {
@@ -61,6 +63,7 @@ impl PlatformSpec {
             architecture: architecture.to_owned(),
             variant: None,
             os_version: None,
+            os_features: Vec::new(),
         }
     }
 
@@ -74,9 +77,21 @@ impl PlatformSpec {
         self
     }
 
-    /// The `platform` object of an index entry; config blobs use the same field names.
+    pub fn os_features(mut self, features: &[&str]) -> Self {
+        self.os_features = features.iter().map(|f| f.to_string()).collect();
+        self
+    }
+
+    /// The `platform` object of an index entry; config blobs use the same field names. An empty
+    /// `os` is left out, as some tools write index entries.
     fn to_json(&self) -> Value {
-        let mut platform = json!({ "architecture": self.architecture, "os": self.os });
+        let mut platform = json!({ "architecture": self.architecture });
+        if !self.os.is_empty() {
+            platform["os"] = json!(self.os);
+        }
+        if !self.os_features.is_empty() {
+            platform["os.features"] = json!(self.os_features);
+        }
         if let Some(variant) = &self.variant {
             platform["variant"] = json!(variant);
         }
