@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{CheckArgs, Output};
-use crate::cluster::{ClusterView, StaticCluster};
+use crate::cluster::ClusterView;
 use crate::config::{self, PlatformSource};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Exemptions, Pipeline};
@@ -57,6 +57,9 @@ pub struct Line {
     /// The text line, worded by the policy.
     #[serde(skip)]
     text: String,
+    /// A hint line (how to fix what the lines before it found): text output only.
+    #[serde(skip)]
+    hint: bool,
     #[serde(skip)]
     exit: i32,
 }
@@ -138,7 +141,7 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
             }
         }
     }
-    let catalog = FileCatalog::new(&documents);
+    let cluster = Files::new(&platforms, credentials, &documents);
     let subjects: Vec<Subject> = documents
         .into_iter()
         .filter_map(Subject::from_document)
@@ -149,14 +152,13 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
         Exemptions::default(),
         ExtractOptions::default(),
     );
-    let cluster = StaticCluster::new(&platforms, credentials).with_catalog(Arc::new(catalog));
-    let nodes: Vec<NodeView> = platforms.iter().map(NodeView::synthetic).collect();
+    let nodes = cluster.nodes();
 
     let checked = pipeline::resolve(
         images.iter().map(|image| bare_target(image)).collect(),
         &nodes,
         &pipeline.resolver,
-        &cluster.credentials("", &Placement::default()),
+        |placement| cluster.credentials("", placement),
         &Exemptions::default(),
         deadline,
     )
@@ -184,7 +186,9 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
                 for reason in &reviewed.unchecked {
                     out.push(trouble(subject, reason));
                 }
+                let hints = policy::hints(&reviewed.checked);
                 out.extend(reviewed.checked.into_iter().map(|c| line(c, Some(subject))));
+                out.extend(hints.iter().map(|h| hint(h)));
             }
             Err(e) => out.push(trouble(subject, &policy::unreadable(&e))),
         }
@@ -262,6 +266,130 @@ fn documents(text: &str) -> Vec<Result<Value, String>> {
 /// every document (the install checks).
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
     documents(text).into_iter().collect()
+}
+
+/// What `check` knows in place of a cluster: the `--platform` list, the user's own credentials,
+/// and what the files hold: Tekton resources, docker-config Secrets and ServiceAccounts. Objects
+/// without a namespace are in `default`, as `kubectl apply` would put them.
+struct Files {
+    nodes: Arc<Vec<NodeView>>,
+    own: Arc<Credentials>,
+    catalog: Arc<FileCatalog>,
+    /// Parsed docker-config Secrets by (namespace, name).
+    secrets: HashMap<(String, String), Arc<Credentials>>,
+    /// ServiceAccounts' imagePullSecrets names by (namespace, name).
+    accounts: HashMap<(String, String), Vec<String>>,
+}
+
+impl Files {
+    fn new(platforms: &[Platform], own: Credentials, documents: &[Value]) -> Self {
+        let key = |d: &Value| {
+            let namespace = d["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = d["metadata"]["name"].as_str().unwrap_or_default();
+            (namespace.to_string(), name.to_string())
+        };
+        let of_kind = |kind: &'static str| {
+            documents
+                .iter()
+                .filter(move |d| d["apiVersion"] == "v1" && d["kind"] == kind)
+        };
+        let secrets = of_kind("Secret")
+            .filter_map(|d| Some((key(d), Arc::new(secret_credentials(d)?))))
+            .collect();
+        let accounts = of_kind("ServiceAccount")
+            .map(|d| {
+                let names = d["imagePullSecrets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["name"].as_str().map(str::to_string))
+                    .collect();
+                (key(d), names)
+            })
+            .collect();
+        Self {
+            nodes: Arc::new(platforms.iter().map(NodeView::synthetic).collect()),
+            own: Arc::new(own),
+            catalog: Arc::new(FileCatalog::new(documents)),
+            secrets,
+            accounts,
+        }
+    }
+}
+
+/// A docker-config Secret's credentials (`data` is base64, `stringData` plain). A Secret of
+/// another type, or one that does not parse, gives none: said on stderr, never its content.
+fn secret_credentials(secret: &Value) -> Option<Credentials> {
+    let (key, parse): (&str, fn(&[u8], &str) -> _) = match secret["type"].as_str()? {
+        "kubernetes.io/dockerconfigjson" => (".dockerconfigjson", Credentials::from_docker_config),
+        "kubernetes.io/dockercfg" => (".dockercfg", Credentials::from_dockercfg),
+        _ => return None,
+    };
+    let bytes = match (
+        secret["data"][key].as_str(),
+        secret["stringData"][key].as_str(),
+    ) {
+        (_, Some(plain)) => plain.as_bytes().to_vec(),
+        (Some(encoded), None) => {
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded.trim())
+                .ok()?
+        }
+        (None, None) => return None,
+    };
+    let name = secret["metadata"]["name"].as_str().unwrap_or_default();
+    match parse(&bytes, &format!("Secret {name}")) {
+        Ok(credentials) => Some(credentials),
+        Err(_) => {
+            eprintln!("archgate check: Secret {name} is not a readable docker config; ignored");
+            None
+        }
+    }
+}
+
+impl ClusterView for Files {
+    fn nodes(&self) -> Arc<Vec<NodeView>> {
+        self.nodes.clone()
+    }
+    fn namespace_mode(&self, _namespace: &str) -> Option<crate::policy::Mode> {
+        None
+    }
+    fn credentials(&self, namespace: &str, placement: &Placement) -> Arc<Credentials> {
+        if self.secrets.is_empty() {
+            return self.own.clone();
+        }
+        let namespace = if namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
+        let account = placement
+            .service_account
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        let from_account = self
+            .accounts
+            .get(&(namespace.to_string(), account.to_string()))
+            .into_iter()
+            .flatten()
+            .map(String::as_str);
+        let names = placement
+            .pull_secrets
+            .iter()
+            .map(String::as_str)
+            .chain(from_account);
+        crate::cluster::pull_credentials(&self.own, names, |name| {
+            self.secrets
+                .get(&(namespace.to_string(), name.to_string()))
+                .cloned()
+        })
+    }
+    fn catalog(&self) -> Arc<dyn Catalog> {
+        self.catalog.clone()
+    }
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// Tekton resources found in the files being checked, by kind and name.
@@ -352,6 +480,7 @@ fn line(mut c: Checked, subject: Option<&Subject>) -> Line {
             .map(str::to_string),
         container: subject.map(|_| c.target.location.container.clone()),
         text,
+        hint: false,
         exit,
     }
 }
@@ -371,6 +500,23 @@ fn ok_text(c: &Checked) -> String {
     }
 }
 
+/// `hint  rebuild for every platform: ...` / `hint  pin it: ...` after an object's findings.
+fn hint(text: &str) -> Line {
+    Line {
+        image: String::new(),
+        digest: None,
+        platforms: vec![],
+        missing: vec![],
+        error: None,
+        object: None,
+        namespace: None,
+        container: None,
+        text: format!("hint  {text}"),
+        hint: true,
+        exit: EXIT_OK,
+    }
+}
+
 /// Something about an object that could not be checked (exit 2 unless a finding exists).
 fn trouble(subject: &Subject, reason: &str) -> Line {
     Line {
@@ -387,6 +533,7 @@ fn trouble(subject: &Subject, reason: &str) -> Line {
         namespace: None,
         container: None,
         text: format!("ERROR {}: {reason}", object_label(subject)),
+        hint: false,
         exit: EXIT_TROUBLE,
     }
 }
@@ -404,6 +551,7 @@ fn unreadable(path: &Path, number: usize, reason: &str) -> Line {
         namespace: None,
         container: None,
         text: format!("ERROR {at}: {reason}"),
+        hint: false,
         exit: EXIT_TROUBLE,
     }
 }
@@ -413,9 +561,12 @@ fn unreadable(path: &Path, number: usize, reason: &str) -> Line {
 fn print(lines: &[Line], output: Output) {
     let mut out = std::io::stdout().lock();
     let written = match output {
-        Output::Json => serde_json::to_writer_pretty(&mut out, lines)
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out)),
+        Output::Json => {
+            let entries: Vec<&Line> = lines.iter().filter(|l| !l.hint).collect();
+            serde_json::to_writer_pretty(&mut out, &entries)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out))
+        }
         Output::Text => lines.iter().try_for_each(|l| writeln!(out, "{}", l.text)),
     };
     match written.and_then(|()| out.flush()) {
@@ -471,6 +622,7 @@ mod tests {
             namespace: None,
             container: None,
             text: String::new(),
+            hint: false,
             exit,
         };
         assert_eq!(exit_code(&[line(EXIT_OK)]), EXIT_OK);

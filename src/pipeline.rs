@@ -23,10 +23,13 @@ use crate::cluster::ClusterView;
 use crate::platform::Platform;
 use crate::policy::{Checked, Outcome};
 use crate::reference::ImageRef;
+use crate::resolver::credentials::Identity;
 use crate::resolver::{Credentials, Resolution, ResolveError, Resolver};
 use crate::scheduling::{self, NodeView};
 use crate::subject::Subject;
-use crate::workload::{self, BundleRef, ExtractError, ExtractOptions, Extraction, Target};
+use crate::workload::{
+    self, BundleRef, ExtractError, ExtractOptions, Extraction, Placement, Target,
+};
 
 /// Resources fetched from Tekton bundles for one review, at most.
 const MAX_BUNDLE_RESOURCES: usize = 64;
@@ -114,17 +117,13 @@ impl Pipeline {
                 ))
             });
         }
-        // Every target of one object comes from the same pod template (or, for Tekton, runs under
-        // the same service account), so the first one's pull secrets stand for all.
-        let credentials = match targets.first() {
-            Some(t) => cluster.credentials(namespace, &t.placement),
-            None => cluster.credentials(namespace, &Default::default()),
-        };
+        // Each target pulls with its own pod's credentials: a Tekton task can run under a
+        // ServiceAccount of its own (taskRunSpecs[].serviceAccountName).
         let checked = resolve(
             targets,
             &nodes,
             &self.resolver,
-            &credentials,
+            |placement| cluster.credentials(namespace, placement),
             &self.exemptions,
             deadline,
         )
@@ -261,16 +260,20 @@ fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-/// Resolution: every target's image once, in parallel, paired with its candidate platforms.
+/// Resolution: every target's image once per identity it is pulled with, in parallel, paired
+/// with its candidate platforms. `credentials` says what a pod with this placement pulls with;
+/// targets of one pod share a placement, so it is asked once per pod.
 pub async fn resolve(
     targets: Vec<Target>,
     nodes: &[NodeView],
     resolver: &Resolver,
-    credentials: &Credentials,
+    credentials: impl Fn(&Placement) -> Arc<Credentials>,
     exemptions: &Exemptions,
     deadline: Instant,
 ) -> Vec<Checked> {
-    let mut images: HashMap<ImageRef, Vec<Platform>> = HashMap::new();
+    type Lookup = (Arc<Credentials>, Vec<Platform>);
+    let mut by_pod: Vec<(Arc<Placement>, Arc<Credentials>)> = Vec::new();
+    let mut images: HashMap<(ImageRef, Identity), Lookup> = HashMap::new();
     let mut pending = Vec::new();
     for target in targets {
         let candidates = scheduling::candidates(&target.placement, nodes);
@@ -280,32 +283,49 @@ pub async fn resolve(
         {
             continue;
         }
+        let mut key = None;
         if let (Ok(image), None) = (&parsed, &target.known_platforms) {
+            let pulls_with = match by_pod
+                .iter()
+                .find(|(p, _)| Arc::ptr_eq(p, &target.placement))
+            {
+                Some((_, c)) => c.clone(),
+                None => {
+                    let c = credentials(&target.placement);
+                    by_pod.push((target.placement.clone(), c.clone()));
+                    c
+                }
+            };
+            let identity = pulls_with.identity_for(image.registry());
             images
-                .entry(image.clone())
-                .or_default()
+                .entry((image.clone(), identity))
+                .or_insert_with(|| (pulls_with, Vec::new()))
+                .1
                 .extend(candidates.iter().cloned());
+            key = Some(identity);
         }
-        pending.push((target, candidates, parsed));
+        pending.push((target, candidates, parsed, key));
     }
 
-    let lookups = images.iter().map(|(image, needed)| async move {
-        let outcome = resolve_within(image, needed, resolver, credentials, deadline).await;
-        (image.clone(), outcome)
-    });
-    let resolved: HashMap<ImageRef, Result<Resolution, ResolveError>> =
+    let lookups = images
+        .iter()
+        .map(|((image, identity), (credentials, needed))| async move {
+            let outcome = resolve_within(image, needed, resolver, credentials, deadline).await;
+            ((image.clone(), *identity), outcome)
+        });
+    let resolved: HashMap<(ImageRef, Identity), Result<Resolution, ResolveError>> =
         join_all(lookups).await.into_iter().collect();
 
     pending
         .into_iter()
-        .map(|(target, candidates, parsed)| {
+        .map(|(target, candidates, parsed, identity)| {
             let outcome = match (parsed, &target.known_platforms) {
                 (Err(e), _) => Outcome::Invalid(e),
                 (Ok(_), Some(known)) => Outcome::Resolved(Resolution {
                     digest: String::new(),
                     platforms: known.clone().into(),
                 }),
-                (Ok(image), None) => match &resolved[&image] {
+                (Ok(image), None) => match &resolved[&(image, identity.unwrap_or_default())] {
                     Ok(r) => Outcome::Resolved(r.clone()),
                     Err(e) => Outcome::Failed(e.clone()),
                 },

@@ -287,12 +287,21 @@ pub fn decide(checked: &[Checked], notes: &[String], policy: &Policy) -> Verdict
 }
 
 /// What to do about it: rebuild for every platform, or pin the pod where its images already run.
-fn hints(checked: &[Checked]) -> Vec<String> {
+/// Empty unless an image lacks a platform.
+pub fn hints(checked: &[Checked]) -> Vec<String> {
     let mut out = Vec::new();
+    // The platforms the nodes need plus those the image already has: following the hint must not
+    // lose the arm64 build a Mac user pushed.
     let needed: BTreeSet<String> = checked
         .iter()
         .filter(|c| !c.missing().is_empty())
-        .flat_map(|c| c.candidates.iter().map(Platform::build_name))
+        .flat_map(|c| {
+            let has = match &c.outcome {
+                Outcome::Resolved(r) => &r.platforms[..],
+                _ => &[],
+            };
+            c.candidates.iter().chain(has).map(Platform::build_name)
+        })
         .collect();
     if !needed.is_empty() {
         let list: Vec<String> = needed.into_iter().collect();
@@ -431,7 +440,7 @@ mod tests {
         assert_eq!(
             v.message.as_deref().unwrap(),
             "container \"app\" image \"10.34.0.202:5000/cerebral/ai-base:cuda\" is missing linux/amd64 (available: linux/arm64)\n\
-             rebuild for every platform: docker buildx build --platform linux/amd64 ..."
+             rebuild for every platform: docker buildx build --platform linux/amd64,linux/arm64 ..."
         );
         assert!(v.warnings.is_empty());
         assert_eq!(v.findings.len(), 1);
@@ -604,7 +613,7 @@ mod tests {
             msg,
             "container \"app\" image \"x\" is missing linux/amd64, windows(10.0.17763)/amd64 \
              (available: linux/arm64, windows(10.0.20348.2227)/amd64)\n\
-             rebuild for every platform: docker buildx build --platform linux/amd64,windows/amd64 ...\n\
+             rebuild for every platform: docker buildx build --platform linux/amd64,linux/arm64,windows/amd64 ...\n\
              pin it: nodeSelector kubernetes.io/os: windows, kubernetes.io/arch: amd64, \
              node.kubernetes.io/windows-build: 10.0.20348"
         );

@@ -386,7 +386,7 @@ async fn files_check_every_container_of_every_workload_and_name_them() {
 
     let run = setup.check(&["-f", file]);
     assert_eq!(run.code, 1, "{run}");
-    assert_eq!(run.stdout.lines().count(), 4, "ConfigMap skipped:\n{run}");
+    assert_eq!(run.stdout.lines().count(), 5, "ConfigMap skipped:\n{run}");
     assert!(!run.stdout.contains("nobody/nothing"), "{run}");
     // Each line names the object once, then the container, then the image as written: the
     // webhook's own sentence for a finding (issue 10: one place words findings).
@@ -400,6 +400,10 @@ async fn files_check_every_container_of_every_workload_and_name_them() {
             "ok    Deployment web, container \"app\" image {:?} (linux/amd64, linux/arm64/v8)",
             f.multi.reference()
         ),
+        // The webhook's hint after the object's findings: what the nodes need plus what the image
+        // already has (issue 15: a Mac user must not lose the arm64 build).
+        "hint  rebuild for every platform: docker buildx build --platform linux/amd64,linux/arm64 ..."
+            .to_string(),
         format!(
             "ok    Pod debug, container \"shell\" image {:?} (linux/amd64)",
             f.single_amd64.reference()

@@ -603,7 +603,7 @@ async fn review_missing(resolver: &Resolver, images: &[&ImageRef]) -> Vec<Option
         targets,
         &nodes,
         resolver,
-        &anonymous(),
+        |_| std::sync::Arc::new(anonymous()),
         &Exemptions::default(),
         deadline,
     )

@@ -511,11 +511,9 @@ async fn a_runs_service_account_and_pull_secrets_open_its_registry() {
     );
 }
 
-/// `taskRunSpecs[].serviceAccountName` gives one task its own credentials. Extraction carries them
-/// per target (tests in src/workload/tekton/tests.rs); the review still pulls every target of an
-/// object with the first target's credentials, which issue 10's pipeline changes.
+/// `taskRunSpecs[].serviceAccountName` gives one task its own credentials: each target pulls with
+/// its own pod's (before, every target of an object used the first target's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the pipeline rewrite (issue 10)"]
 async fn one_tasks_own_service_account_opens_its_registry() {
     let cluster = PrivateCluster::start().await;
     let private = cluster.fixtures.ai_base_cuda.reference();

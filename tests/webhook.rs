@@ -120,7 +120,7 @@ async fn contract_messages_for_pods() {
                 "container \"nginx\" image \"{}\" is missing linux/amd64 (available: linux/arm64)",
                 world.arm_only()
             ),
-            "rebuild for every platform: docker buildx build --platform linux/amd64 ..."
+            "rebuild for every platform: docker buildx build --platform linux/amd64,linux/arm64 ..."
                 .to_string(),
         ]
     );

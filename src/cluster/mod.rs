@@ -20,6 +20,34 @@ use crate::resolver::Credentials;
 use crate::scheduling::NodeView;
 use crate::workload::{Catalog, EmptyCatalog, Placement};
 
+/// What the kubelet pulls with: the Secrets `names` (the pod's imagePullSecrets, then its
+/// ServiceAccount's) as `secret` finds them, then archgate's own; the first source of a host wins.
+pub fn pull_credentials<'a>(
+    own: &Arc<Credentials>,
+    names: impl Iterator<Item = &'a str>,
+    secret: impl Fn(&str) -> Option<Arc<Credentials>>,
+) -> Arc<Credentials> {
+    let mut merged: Option<Credentials> = None;
+    let mut used = std::collections::HashSet::new();
+    for name in names {
+        if name.is_empty() || !used.insert(name) {
+            continue;
+        }
+        if let Some(found) = secret(name) {
+            merged
+                .get_or_insert_with(Credentials::default)
+                .merge(&found);
+        }
+    }
+    match merged {
+        None => own.clone(),
+        Some(mut credentials) => {
+            credentials.merge(own);
+            Arc::new(credentials)
+        }
+    }
+}
+
 /// The cluster state a review reads; cheap to call on every review.
 pub trait ClusterView: Send + Sync {
     /// Nodes (real or synthetic) that pods may be scheduled on.

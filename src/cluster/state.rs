@@ -409,30 +409,14 @@ impl ClusterView for ClusterState {
             .iter()
             .flat_map(|sa| sa.image_pull_secrets.iter().flatten())
             .map(|r| r.name.as_str());
-        let mut merged: Option<Credentials> = None;
-        let mut used = HashSet::new();
-        for name in placement
+        let names = placement
             .pull_secrets
             .iter()
             .map(String::as_str)
-            .chain(from_account)
-        {
-            if name.is_empty() || !used.insert(name) {
-                continue;
-            }
-            if let Some(found) = self.secret_credentials(stores, namespace, name) {
-                merged
-                    .get_or_insert_with(Credentials::default)
-                    .merge(&found);
-            }
-        }
-        match merged {
-            None => self.own.clone(),
-            Some(mut credentials) => {
-                credentials.merge(&self.own);
-                Arc::new(credentials)
-            }
-        }
+            .chain(from_account);
+        super::pull_credentials(&self.own, names, |name| {
+            self.secret_credentials(stores, namespace, name)
+        })
     }
 
     fn catalog(&self) -> Arc<dyn Catalog> {
