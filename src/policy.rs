@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::platform::{self, Platform};
 use crate::reference::ReferenceError;
 use crate::resolver::{Resolution, ResolveError};
-use crate::scheduling;
+use crate::scheduling::{self, Unplaceable};
 use crate::workload::Target;
 
 /// What archgate does with a finding.
@@ -97,6 +97,8 @@ pub enum Outcome {
 pub struct Checked {
     pub target: Target,
     pub candidates: Vec<Platform>,
+    /// Why `candidates` is empty, when it is (the warning names it).
+    pub unplaceable: Option<Unplaceable>,
     pub outcome: Outcome,
 }
 
@@ -140,6 +142,7 @@ pub enum Finding {
     NoCandidates {
         at: String,
         image: String,
+        reason: Unplaceable,
     },
 }
 
@@ -168,10 +171,9 @@ impl fmt::Display for Finding {
                     error.summary()
                 )
             }
-            Finding::NoCandidates { at, image } => write!(
-                f,
-                "{at} image {image:?} was not checked: no node platform matches the pod's node selector and affinity"
-            ),
+            Finding::NoCandidates { at, image, reason } => {
+                write!(f, "{at} image {image:?} was not checked: {reason}")
+            }
         }
     }
 }
@@ -199,7 +201,10 @@ pub fn decide(checked: &[Checked], notes: &[String], policy: &Policy) -> Verdict
         let at = c.target.location.to_string();
         let image = c.target.image.clone();
         let (finding, denies) = match &c.outcome {
-            _ if c.candidates.is_empty() => (Finding::NoCandidates { at, image }, false),
+            _ if c.candidates.is_empty() => {
+                let reason = c.unplaceable.unwrap_or(Unplaceable::NoMatch);
+                (Finding::NoCandidates { at, image, reason }, false)
+            }
             Outcome::Invalid(error) => (
                 Finding::InvalidReference {
                     at,
@@ -352,6 +357,7 @@ mod tests {
         Checked {
             target: target(name, image),
             candidates: candidates.iter().map(|c| p(c)).collect(),
+            unplaceable: None,
             outcome,
         }
     }
@@ -460,11 +466,18 @@ mod tests {
 
     #[test]
     fn no_candidate_allows_with_a_warning() {
-        let c = vec![checked("app", "x", &[], resolved(&[p("linux/amd64")]))];
+        let mut c = vec![checked("app", "x", &[], resolved(&[p("linux/amd64")]))];
         let v = decide(&c, &["a note".to_string()], &Policy::default());
         assert!(v.allowed);
         assert_eq!(v.warnings.len(), 2);
         assert!(v.warnings[1].contains("no node platform matches"));
+        // The reason scheduling found is the one named.
+        c[0].unplaceable = Some(Unplaceable::Repelled { every_node: true });
+        let v = decide(&c, &[], &Policy::default());
+        assert_eq!(
+            v.warnings,
+            [r#"container "app" image "x" was not checked: every node is cordoned or tainted"#]
+        );
     }
 
     #[test]

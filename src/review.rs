@@ -72,6 +72,9 @@ pub async fn check(
     let mut pending = Vec::new();
     for target in targets {
         let candidates = scheduling::candidates(&target.placement, nodes);
+        let unplaceable = candidates
+            .is_empty()
+            .then(|| scheduling::unplaceable(&target.placement, nodes));
         let parsed = ImageRef::parse(&target.image);
         if let Ok(image) = &parsed
             && exemptions.covers(image.written(), Some(&image.canonical()))
@@ -84,7 +87,7 @@ pub async fn check(
                 .or_default()
                 .extend(candidates.iter().cloned());
         }
-        pending.push((target, candidates, parsed));
+        pending.push((target, candidates, unplaceable, parsed));
     }
 
     let lookups = images.iter().map(|(image, needed)| async move {
@@ -96,7 +99,7 @@ pub async fn check(
 
     pending
         .into_iter()
-        .map(|(target, candidates, parsed)| {
+        .map(|(target, candidates, unplaceable, parsed)| {
             let outcome = match (parsed, &target.known_platforms) {
                 (Err(e), _) => Outcome::Invalid(e),
                 (Ok(_), Some(known)) => Outcome::Resolved(Resolution {
@@ -111,6 +114,7 @@ pub async fn check(
             Checked {
                 target,
                 candidates,
+                unplaceable,
                 outcome,
             }
         })
