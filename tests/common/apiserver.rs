@@ -2,8 +2,9 @@
 //! tempdir each), plus `kubectl` and a kube-rs client pointed at them, and `archgate serve` run as
 //! the built binary with a kubeconfig.
 //!
-//! The binaries come from `.ci/kube-apiserver` (built once from the Go module k8s.io/kubernetes and
-//! cached); [`Binaries::find`] looks in `ARCHGATE_KUBE_BIN`, then the script's default cache.
+//! The binaries come from `.ci/kube-apiserver` (kube-apiserver and kubectl built once from the Go
+//! module k8s.io/kubernetes, etcd from Debian's etcd-server, all cached); [`Binaries::find`] looks
+//! in `ARCHGATE_KUBE_BIN`, then the script's default cache.
 //! There is no scheduler, controller-manager or kubelet: Nodes are created by hand, pods stay
 //! Pending. The ServiceAccount admission plugin is off (nothing creates `default` accounts, and
 //! archgate must read a ServiceAccount's pull secrets itself, not find them copied into pods), and
