@@ -342,18 +342,27 @@ async fn namespace_modes(w: &World, archgate: &Archgate) {
     w.namespace("warned", Some("warn"));
     w.namespace("audited", Some("audit"));
     w.namespace("unchecked", Some("off"));
-    // The Namespace watch must have seen the labels before the pods come.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // archgate's Namespace watch must have seen the labels: dry runs until it has.
+    let warning = format!(
+        "Warning: container \"app\" image \"{arm}\" is missing linux/amd64 (available: linux/arm64/v8)\n"
+    );
+    eventually("the warn label is seen", || {
+        let out = w.plane.apply(&pod("warned", "web", &arm), true);
+        (out.stderr() == warning).then_some(()).ok_or(out.stderr())
+    })
+    .await;
+    eventually("the audit label is seen", || {
+        let out = w.plane.apply(&pod("audited", "web", &arm), true);
+        (out.ok() && out.stderr().is_empty())
+            .then_some(())
+            .ok_or(out.stderr())
+    })
+    .await;
 
     let out = w.plane.apply(&pod("warned", "web", &arm), false);
     assert!(out.ok(), "{}", out.stderr());
     assert_eq!(out.stdout(), "pod/web created\n");
-    assert_eq!(
-        out.stderr(),
-        format!(
-            "Warning: container \"app\" image \"{arm}\" is missing linux/amd64 (available: linux/arm64/v8)\n"
-        )
-    );
+    assert_eq!(out.stderr(), warning);
     w.plane.must(&["get", "pod", "web", "-n", "warned"], None);
 
     let audited_before = archgate
@@ -757,11 +766,21 @@ async fn shipped_rbac_with_a_service_account_token(w: &World) {
     let mut with_account = pod("private", "sa-run", &image);
     with_account["spec"]["serviceAccountName"] = json!("builder");
     let want = denied(&missing_amd64("container \"app\"", &image));
-    eventually("archgate as its ServiceAccount reviews", || {
+    // The first archgate answers the same until the API server uses the new registration: wait
+    // for a denial counted by this one.
+    let started = Instant::now();
+    loop {
         let out = w.plane.apply(&with_account, true);
-        (out.stderr() == want).then_some(()).ok_or(out.stderr())
-    })
-    .await;
+        let here = archgate
+            .metric("archgate_reviews_total", "decision=\"denied\"")
+            .await;
+        if here >= 1.0 {
+            assert_eq!(out.stderr(), want);
+            break;
+        }
+        assert!(started.elapsed() < CONVERGE, "{}", out.stderr());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Nothing in the ClusterRoles writes: the token cannot create a pod.
     let out = std::process::Command::new(&plane.binaries.kubectl)
         .env("KUBECONFIG", &kubeconfig)
@@ -781,8 +800,7 @@ async fn failure_policy(w: &World, archgate: &mut Archgate) {
     assert_eq!(out.stdout(), "pod/ignored created\n", "{}", out.stderr());
 
     w.register(archgate, Some("Fail"));
-    eventually("failurePolicy Fail refuses", || {
-        let out = w.plane.apply(&pod("outage", "failed", &arm), false);
+    let refused = |out: &common::apiserver::Kubectl| {
         let stderr = out.stderr();
         (!out.ok()
             && stderr.starts_with(&format!(
@@ -792,8 +810,14 @@ async fn failure_policy(w: &World, archgate: &mut Archgate) {
             && stderr.contains("connection refused"))
         .then_some(())
         .ok_or(stderr)
+    };
+    // Dry runs until the API server uses the new registration (a real create under the old
+    // `Ignore` one would succeed and turn later attempts into unchecked updates).
+    eventually("failurePolicy Fail refuses", || {
+        refused(&w.plane.apply(&pod("outage", "failed", &arm), true))
     })
     .await;
+    refused(&w.plane.apply(&pod("outage", "failed", &arm), false)).unwrap();
     let out = w
         .plane
         .kubectl(&["get", "pod", "failed", "-n", "outage"], None);
