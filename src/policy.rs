@@ -178,6 +178,20 @@ impl fmt::Display for Finding {
     }
 }
 
+/// Why an image was not checked for lack of a candidate platform (see [`scheduling::unplaceable`]).
+impl fmt::Display for Unplaceable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoNodes => "the cluster has no nodes",
+            Self::Repelled { every_node: true } => "every node is cordoned or tainted",
+            Self::Repelled { every_node: false } => {
+                "every node the pod selects is cordoned or tainted"
+            }
+            Self::NoMatch => "no node platform matches the pod's node selector and affinity",
+        })
+    }
+}
+
 /// The answer for one object.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Verdict {
@@ -478,6 +492,19 @@ mod tests {
             v.warnings,
             [r#"container "app" image "x" was not checked: every node is cordoned or tainted"#]
         );
+        for (reason, words) in [
+            (Unplaceable::NoNodes, "the cluster has no nodes"),
+            (
+                Unplaceable::Repelled { every_node: false },
+                "every node the pod selects is cordoned or tainted",
+            ),
+            (
+                Unplaceable::NoMatch,
+                "no node platform matches the pod's node selector and affinity",
+            ),
+        ] {
+            assert_eq!(reason.to_string(), words);
+        }
     }
 
     #[test]

@@ -79,7 +79,8 @@ fn repels(placement: &Placement, node: &NodeView) -> bool {
     node.unschedulable || !tolerates_all(&placement.tolerations, &node.taints)
 }
 
-/// Why a pod has no candidate platform, for the warning that says its images were not checked.
+/// Why a pod has no candidate platform, for the warning that says its images were not checked
+/// (worded in [`crate::policy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unplaceable {
     /// The cluster has no nodes (or archgate has not seen any yet).
@@ -89,19 +90,6 @@ pub enum Unplaceable {
     Repelled { every_node: bool },
     /// No node matches the pod's nodeName, node selector and required affinity.
     NoMatch,
-}
-
-impl std::fmt::Display for Unplaceable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::NoNodes => "the cluster has no nodes",
-            Self::Repelled { every_node: true } => "every node is cordoned or tainted",
-            Self::Repelled { every_node: false } => {
-                "every node the pod selects is cordoned or tainted"
-            }
-            Self::NoMatch => "no node platform matches the pod's node selector and affinity",
-        })
-    }
 }
 
 /// The reason [`candidates`] is empty for `placement` on `nodes` (call it only then).
@@ -318,16 +306,16 @@ mod tests {
             ..Placement::default()
         };
         let cases = [
-            (Placement::default(), vec![], "the cluster has no nodes"),
+            (Placement::default(), vec![], Unplaceable::NoNodes),
             (
                 Placement::default(),
                 repelling.clone(),
-                "every node is cordoned or tainted",
+                Unplaceable::Repelled { every_node: true },
             ),
             (
                 on_gpu,
                 repelling.clone(),
-                "every node the pod selects is cordoned or tainted",
+                Unplaceable::Repelled { every_node: false },
             ),
             (
                 Placement {
@@ -335,12 +323,12 @@ mod tests {
                     ..Placement::default()
                 },
                 repelling,
-                "no node platform matches the pod's node selector and affinity",
+                Unplaceable::NoMatch,
             ),
         ];
         for (placement, nodes, want) in cases {
             assert!(candidates(&placement, &nodes).is_empty());
-            assert_eq!(unplaceable(&placement, &nodes).to_string(), want);
+            assert_eq!(unplaceable(&placement, &nodes), want);
         }
     }
 
