@@ -196,6 +196,14 @@ pub struct CertsArgs {
     /// Where to write ca.crt, tls.crt, tls.key and ca-bundle.b64.
     #[arg(long, value_name = "DIR")]
     pub out_dir: PathBuf,
+    /// An extra DNS name for the serving certificate (repeatable), for a webhook reached by
+    /// `clientConfig.url` instead of its Service.
+    #[arg(long = "dns-name", value_name = "NAME")]
+    pub dns_names: Vec<String>,
+    /// An IP address for the serving certificate (repeatable), e.g. 127.0.0.1 for a webhook the
+    /// API server reaches at `https://127.0.0.1:PORT`.
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

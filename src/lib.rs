@@ -32,12 +32,22 @@ pub mod workload;
 
 /// `archgate certs`: writes the CA, serving certificate and caBundle for the webhook Service.
 pub fn run_certs(args: &cli::CertsArgs) -> i32 {
-    let names = certs::service_names(&args.service, &args.namespace);
-    match certs::generate(&names).and_then(|b| certs::write(&b, &args.out_dir)) {
+    let cli::CertsArgs {
+        service,
+        namespace,
+        out_dir,
+        dns_names,
+        ips,
+    } = args;
+    let mut names = certs::service_names(service, namespace);
+    names.extend(dns_names.iter().cloned());
+    // rcgen makes a name that parses as an IP address an IP SAN.
+    names.extend(ips.iter().map(ToString::to_string));
+    match certs::generate(&names).and_then(|b| certs::write(&b, out_dir)) {
         Ok(()) => {
             println!(
                 "wrote ca.crt, tls.crt, tls.key and ca-bundle.b64 to {} for {}",
-                args.out_dir.display(),
+                out_dir.display(),
                 names.join(", ")
             );
             0

@@ -115,7 +115,10 @@ impl Metrics {
         let registry_requests = Family::<RegistryLabels, Counter>::default();
         registry.register(
             "registry_requests",
-            "Requests made to image registries, by status class",
+            // oci-client also sends `GET /v2/` (and token requests) from inside its own reqwest client,
+            // which it builds privately with no hook for a middleware or connector, so they are not
+            // seen here: see README, Metrics.
+            "Manifest and blob requests made to image registries, by status class",
             registry_requests.clone(),
         );
         let registry_seconds = Histogram::new([

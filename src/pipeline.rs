@@ -277,6 +277,9 @@ pub async fn resolve(
     let mut pending = Vec::new();
     for target in targets {
         let candidates = scheduling::candidates(&target.placement, nodes);
+        let unplaceable = candidates
+            .is_empty()
+            .then(|| scheduling::unplaceable(&target.placement, nodes));
         let parsed = ImageRef::parse(&target.image);
         if let Ok(image) = &parsed
             && exemptions.covers(image.written(), Some(&image.canonical()))
@@ -304,7 +307,7 @@ pub async fn resolve(
                 .extend(candidates.iter().cloned());
             key = Some(identity);
         }
-        pending.push((target, candidates, parsed, key));
+        pending.push((target, candidates, unplaceable, parsed, key));
     }
 
     let lookups = images
@@ -318,7 +321,7 @@ pub async fn resolve(
 
     pending
         .into_iter()
-        .map(|(target, candidates, parsed, identity)| {
+        .map(|(target, candidates, unplaceable, parsed, identity)| {
             let outcome = match (parsed, &target.known_platforms) {
                 (Err(e), _) => Outcome::Invalid(e),
                 (Ok(_), Some(known)) => Outcome::Resolved(Resolution {
@@ -333,6 +336,7 @@ pub async fn resolve(
             Checked {
                 target,
                 candidates,
+                unplaceable,
                 outcome,
             }
         })

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::platform::{self, Platform};
 use crate::reference::ReferenceError;
 use crate::resolver::{Resolution, ResolveError};
-use crate::scheduling;
+use crate::scheduling::{self, Unplaceable};
 use crate::workload::{BundleRef, ExtractError, Target};
 
 /// What archgate does with a finding.
@@ -97,6 +97,8 @@ pub enum Outcome {
 pub struct Checked {
     pub target: Target,
     pub candidates: Vec<Platform>,
+    /// Why `candidates` is empty, when it is (the warning names it).
+    pub unplaceable: Option<Unplaceable>,
     pub outcome: Outcome,
 }
 
@@ -140,6 +142,7 @@ pub enum Finding {
     NoCandidates {
         at: String,
         image: String,
+        reason: Unplaceable,
     },
 }
 
@@ -179,12 +182,24 @@ impl fmt::Display for Finding {
                     error.summary()
                 )
             }
-            Finding::NoCandidates { at, image } => write!(
-                f,
-                "{}image {image:?} was not checked: no node platform matches the pod's node selector and affinity",
-                lead(at)
-            ),
+            Finding::NoCandidates { at, image, reason } => {
+                write!(f, "{}image {image:?} was not checked: {reason}", lead(at))
+            }
         }
+    }
+}
+
+/// Why an image was not checked for lack of a candidate platform (see [`scheduling::unplaceable`]).
+impl fmt::Display for Unplaceable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoNodes => "the cluster has no nodes",
+            Self::Repelled { every_node: true } => "every node is cordoned or tainted",
+            Self::Repelled { every_node: false } => {
+                "every node the pod selects is cordoned or tainted"
+            }
+            Self::NoMatch => "no node platform matches the pod's node selector and affinity",
+        })
     }
 }
 
@@ -216,7 +231,11 @@ pub fn finding(c: &Checked) -> Option<Finding> {
     let at = c.target.location.to_string();
     let image = c.target.image.clone();
     Some(match &c.outcome {
-        _ if c.candidates.is_empty() => Finding::NoCandidates { at, image },
+        _ if c.candidates.is_empty() => Finding::NoCandidates {
+            at,
+            image,
+            reason: c.unplaceable.unwrap_or(Unplaceable::NoMatch),
+        },
         Outcome::Invalid(error) => Finding::InvalidReference {
             at,
             error: error.clone(),
@@ -417,6 +436,7 @@ mod tests {
         Checked {
             target: target(name, image),
             candidates: candidates.iter().map(|c| p(c)).collect(),
+            unplaceable: None,
             outcome,
         }
     }
@@ -525,11 +545,31 @@ mod tests {
 
     #[test]
     fn no_candidate_allows_with_a_warning() {
-        let c = vec![checked("app", "x", &[], resolved(&[p("linux/amd64")]))];
+        let mut c = vec![checked("app", "x", &[], resolved(&[p("linux/amd64")]))];
         let v = decide(&c, &["a note".to_string()], &Policy::default());
         assert!(v.allowed);
         assert_eq!(v.warnings.len(), 2);
         assert!(v.warnings[1].contains("no node platform matches"));
+        // The reason scheduling found is the one named.
+        c[0].unplaceable = Some(Unplaceable::Repelled { every_node: true });
+        let v = decide(&c, &[], &Policy::default());
+        assert_eq!(
+            v.warnings,
+            [r#"container "app" image "x" was not checked: every node is cordoned or tainted"#]
+        );
+        for (reason, words) in [
+            (Unplaceable::NoNodes, "the cluster has no nodes"),
+            (
+                Unplaceable::Repelled { every_node: false },
+                "every node the pod selects is cordoned or tainted",
+            ),
+            (
+                Unplaceable::NoMatch,
+                "no node platform matches the pod's node selector and affinity",
+            ),
+        ] {
+            assert_eq!(reason.to_string(), words);
+        }
     }
 
     #[test]
@@ -606,6 +646,7 @@ mod tests {
         let c = vec![Checked {
             target: target("app", "x"),
             candidates: vec![p("linux/amd64"), win2019, win2022],
+            unplaceable: None,
             outcome: resolved(&[Platform::new("linux", "arm64", Some("v8")), image_2022]),
         }];
         let msg = decide(&c, &[], &Policy::default()).message.unwrap();

@@ -51,11 +51,17 @@ impl NodeView {
 
 /// Would the scheduler place a pod with `placement` on `node`?
 pub fn admits(placement: &Placement, node: &NodeView) -> bool {
+    if placement.node_name.is_some() {
+        // A pod bound by name bypasses the scheduler: cordons and taints do not apply.
+        return selects(placement, node);
+    }
+    selects(placement, node) && !repels(placement, node)
+}
+
+/// Does the pod's `nodeName`, `nodeSelector` and required node affinity allow `node`?
+fn selects(placement: &Placement, node: &NodeView) -> bool {
     if let Some(name) = &placement.node_name {
         return node.synthetic || &node.name == name;
-    }
-    if node.unschedulable {
-        return false;
     }
     let selector_ok = placement
         .node_selector
@@ -69,7 +75,37 @@ pub fn admits(placement: &Placement, node: &NodeView) -> bool {
             .any(|term| term_matches(term, node)),
         None => true,
     };
-    selector_ok && affinity_ok && tolerates_all(&placement.tolerations, &node.taints)
+    selector_ok && affinity_ok
+}
+
+/// Is `node` cordoned, or tainted with a taint the pod does not tolerate?
+fn repels(placement: &Placement, node: &NodeView) -> bool {
+    node.unschedulable || !tolerates_all(&placement.tolerations, &node.taints)
+}
+
+/// Why a pod has no candidate platform, for the warning that says its images were not checked
+/// (worded in [`crate::policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unplaceable {
+    /// The cluster has no nodes (or archgate has not seen any yet).
+    NoNodes,
+    /// Nodes match the pod's constraints (`every_node`: all of them do), but each is cordoned or
+    /// has a taint the pod does not tolerate.
+    Repelled { every_node: bool },
+    /// No node matches the pod's nodeName, node selector and required affinity.
+    NoMatch,
+}
+
+/// The reason [`candidates`] is empty for `placement` on `nodes` (call it only then).
+pub fn unplaceable(placement: &Placement, nodes: &[NodeView]) -> Unplaceable {
+    let selected = nodes.iter().filter(|n| selects(placement, n)).count();
+    match (nodes.len(), selected) {
+        (0, _) => Unplaceable::NoNodes,
+        (_, 0) => Unplaceable::NoMatch,
+        (all, selected) => Unplaceable::Repelled {
+            every_node: selected == all,
+        },
+    }
 }
 
 /// Synthetic nodes know only the labels their platform implies ([`node_labels`]); a
@@ -306,6 +342,49 @@ mod tests {
             n.labels.insert(k.to_string(), v.to_string());
         }
         n
+    }
+
+    #[test]
+    fn no_candidate_names_the_reason() {
+        let mut tainted = node("gpu", "arm64", &[("gpu", "true")]);
+        tainted.taints = vec![Taint {
+            key: "gpu".into(),
+            value: None,
+            effect: "NoSchedule".into(),
+            time_added: None,
+        }];
+        let mut cordoned = node("old", "amd64", &[]);
+        cordoned.unschedulable = true;
+        let repelling = vec![tainted, cordoned];
+        let on_gpu = Placement {
+            node_selector: [("gpu".to_string(), "true".to_string())].into(),
+            ..Placement::default()
+        };
+        let cases = [
+            (Placement::default(), vec![], Unplaceable::NoNodes),
+            (
+                Placement::default(),
+                repelling.clone(),
+                Unplaceable::Repelled { every_node: true },
+            ),
+            (
+                on_gpu,
+                repelling.clone(),
+                Unplaceable::Repelled { every_node: false },
+            ),
+            (
+                Placement {
+                    node_selector: [(ARCH_LABEL.to_string(), "riscv64".to_string())].into(),
+                    ..Placement::default()
+                },
+                repelling,
+                Unplaceable::NoMatch,
+            ),
+        ];
+        for (placement, nodes, want) in cases {
+            assert!(candidates(&placement, &nodes).is_empty());
+            assert_eq!(unplaceable(&placement, &nodes), want);
+        }
     }
 
     #[test]

@@ -522,16 +522,6 @@ fn stale_error() -> watcher::Error {
     )))
 }
 
-fn missing_error() -> watcher::Error {
-    watcher::Error::InitialListFailed(kube::Error::Api(Box::new(
-        Status::failure(
-            "the server could not find the requested resource",
-            "NotFound",
-        )
-        .with_code(404),
-    )))
-}
-
 type Feed<K> = tokio::sync::mpsc::UnboundedSender<watcher::Result<Event<K>>>;
 
 /// Runs `drive` over a channel, as `watch` runs it over a live watcher.
@@ -619,8 +609,8 @@ async fn a_missing_tekton_resource_is_empty_and_synced() {
     let writer = Writer::<DynamicObject>::new(resource.clone());
     let store = writer.as_reader();
     let feed = driven("StepAction", writer, resource.clone(), true, health.clone());
-    feed.send(Err(missing_error())).unwrap();
-    feed.send(Err(missing_error())).unwrap();
+    feed.send(Err(common::missing_resource_error())).unwrap();
+    feed.send(Err(common::missing_resource_error())).unwrap();
     settle().await;
     assert!(store.wait_until_ready().await.is_ok());
     assert!(store.is_empty());
@@ -640,12 +630,18 @@ async fn a_missing_tekton_resource_is_empty_and_synced() {
     ))))
     .unwrap();
     feed.send(Ok(Event::InitDone)).unwrap();
-    settle().await;
+    // The driver waits (1 s, then 2 s) after each "not found" before taking the next event.
+    let started = std::time::Instant::now();
+    while store.len() != 1 && started.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(store.len(), 1);
 
     // A required resource's 404 is an outage like any other error.
     let nodes_feed = driven("Node", Writer::<Node>::default(), (), false, health.clone());
-    nodes_feed.send(Err(missing_error())).unwrap();
+    nodes_feed
+        .send(Err(common::missing_resource_error()))
+        .unwrap();
     settle().await;
     assert_eq!(metrics.cluster_stale.get(), 1);
 }

@@ -259,7 +259,8 @@ fn identity(meta: ObjectMeta) -> ObjectMeta {
 ///
 /// `optional` is for CRDs that may not be installed: "the resource does not exist" (404) then
 /// makes the store empty and synced, once, instead of holding readiness back forever. The watcher
-/// keeps retrying, so installing Tekton later fills the store without a restart.
+/// keeps retrying, so installing Tekton later fills the store without a restart; see `Absent`
+/// for how often it asks meanwhile.
 pub async fn drive<K, S>(
     kind: &'static str,
     events: S,
@@ -274,21 +275,21 @@ pub async fn drive<K, S>(
 {
     let store = writer.as_reader();
     let mut events = std::pin::pin!(events);
-    let mut absent_logged = false;
+    let mut absent = Absent::default();
     while let Some(item) = events.next().await {
         let event = match item {
             Ok(event) => event,
             Err(error) if optional && is_missing(&error) => {
                 health.recovered(kind);
-                if !absent_logged {
+                if !absent.noticed() {
                     info!(
                         kind,
-                        "resource not served by the API server; treated as empty"
+                        "resource not served by the API server; treated as empty until it is"
                     );
-                    absent_logged = true;
+                    writer.apply_watcher_event(&watcher::Event::Init);
+                    writer.apply_watcher_event(&watcher::Event::InitDone);
                 }
-                writer.apply_watcher_event(&watcher::Event::Init);
-                writer.apply_watcher_event(&watcher::Event::InitDone);
+                tokio::time::sleep(absent.next_wait()).await;
                 continue;
             }
             Err(error) if is_expired(&error) => {
@@ -302,7 +303,11 @@ pub async fn drive<K, S>(
             }
         };
         health.recovered(kind);
-        absent_logged = false;
+        // `Init` comes before every list attempt, including the next one that finds the
+        // resource still missing: only what a successful list or watch yields proves it is served.
+        if !matches!(event, watcher::Event::Init) && absent.served() {
+            info!(kind, "resource now served by the API server");
+        }
         let event = match event {
             watcher::Event::Apply(object) => {
                 let object = object.reduce();
@@ -317,6 +322,41 @@ pub async fn drive<K, S>(
             other => other,
         };
         writer.apply_watcher_event(&event);
+    }
+}
+
+/// How long an optional resource (a CRD) has been missing, and when to ask again.
+///
+/// kube's watcher backoff restarts after every `Init` it yields, and it yields one before each
+/// list attempt, so on its own an absent CRD would be listed about once a second forever (issue
+/// 12). The driver waits here instead, from [`Absent::FIRST_WAIT`] doubling to
+/// [`Absent::MAX_WAIT`]: installing Tekton is noticed within half a minute, and a cluster without
+/// it costs two requests a minute per resource.
+#[derive(Debug, Default)]
+struct Absent {
+    /// The wait before the next attempt; `None` while the resource is served.
+    wait: Option<std::time::Duration>,
+}
+
+impl Absent {
+    const FIRST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+    const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// Whether this absence was already noticed (logged, store emptied).
+    fn noticed(&self) -> bool {
+        self.wait.is_some()
+    }
+
+    /// The wait before asking again, doubling per consecutive "not found".
+    fn next_wait(&mut self) -> std::time::Duration {
+        let wait = self.wait.unwrap_or(Self::FIRST_WAIT);
+        self.wait = Some((wait * 2).min(Self::MAX_WAIT));
+        wait
+    }
+
+    /// Records that the resource is served; true if it was missing until now.
+    fn served(&mut self) -> bool {
+        self.wait.take().is_some()
     }
 }
 

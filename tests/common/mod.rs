@@ -7,6 +7,7 @@
 //! crate-wide `dead_code` allowance below.
 #![allow(dead_code, unused_imports)]
 
+pub mod apiserver;
 pub mod images;
 pub mod proxy;
 pub mod registry;
@@ -35,4 +36,16 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     let hash = ring::digest::digest(&ring::digest::SHA256, bytes);
     let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+/// The error kube's watcher yields when the API server does not serve a resource (a CRD that is
+/// not installed): the initial list answered 404.
+pub fn missing_resource_error() -> kube::runtime::watcher::Error {
+    kube::runtime::watcher::Error::InitialListFailed(kube::Error::Api(Box::new(
+        kube::core::Status::failure(
+            "the server could not find the requested resource",
+            "NotFound",
+        )
+        .with_code(404),
+    )))
 }
