@@ -78,7 +78,9 @@ impl Admission {
             Plan::Steer(steering) => {
                 span.in_scope(|| info!(restriction = %steering.restriction, "steered"));
                 // kubectl shows it: the developer learns where the Pod went and why.
-                response.warnings = Some(vec![policy::clip(&steering.note)]);
+                let restriction = steering.restriction.to_string();
+                let warning = policy::steered_warning(&restriction, placement::ANNOTATION);
+                response.warnings = Some(vec![warning]);
                 (with_patch(response, &steering.patch), "steered")
             }
         };

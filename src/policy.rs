@@ -368,6 +368,14 @@ pub fn steered(restriction: &str, findings: &[String], at_most: usize) -> String
     text
 }
 
+/// The warning kubectl shows for a steered Pod: short enough to arrive whole, pointing at the
+/// annotation that says why.
+pub fn steered_warning(restriction: &str, annotation: &str) -> String {
+    clip(&format!(
+        "archgate added node affinity {restriction}; why: annotation {annotation}"
+    ))
+}
+
 /// A resource named through a Tekton bundle that could not be fetched.
 pub fn bundle_not_checked(reference: &BundleRef, why: &str) -> String {
     clip(&format!(
