@@ -67,7 +67,7 @@ impl Admission {
             uid = %req.uid,
             kind = %req.kind.kind,
             namespace = req.namespace.as_deref().unwrap_or(""),
-            name = %req.name,
+            object = %admission::object_name(&req),
             operation = admission::operation_label(&req.operation),
             outcome = tracing::field::Empty,
         );

@@ -355,7 +355,7 @@ fn candidates_differ(resolved: &[(&Checked, &Resolution)]) -> bool {
     resolved.iter().any(|(c, _)| c.candidates.len() > 1)
 }
 
-/// The annotation on a Pod the mutating webhook steered, also shown (clipped) as a warning: what
+/// The annotation on a Pod the mutating webhook steered (`archgate.io/placement`): what
 /// was added, and the findings (at most `at_most`, the rest counted) that made it necessary.
 pub fn steered(restriction: &str, findings: &[String], at_most: usize) -> String {
     let mut text = format!("archgate added required node affinity {restriction}: ");
