@@ -150,7 +150,7 @@ async fn an_arm64_only_pod_is_steered_and_then_admitted() {
     );
     let note = format!(
         "archgate added required node affinity kubernetes.io/arch In (arm64): container \
-         \"echo-server\" image \"{}\" is missing linux/amd64 (available: linux/arm64/v8)",
+         \"echo-server\" image \"{}\" is missing linux/amd64 (available: linux/arm64)",
         world.arm_only()
     );
     assert_eq!(

@@ -155,7 +155,7 @@ fn a_pod_without_affinity_gets_one_and_the_annotation_path_is_escaped() {
         s.note,
         format!(
             "archgate added required node affinity kubernetes.io/arch In (arm64): container \"api\" \
-             image \"{ARM_ONLY}\" is missing linux/amd64 (available: linux/arm64/v8)"
+             image \"{ARM_ONLY}\" is missing linux/amd64 (available: linux/arm64)"
         )
     );
     let (patched, after) = candidates_after(&pod, &s, &nodes);
