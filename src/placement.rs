@@ -77,8 +77,8 @@ pub enum Leave {
     /// The Pod already constrains `kubernetes.io/arch` (or the OS where that must narrow too):
     /// the author chose; the validator decides.
     Constrained,
-    /// The platforms that fit and those that do not differ only in variant (`arm/v6` and
-    /// `arm/v7`), which no node label tells apart.
+    /// The platforms that fit and those that do not share an OS and architecture: they differ in
+    /// what those two node labels do not say (`arm/v6` and `arm/v7`, Windows builds, runtimes).
     Indistinct,
     /// The merged affinity would exceed [`MAX_TERMS`], or its shape is not a Pod's.
     TooComplex,

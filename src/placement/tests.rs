@@ -469,3 +469,30 @@ fn the_annotation_names_a_bounded_number_of_findings() {
          finding 0; finding 1; finding 2; finding 3; and 3 more"
     );
 }
+
+#[test]
+fn windows_builds_that_labels_do_not_carry_are_left_alone() {
+    // Two Windows Server builds: an ltsc2019 image runs on neither arch nor os label alone.
+    let build = |version: &str| {
+        let mut platform = p("windows/amd64");
+        platform.os_version = Some(version.into());
+        NodeView::synthetic(&platform)
+    };
+    let nodes = vec![build("10.0.17763.5329"), build("10.0.20348.2227")];
+    let mut pod = replicaset_pod("mcr.microsoft.com/windows/nanoserver:ltsc2022");
+    pod["spec"]["containers"].as_array_mut().unwrap().pop();
+    let mut checked = check(&pod, &nodes, &images());
+    let mut ltsc2019 = p("windows/amd64");
+    ltsc2019.os_version = Some("10.0.17763.5329".into());
+    checked[0].outcome = Outcome::Resolved(Resolution {
+        digest: "sha256:0".into(),
+        platforms: vec![ltsc2019].into(),
+    });
+    assert_eq!(
+        checked[0].candidates.len(),
+        2,
+        "{:?}",
+        checked[0].candidates
+    );
+    assert_eq!(left(plan(&pod, &checked)), Leave::Indistinct);
+}
