@@ -285,6 +285,18 @@ async fn what_placement_leaves_alone() {
     let denied = amd64_only.review(&base).await;
     assert_eq!(denied["allowed"], false);
 
+    // Audit promises not to interfere; exempt namespaces are not looked at. Warn steers.
+    let mixed_with = |extra: &'static [&'static str]| [MIXED, extra].concat();
+    for (flags, steered) in [
+        (mixed_with(&["--mode", "audit"]), false),
+        (mixed_with(&["--exempt-namespace", "shop"]), false),
+        (mixed_with(&["--mode", "warn"]), true),
+    ] {
+        let other = Webhook::start(&world, &flags).await;
+        let (_, patch) = mutate(&other, &base).await;
+        assert_eq!(!patch.is_empty(), steered, "{flags:?}: {patch:?}");
+    }
+
     let metrics = hook.metrics().await;
     for (outcome, count) in [
         ("daemonset", 1),
