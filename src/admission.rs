@@ -110,28 +110,13 @@ impl Admission {
             warnings,
             ..Verdict::default()
         };
-        let namespace = req.namespace.clone().unwrap_or_default();
-        if self.exempt_namespaces.contains(&namespace) {
+        let Some(mode) = self.mode_for(req.namespace.as_deref().unwrap_or_default()) else {
             return (allow(vec![]), Decision::Allowed);
-        }
-        let mode = self
-            .cluster
-            .namespace_mode(&namespace)
-            .unwrap_or(self.policy.mode);
-        if mode == Mode::Off {
-            return (allow(vec![]), Decision::Allowed);
-        }
+        };
         let Some((subject, old)) = subjects(req) else {
             return (allow(vec![]), Decision::Allowed);
         };
-        let request = pipeline::Request {
-            subject: &subject,
-            old: old.as_ref(),
-            cluster: self.cluster.as_ref(),
-            from_tekton_controller: req.user_info.username.as_deref()
-                == Some(self.tekton_controller.as_str()),
-            deadline: tokio::time::Instant::now() + self.deadline,
-        };
+        let request = self.request(req, &subject, old.as_ref());
         let reviewed = match self.pipeline.review(request).await {
             Ok(reviewed) => reviewed,
             Err(e) => {
@@ -160,7 +145,7 @@ impl Admission {
 
 /// The object's name as a person would look for it: `request.name` is empty on CREATE when the
 /// client did not repeat it, and on `generateName` objects; the object itself knows more.
-fn object_name(req: &AdmissionRequest<ReviewObject>) -> String {
+pub(crate) fn object_name(req: &AdmissionRequest<ReviewObject>) -> String {
     let meta = req.object.as_ref().map(|o| &o.metadata);
     if !req.name.is_empty() {
         return req.name.clone();
@@ -175,6 +160,41 @@ fn object_name(req: &AdmissionRequest<ReviewObject>) -> String {
             .map(|g| format!("{g}*"))
             .unwrap_or_default(),
         None => String::new(),
+    }
+}
+
+impl Admission {
+    /// The mode for objects in `namespace`, or `None` when archgate does not look at them
+    /// (an exempt namespace, or mode `off`).
+    pub(crate) fn mode_for(&self, namespace: &str) -> Option<Mode> {
+        if self.exempt_namespaces.iter().any(|n| n == namespace) {
+            return None;
+        }
+        let mode = self
+            .cluster
+            .namespace_mode(namespace)
+            .unwrap_or(self.policy.mode);
+        (mode != Mode::Off).then_some(mode)
+    }
+
+    /// The pipeline's request for a subject taken out of `req`, due within the review deadline.
+    pub(crate) fn request<'a, T>(
+        &'a self,
+        req: &AdmissionRequest<T>,
+        subject: &'a Subject,
+        old: Option<&'a Subject>,
+    ) -> pipeline::Request<'a>
+    where
+        T: kube::Resource,
+    {
+        pipeline::Request {
+            subject,
+            old,
+            cluster: self.cluster.as_ref(),
+            from_tekton_controller: req.user_info.username.as_deref()
+                == Some(self.tekton_controller.as_str()),
+            deadline: tokio::time::Instant::now() + self.deadline,
+        }
     }
 }
 
@@ -264,7 +284,7 @@ fn object_json(object: ReviewObject, name: &str, namespace: Option<&str>) -> Val
     })
 }
 
-fn operation_label(op: &Operation) -> &'static str {
+pub(crate) fn operation_label(op: &Operation) -> &'static str {
     match op {
         Operation::Create => "CREATE",
         Operation::Update => "UPDATE",

@@ -28,6 +28,13 @@ pub struct ReviewLabels {
     pub operation: String,
 }
 
+/// What the mutating webhook did with a Pod: `steered`, or why it was left alone
+/// ([`crate::placement::Leave::label`], a closed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MutationLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum CacheResult {
     Hit,
@@ -75,6 +82,8 @@ pub struct Metrics {
     registry: Registry,
     pub reviews: Family<ReviewLabels, Counter>,
     pub review_seconds: Histogram,
+    /// Pods reviewed by `POST /mutate` (placement mode), by outcome.
+    pub mutations: Family<MutationLabels, Counter>,
     pub lookups: Family<LookupLabels, Counter>,
     pub registry_requests: Family<RegistryLabels, Counter>,
     pub registry_seconds: Histogram,
@@ -105,6 +114,12 @@ impl Metrics {
             "review_duration_seconds",
             "Time to answer one review",
             review_seconds.clone(),
+        );
+        let mutations = Family::<MutationLabels, Counter>::default();
+        registry.register(
+            "mutations",
+            "Pods reviewed in placement mode, by outcome: steered (node affinity added) or why left alone",
+            mutations.clone(),
         );
         let lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
@@ -147,6 +162,7 @@ impl Metrics {
             registry,
             reviews,
             review_seconds,
+            mutations,
             lookups,
             registry_requests,
             registry_seconds,

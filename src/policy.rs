@@ -383,6 +383,27 @@ fn candidates_differ(resolved: &[(&Checked, &Resolution)]) -> bool {
     resolved.iter().any(|(c, _)| c.candidates.len() > 1)
 }
 
+/// The annotation on a Pod the mutating webhook steered (`archgate.io/placement`): what
+/// was added, and the findings (at most `at_most`, the rest counted) that made it necessary.
+pub fn steered(restriction: &str, findings: &[String], at_most: usize) -> String {
+    let mut text = format!("archgate added required node affinity {restriction}: ");
+    let named: Vec<&str> = findings.iter().take(at_most).map(String::as_str).collect();
+    text.push_str(&named.join("; "));
+    let more = findings.len().saturating_sub(at_most);
+    if more > 0 {
+        text.push_str(&format!("; and {more} more"));
+    }
+    text
+}
+
+/// The warning kubectl shows for a steered Pod: short enough to arrive whole, pointing at the
+/// annotation that says why.
+pub fn steered_warning(restriction: &str, annotation: &str) -> String {
+    clip(&format!(
+        "archgate added node affinity {restriction}; why: annotation {annotation}"
+    ))
+}
+
 /// A resource named through a Tekton bundle that could not be fetched.
 pub fn bundle_not_checked(reference: &BundleRef, why: &str) -> String {
     clip(&format!(

@@ -45,6 +45,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn router(admission: Arc<Admission>) -> Router {
     Router::new()
         .route(VALIDATE_PATH, post(validate))
+        .route(crate::mutation::MUTATE_PATH, post(crate::mutation::mutate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(ConcurrencyLimitLayer::new(MAX_IN_FLIGHT))
         .with_state(admission)

@@ -162,3 +162,23 @@ fn rbac_grants_what_the_code_watches_and_nothing_to_write() {
         "the pull-secrets overlay grants secrets and serviceaccounts: {text}"
     );
 }
+
+#[test]
+fn the_placement_webhook_calls_the_mutate_path_for_pods_at_create() {
+    let webhook = one(
+        &docs("components/placement/mutatingwebhookconfiguration.yaml"),
+        "MutatingWebhookConfiguration",
+    );
+    let w = &webhook["webhooks"][0];
+    assert_eq!(
+        w["clientConfig"]["service"]["path"],
+        archgate::mutation::MUTATE_PATH
+    );
+    assert_eq!(
+        w["rules"],
+        serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+            "resources": ["pods"], "scope": "Namespaced"}])
+    );
+    assert_eq!(w["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(w["sideEffects"], "None");
+}

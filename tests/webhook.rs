@@ -261,7 +261,7 @@ async fn malformed_bodies_get_400_and_the_server_keeps_going() {
     assert_eq!(hook.post(huge).await.status(), 413);
     let wrong_path = hook
         .client
-        .post(hook.url("/mutate"))
+        .post(hook.url("/admit"))
         .body("{}")
         .send()
         .await
