@@ -39,6 +39,7 @@ fn check(pod: &Value, nodes: &[NodeView], images: &HashMap<&str, Vec<&str>>) -> 
                 .collect();
             Checked {
                 candidates: scheduling::candidates(&target.placement, nodes),
+                unplaceable: None,
                 target,
                 outcome: Outcome::Resolved(Resolution {
                     digest: "sha256:0".into(),
