@@ -41,6 +41,12 @@ pub struct Line {
     pub object: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// Where a Dockerfile names the image: `Dockerfile line 3: FROM`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The policy's sentence for a Dockerfile finding.
+    #[serde(skip)]
+    finding: Option<String>,
     #[serde(skip)]
     scope: Option<String>,
     #[serde(skip)]
@@ -65,12 +71,16 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     let CheckArgs {
         platforms,
         files,
+        dockerfile,
         registry,
         output: _,
         images,
     } = args;
-    if images.is_empty() && files.is_empty() {
-        return Err("nothing to check: name images, or YAML files with -f".into());
+    if images.is_empty() && files.is_empty() && dockerfile.dockerfile.is_none() {
+        return Err(
+            "nothing to check: name images, YAML files with -f, or a Dockerfile with --dockerfile"
+                .into(),
+        );
     }
     let platforms = parse_platforms(platforms)?;
     let ca_pem = match &registry.registry_ca {
@@ -107,6 +117,12 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     for path in files {
         targets.extend(targets_from_file(path)?);
     }
+    // The build's pulls: each target carries its own platforms (-p, or the builder's).
+    let build = crate::preflight::targets(dockerfile, &platforms)?;
+    for warning in &build.warnings {
+        eprintln!("archgate check: {warning}");
+    }
+    targets.extend(build.targets.into_iter().map(|t| (t, None)));
 
     let nodes: Vec<NodeView> = platforms.iter().map(NodeView::synthetic).collect();
     let deadline = tokio::time::Instant::now() + CHECK_DEADLINE;
@@ -207,6 +223,12 @@ impl Catalog for FileCatalog {
 }
 
 fn line(c: Checked, object: Option<String>) -> Line {
+    let scope = &c.target.location.scope;
+    let source = (object.is_none() && !scope.is_empty()).then(|| scope.clone());
+    let finding = source.as_ref().and_then(|_| {
+        let verdict = crate::policy::decide(std::slice::from_ref(&c), &[], &Default::default());
+        verdict.findings.first().map(ToString::to_string)
+    });
     let missing: Vec<String> = c.missing().iter().map(Platform::to_string).collect();
     let (digest, platforms, error, exit) = match &c.outcome {
         _ if c.candidates.is_empty() && object.is_some() => (None, vec![], None, EXIT_OK),
@@ -236,6 +258,8 @@ fn line(c: Checked, object: Option<String>) -> Line {
         object,
         container: has_object.then(|| c.target.location.container.clone()),
         scope: has_object.then(|| c.target.location.scope.clone()),
+        source,
+        finding,
         exit,
     }
 }
@@ -263,6 +287,13 @@ fn text_line(l: &Line) -> String {
     };
     let image = &l.image;
     let available = platform_list(&l.platforms);
+    if let Some(source) = &l.source {
+        return match (&l.finding, l.exit) {
+            (Some(finding), EXIT_FINDINGS) => format!("FAIL  {finding}"),
+            (Some(finding), _) => format!("ERROR {finding}"),
+            (None, _) => format!("ok    {source} image {image:?} ({available})"),
+        };
+    }
     match (&l.error, l.exit) {
         (Some(error), EXIT_FINDINGS) => format!("FAIL  {at}{image}: {error}"),
         (Some(error), _) => format!("ERROR {at}{image}: {error}"),

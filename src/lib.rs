@@ -16,6 +16,7 @@ pub mod config;
 pub mod metrics;
 pub mod platform;
 pub mod policy;
+pub mod preflight;
 pub mod reference;
 pub mod resolver;
 pub mod review;

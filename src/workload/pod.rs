@@ -109,6 +109,7 @@ fn placement(spec: &PodSpec) -> Placement {
             .filter(|n| !n.is_empty())
             .collect(),
         service_account: spec.service_account_name.clone().filter(|n| !n.is_empty()),
+        platforms: None,
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod images;
 pub mod proxy;
 pub mod registry;
+pub mod sandbox;
 pub mod token;
 pub mod webhook;
 
