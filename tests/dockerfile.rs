@@ -335,3 +335,147 @@ async fn trouble_is_exit_2_with_a_sentence() {
     assert!(run.stderr.contains("line 3: FROM uses $NOPE"), "{run}");
     assert!(!run.stderr.contains("$TAG"), "{run}");
 }
+
+// ---- deploy/tekton: the Task, the StepAction and the example Pipeline agree ----------------
+
+mod tekton {
+    use std::collections::BTreeSet;
+
+    use clap::{CommandFactory, Parser};
+    use serde_json::Value;
+
+    use archgate::cli::Cli;
+
+    fn manifest(name: &str) -> Value {
+        let path = format!("deploy/tekton/{name}");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut docs = archgate::check::parse_documents(&text).unwrap();
+        assert_eq!(docs.len(), 1, "{path}");
+        docs.remove(0)
+    }
+
+    fn names(list: &Value) -> BTreeSet<String> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// `$(params.X)` names used anywhere in `value`.
+    fn params_used(value: &Value) -> BTreeSet<String> {
+        let text = value.to_string();
+        text.split("$(params.")
+            .skip(1)
+            .map(|rest| rest.split(')').next().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_example_pipeline_passes_the_task_exactly_its_params() {
+        let task = manifest("task.yaml");
+        let pipeline = manifest("example-pipeline.yaml");
+        let spec = &task["spec"];
+        let declared = names(&spec["params"]);
+        let required: BTreeSet<String> = spec["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p.get("default").is_none())
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        let tasks = pipeline["spec"]["tasks"].as_array().unwrap();
+        let preflight = tasks
+            .iter()
+            .find(|t| t["taskRef"]["name"] == task["metadata"]["name"])
+            .expect("the example Pipeline runs the Task");
+        let passed = names(&preflight["params"]);
+        assert!(
+            passed.is_subset(&declared),
+            "the Pipeline passes params the Task lacks: {:?}",
+            passed.difference(&declared).collect::<Vec<_>>()
+        );
+        assert!(required.is_subset(&passed), "required {required:?}");
+        // Every workspace the Pipeline binds exists in the Task, and the Task's required ones are bound.
+        let bound = names(&preflight["workspaces"]);
+        assert!(bound.is_subset(&names(&spec["workspaces"])), "{bound:?}");
+        assert!(bound.contains("source"));
+        // Every $(params.X) in the Pipeline is one of its own params.
+        let pipeline_params = names(&pipeline["spec"]["params"]);
+        let used = params_used(&pipeline["spec"]["tasks"]);
+        assert!(
+            used.is_subset(&pipeline_params),
+            "{used:?} vs {pipeline_params:?}"
+        );
+        // And every $(params.X) in the Task is declared there.
+        assert!(params_used(&spec["steps"]).is_subset(&declared));
+
+        // The pre-flight runs after the clone and before the build.
+        let order: Vec<&str> = tasks.iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(order, ["fetch-source", "preflight", "build"]);
+        assert_eq!(preflight["runAfter"][0], "fetch-source");
+        let build = &tasks[2];
+        assert_eq!(build["taskRef"]["name"], "kaniko");
+        assert_eq!(build["runAfter"][0], "preflight");
+    }
+
+    #[test]
+    fn the_step_action_runs_what_the_task_runs() {
+        let task = manifest("task.yaml");
+        let action = manifest("stepaction.yaml");
+        let step = &task["spec"]["steps"][0];
+        assert_eq!(step["args"], action["spec"]["args"]);
+        assert_eq!(step["image"], action["spec"]["image"]);
+        let mut task_params = names(&task["spec"]["params"]);
+        task_params.insert("DOCKER_CONFIG".into());
+        assert_eq!(task_params, names(&action["spec"]["params"]));
+        assert_eq!(names(&step["env"]), names(&action["spec"]["env"]));
+        assert!(params_used(&action["spec"]).is_subset(&names(&action["spec"]["params"])));
+    }
+
+    /// The Task's command line, with its defaults, is one archgate accepts, and its env names are
+    /// ones archgate reads.
+    #[test]
+    fn the_task_speaks_archgates_command_line() {
+        let task = manifest("task.yaml");
+        let step = &task["spec"]["steps"][0];
+        let defaults: Vec<(String, String)> = task["spec"]["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let name = p["name"].as_str().unwrap();
+                let value = p["default"].as_str().unwrap_or("x");
+                (format!("$(params.{name})"), value.to_string())
+            })
+            .collect();
+        let mut argv = vec!["archgate".to_string()];
+        for arg in step["args"].as_array().unwrap() {
+            let mut arg = arg.as_str().unwrap().to_string();
+            for (from, to) in &defaults {
+                arg = arg.replace(from, to);
+            }
+            argv.push(arg);
+        }
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let archgate::cli::Command::Check(check) = cli.command else {
+            panic!("{argv:?} is not `check`");
+        };
+        assert_eq!(
+            check.dockerfile.dockerfile.as_deref(),
+            Some(std::path::Path::new("./Dockerfile"))
+        );
+        let mut command = Cli::command();
+        command.build();
+        let env_names: BTreeSet<String> = command
+            .find_subcommand("check")
+            .unwrap()
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .chain(["DOCKER_CONFIG".to_string()])
+            .collect();
+        let used = names(&step["env"]);
+        assert!(used.is_subset(&env_names), "{used:?} vs {env_names:?}");
+    }
+}

@@ -331,3 +331,13 @@ fn this_projects_own_dockerfile() {
     assert!(images[1].0.starts_with("rust:"), "{got:?}");
     assert_eq!(images[1].1, ["linux/arm64"]);
 }
+
+#[test]
+fn the_default_builder_is_this_machine_in_go_spelling() {
+    let host = host_platform();
+    assert_eq!(host.os, std::env::consts::OS);
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    assert_eq!(host.to_string(), "linux/amd64");
+    #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+    assert_eq!(host.to_string(), "linux/arm64");
+}
