@@ -8,6 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// An expanded word is refused past this size (`ARG A=$B$B` chains double at each step).
 pub const MAX_WORD_BYTES: usize = 16 * 1024;
+/// `${A:-${B:-...}}` nests no deeper than this (the lexer recurses once per level).
+const MAX_DEPTH: usize = 32;
+/// `${V#pattern}` tries every cut of the value: refused for longer values (real ones are tags).
+const MAX_TRIM_BYTES: usize = 1024;
 
 /// The result and the variables that were used without a value.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -28,6 +32,7 @@ pub fn expand(
         env,
         escape,
         unset: BTreeSet::new(),
+        depth: 0,
     };
     let text = lexer.until(None)?;
     Ok(Expanded {
@@ -42,6 +47,7 @@ struct Lexer<'a> {
     env: &'a BTreeMap<String, String>,
     escape: char,
     unset: BTreeSet<String>,
+    depth: usize,
 }
 
 impl Lexer<'_> {
@@ -158,6 +164,16 @@ impl Lexer<'_> {
     }
 
     fn dollar(&mut self) -> Result<String, String> {
+        self.depth += 1;
+        let result = self.dollar_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn dollar_inner(&mut self) -> Result<String, String> {
+        if self.depth > MAX_DEPTH {
+            return Err(format!("${{...}} nested more than {MAX_DEPTH} deep"));
+        }
         self.next();
         if self.peek() != Some('{') {
             let name = self.name();
@@ -219,6 +235,11 @@ impl Lexer<'_> {
 
 /// `${V#p}` / `${V%p}` with a pattern that is literal text, possibly with `*` wildcards.
 fn trim(value: &str, pattern: &str, prefix: bool, greedy: bool) -> Result<String, String> {
+    if value.len() > MAX_TRIM_BYTES {
+        return Err(format!(
+            "pattern removal on a value over {MAX_TRIM_BYTES} bytes is not supported"
+        ));
+    }
     if pattern.contains(['?', '[']) {
         return Err(format!(
             "pattern {pattern:?} is not supported (only literal text and *)"
@@ -358,6 +379,21 @@ mod tests {
         let mut env = BTreeMap::new();
         env.insert("A".to_string(), "x".repeat(MAX_WORD_BYTES / 2 + 1));
         assert!(expand("$A$A", &env, '\\').is_err());
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = format!(
+            "{}x{}",
+            "${N:-".repeat(MAX_DEPTH + 1),
+            "}".repeat(MAX_DEPTH + 1)
+        );
+        assert!(expand(&deep, &env(), '\\').is_err());
+        let fine = format!("{}x{}", "${N:-".repeat(MAX_DEPTH), "}".repeat(MAX_DEPTH));
+        assert_eq!(expand(&fine, &env(), '\\').unwrap().text, "x");
+        // Far deeper than the bound is still an error, not a stack overflow.
+        let hostile = format!("{}x", "${N:-".repeat(200_000));
+        assert!(expand(&hostile, &env(), '\\').is_err());
     }
 
     #[test]

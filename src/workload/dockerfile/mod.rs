@@ -247,11 +247,13 @@ impl File {
         })
     }
 
+    /// A stage by name, case-insensitively; of two stages with one name the last wins, as in
+    /// BuildKit's `statesByName`.
     fn find_stage(&self, name: &str) -> Option<usize> {
         let name = name.to_ascii_lowercase();
         self.stages
             .iter()
-            .position(|s| s.name.as_deref() == Some(name.as_str()))
+            .rposition(|s| s.name.as_deref() == Some(name.as_str()))
     }
 
     /// `--target`, matched case-insensitively; the last stage by default.
@@ -368,7 +370,7 @@ impl File {
             // Only earlier stages can be built on (BuildKit's `addState` looks them up as it goes).
             let earlier = self.stages[..i]
                 .iter()
-                .position(|s| s.name.as_deref() == Some(base.as_str()));
+                .rposition(|s| s.name.as_deref() == Some(base.as_str()));
             bases.push(match earlier {
                 _ if base == "scratch" => Base::Scratch,
                 Some(j) => Base::Stage(j),

@@ -341,3 +341,11 @@ fn the_default_builder_is_this_machine_in_go_spelling() {
     #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
     assert_eq!(host.to_string(), "linux/arm64");
 }
+
+#[test]
+fn of_two_stages_with_one_name_the_last_wins() {
+    let text = "FROM a:1 AS x\nFROM b:1 AS x\nFROM c:1\nCOPY --from=x / /\n";
+    let got = pulls(text, &build(&["linux/amd64"], &[], None));
+    let images: Vec<&str> = got.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(images, ["b:1", "c:1"]);
+}
