@@ -8,9 +8,9 @@
 //! BuildKit's `frontend/dockerfile` is the authority (moby/buildkit, read at 73ed6825):
 //! - `instructions/parse.go` `Parse`: ARGs before the first FROM are the global ("meta") ARGs;
 //!   everything else belongs to the stage opened by the last FROM.
-//! - `dockerfile2llb/platform.go` `defaultArgs`: `BUILDPLATFORM`, `BUILDOS`, `BUILDARCH`,
-//!   `BUILDVARIANT`, `TARGETPLATFORM`, `TARGETOS`, `TARGETARCH`, `TARGETVARIANT` and
-//!   `TARGETSTAGE` are always in the global scope; a `--build-arg` of the same name overrides.
+//! - `dockerfile2llb/platform.go` `defaultArgs`: `BUILDPLATFORM`, `BUILDOS`, `BUILDOSVERSION`,
+//!   `BUILDARCH`, `BUILDVARIANT`, the same five `TARGET*` and `TARGETSTAGE` are always in the
+//!   global scope; a `--build-arg` of the same name overrides.
 //! - `dockerfile2llb/convert.go` `buildMetaArgs`: each global ARG is its `--build-arg` value
 //!   (taken verbatim) or its default expanded with the globals before it; an ARG with neither
 //!   stays unset. `buildDispatchStates`: FROM's image and `--platform` are expanded with the
@@ -295,10 +295,12 @@ impl File {
         let automatic = [
             ("BUILDPLATFORM", bp.to_string()),
             ("BUILDOS", bp.os.clone()),
+            ("BUILDOSVERSION", bp.os_version.clone().unwrap_or_default()),
             ("BUILDARCH", bp.architecture.clone()),
             ("BUILDVARIANT", bp.variant.clone().unwrap_or_default()),
             ("TARGETPLATFORM", tp.to_string()),
             ("TARGETOS", tp.os.clone()),
+            ("TARGETOSVERSION", tp.os_version.clone().unwrap_or_default()),
             ("TARGETARCH", tp.architecture.clone()),
             ("TARGETVARIANT", tp.variant.clone().unwrap_or_default()),
             ("TARGETSTAGE", stage),
