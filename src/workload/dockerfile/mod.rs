@@ -219,7 +219,9 @@ impl File {
                     )));
                 }
                 ("COPY", Some(stage)) => {
-                    if let Some(from) = flag_value(&ins.flags, "from") {
+                    // An empty `--from=` copies from the context, as no flag (BuildKit tests
+                    // `c.From != ""`).
+                    if let Some(from) = flag_value(&ins.flags, "from").filter(|f| !f.is_empty()) {
                         stage
                             .sources
                             .push(unexpanded(ins.line, "COPY --from", from, true)?);
@@ -533,11 +535,10 @@ fn mount_from(spec: &str) -> Result<Option<String>, String> {
         return Err(format!("--mount={spec}: unterminated quote"));
     }
     fields.push(field);
+    // An empty `from=` mounts nothing from elsewhere (`detectRunMount`: scratch).
     Ok(fields.iter().find_map(|f| {
         let (key, value) = f.split_once('=')?;
-        key.trim()
-            .eq_ignore_ascii_case("from")
-            .then(|| value.to_string())
+        (key.trim().eq_ignore_ascii_case("from") && !value.is_empty()).then(|| value.to_string())
     }))
 }
 

@@ -217,6 +217,15 @@ fn scratch_stage_names_and_indexes_are_not_images() {
             &["linux/amd64"]
         )]
     );
+    // Found by fuzzing: an empty --from is the build context, not an image named "".
+    let got = pulls(
+        "FROM a:1\nCOPY --from= /x /x\nRUN --mount=type=bind,from=,target=/y true\n",
+        &build(&["linux/amd64"], &[], None),
+    );
+    assert_eq!(
+        got,
+        [row("Dockerfile line 1: FROM", "a:1", &["linux/amd64"])]
+    );
     let err = extract(
         "FROM a\nCOPY --from=3 / /\n",
         &build(&["linux/amd64"], &[], None),
