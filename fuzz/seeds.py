@@ -84,7 +84,7 @@ def tekton_docs():
 def main():
     if SEEDS.exists():
         shutil.rmtree(SEEDS)
-    for target in ["admission_review", "manifest", "reference_platform", "tekton_run"]:
+    for target in ["admission_review", "manifest", "reference_platform", "tekton_run", "dockerfile"]:
         (SEEDS / target).mkdir(parents=True)
 
     # admission_review: every fixture, request-only ones wrapped in the v1 envelope.
@@ -220,6 +220,24 @@ def main():
         write("reference_platform", f"{image}\n{platforms[i % len(platforms)]}", f"ref-{i:02}")
     for i, a in enumerate(platforms):
         write("reference_platform", f"{a}\n{platforms[(i + 3) % len(platforms)]}", f"platform-{i:02}")
+
+    # dockerfile: "TARGET_PLATFORM BUILD_PLATFORM [STAGE]" then a Dockerfile: archgate's own and
+    # hand-written shapes (ARG-heavy, cross-compiling, heredocs, escape directive, mounts).
+    write("dockerfile", "linux/amd64 linux/arm64\n" + (ROOT / "../Dockerfile").read_text(), "archgate")
+    dockerfiles = {
+        "ai-job": "ARG REGISTRY=10.34.0.202:5000\nARG BASE_IMAGE_TAG=latest\n"
+                  "FROM ${REGISTRY}/cerebral/ai-base:${BASE_IMAGE_TAG}\nRUN pip install -r req.txt\n",
+        "cross": "ARG GO=1.23\nFROM --platform=$BUILDPLATFORM golang:${GO%.*}-alpine AS build\n"
+                 "RUN --mount=type=cache,target=/root/.cache \\\n    --mount=type=bind,from=ghcr.io/o/p:v1,target=/p \\\n"
+                 "    go build\nFROM --platform=$TARGETPLATFORM gcr.io/distroless/static AS release\n"
+                 "COPY --from=build /out /\nCOPY --from=busybox:1.36 /bin/sh /bin/sh\n",
+        "heredoc": "# syntax=docker/dockerfile:1\nFROM alpine:3.20 AS base\nRUN <<EOF\nFROM x\nEOF\n"
+                   "COPY <<-'CONF' 3<<X /etc/a\n\tFROM y\n\tCONF\nFROM z\nX\nFROM base\nCOPY --from=0 / /\n",
+        "escape": "# escape=`\nARG WIN=ltsc2022\nFROM mcr.microsoft.com/windows/servercore:${WIN:-x} `\n  AS b\n"
+                  "RUN dir c:\\\nFROM scratch\nCOPY --from=b / /\n",
+    }
+    for name, text in dockerfiles.items():
+        write("dockerfile", "linux/amd64 linux/arm64\n" + text, name)
 
     for target in sorted(p.name for p in SEEDS.iterdir()):
         files = list((SEEDS / target).iterdir())

@@ -54,6 +54,9 @@ pub struct Line {
     pub namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// Where a Dockerfile names the image: `Dockerfile line 3: FROM`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The text line, worded by the policy.
     #[serde(skip)]
     text: String,
@@ -103,12 +106,16 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
         platforms,
         files,
         runtime,
+        dockerfile,
         registry,
         output: _,
         images,
     } = args;
-    if images.is_empty() && files.is_empty() {
-        return Err("nothing to check: name images, or YAML files with -f".into());
+    if images.is_empty() && files.is_empty() && dockerfile.dockerfile.is_none() {
+        return Err(
+            "nothing to check: name images, YAML files with -f, or a Dockerfile with --dockerfile"
+                .into(),
+        );
     }
     let runtime = runtime.runtime_matcher.unwrap_or_default();
     let platforms: Vec<Platform> = parse_platforms(platforms)?
@@ -154,8 +161,18 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     );
     let nodes = cluster.nodes();
 
+    // The build's pulls (--dockerfile): each target carries its own platforms (-p, or the
+    // builder's for `FROM --platform=$BUILDPLATFORM`).
+    let build = crate::preflight::targets(dockerfile, &platforms)?;
+    for warning in &build.warnings {
+        eprintln!("archgate check: {warning}");
+    }
     let checked = pipeline::resolve(
-        images.iter().map(|image| bare_target(image)).collect(),
+        images
+            .iter()
+            .map(|image| bare_target(image))
+            .chain(build.targets)
+            .collect(),
         &nodes,
         &pipeline.resolver,
         |placement| cluster.credentials("", placement),
@@ -479,6 +496,8 @@ fn line(mut c: Checked, subject: Option<&Subject>) -> Line {
             .filter(|n| !n.is_empty())
             .map(str::to_string),
         container: subject.map(|_| c.target.location.container.clone()),
+        source: (subject.is_none() && !c.target.location.scope.is_empty())
+            .then(|| c.target.location.scope.clone()),
         text,
         hint: false,
         exit,
@@ -494,9 +513,9 @@ fn ok_text(c: &Checked) -> String {
         _ => platform::list(&[]),
     };
     let image = &c.target.image;
-    match c.target.location.object {
-        Some(_) => format!("ok    {} image {image:?} ({available})", c.target.location),
-        None => format!("ok    {image} ({available})"),
+    match c.target.location.to_string() {
+        at if at.is_empty() => format!("ok    {image} ({available})"),
+        at => format!("ok    {at} image {image:?} ({available})"),
     }
 }
 
@@ -511,6 +530,7 @@ fn hint(text: &str) -> Line {
         object: None,
         namespace: None,
         container: None,
+        source: None,
         text: format!("hint  {text}"),
         hint: true,
         exit: EXIT_OK,
@@ -532,6 +552,7 @@ fn trouble(subject: &Subject, reason: &str) -> Line {
         )),
         namespace: None,
         container: None,
+        source: None,
         text: format!("ERROR {}: {reason}", object_label(subject)),
         hint: false,
         exit: EXIT_TROUBLE,
@@ -550,6 +571,7 @@ fn unreadable(path: &Path, number: usize, reason: &str) -> Line {
         object: Some(at.clone()),
         namespace: None,
         container: None,
+        source: None,
         text: format!("ERROR {at}: {reason}"),
         hint: false,
         exit: EXIT_TROUBLE,
@@ -621,6 +643,7 @@ mod tests {
             object: None,
             namespace: None,
             container: None,
+            source: None,
             text: String::new(),
             hint: false,
             exit,

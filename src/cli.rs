@@ -176,6 +176,8 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     #[command(flatten)]
+    pub dockerfile: DockerfileArgs,
+    #[command(flatten)]
     pub registry: RegistryArgs,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
@@ -183,6 +185,32 @@ pub struct CheckArgs {
     /// Images to check.
     #[arg(value_name = "IMAGE")]
     pub images: Vec<String>,
+}
+
+/// `check --dockerfile`: the images a build pulls, for the platforms it pulls them for.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DockerfileArgs {
+    /// Dockerfile to check before it is built: the FROM images of the stages the target needs,
+    /// and `COPY --from` and `RUN --mount=...,from=` images, for the build's target platforms (-p).
+    #[arg(long, value_name = "PATH")]
+    pub dockerfile: Option<PathBuf>,
+    /// Build argument, as `docker build --build-arg` (repeatable; KEY alone takes $KEY from the
+    /// environment; ARCHGATE_BUILD_ARGS holds one per line).
+    #[arg(
+        long = "build-arg",
+        value_name = "KEY=VALUE",
+        env = "ARCHGATE_BUILD_ARGS",
+        value_delimiter = '\n',
+        requires = "dockerfile"
+    )]
+    pub build_args: Vec<String>,
+    /// Stage to build [default: the last stage].
+    #[arg(long, value_name = "STAGE", requires = "dockerfile")]
+    pub target: Option<String>,
+    /// The builder's platform, for stages `FROM --platform=$BUILDPLATFORM` [default: the
+    /// platform archgate runs on].
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", requires = "dockerfile")]
+    pub build_platform: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod placement;
 pub mod platform;
 pub mod policy;
+pub mod preflight;
 pub mod reference;
 pub mod resolver;
 pub mod scheduling;

@@ -194,8 +194,15 @@ fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     key_ok && value_ok
 }
 
-/// The distinct platforms of the nodes a placement admits, in a stable order.
+/// The distinct platforms of the nodes a placement admits, in a stable order; a placement that
+/// fixes its platforms (a Dockerfile's pulls) needs exactly those, whatever the nodes.
 pub fn candidates(placement: &Placement, nodes: &[NodeView]) -> Vec<Platform> {
+    if let Some(fixed) = &placement.platforms {
+        let mut out: Vec<Platform> = fixed.iter().map(Platform::normalized).collect();
+        out.sort();
+        out.dedup();
+        return out;
+    }
     let mut out: Vec<Platform> = nodes
         .iter()
         .filter(|n| admits(placement, n))
@@ -279,6 +286,22 @@ mod tests {
 
     fn names(p: &[Platform]) -> Vec<String> {
         p.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn fixed_platforms_do_not_depend_on_nodes() {
+        let nodes = static_nodes(&["linux/amd64"]);
+        let fixed = Placement {
+            platforms: Some(vec![
+                Platform::parse("linux/s390x").unwrap(),
+                Platform::new("linux", "aarch64", Some("v8")),
+            ]),
+            ..Placement::default()
+        };
+        assert_eq!(
+            names(&candidates(&fixed, &nodes)),
+            ["linux/arm64", "linux/s390x"]
+        );
     }
 
     #[test]

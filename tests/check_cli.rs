@@ -64,19 +64,9 @@ impl Sandbox {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(ARCHGATE);
-        command
-            .arg("check")
-            .args(args)
-            .env("HOME", self.home.path())
-            .env("DOCKER_CONFIG", self.docker_config.path())
-            .env_remove("RUST_LOG");
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy().into_owned();
-            if name.starts_with("ARCHGATE_") || name.to_ascii_lowercase().ends_with("_proxy") {
-                command.env_remove(name);
-            }
-        }
+        let mut command =
+            common::sandbox::check_command(ARCHGATE, self.home.path(), self.docker_config.path());
+        command.args(args);
         command
     }
 

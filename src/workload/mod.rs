@@ -3,6 +3,7 @@
 //! Pure functions over the object's JSON; nothing here knows about registries. A new object kind
 //! is a new extractor and nothing else changes.
 
+pub mod dockerfile;
 pub mod pod;
 pub mod tekton;
 
@@ -78,6 +79,9 @@ pub struct Placement {
     /// first: a Tekton run's pod template for every task, then the one for this task alone
     /// (`spec.taskRunSpecs[].podTemplate (pipelineTaskName: build)`). Empty for pods and templates.
     pub pin_at: Vec<String>,
+    /// Platforms fixed by the object itself, whatever the nodes: a Dockerfile stage is pulled
+    /// for the build's target platforms, or the builder's under `FROM --platform=$BUILDPLATFORM`.
+    pub platforms: Option<Vec<Platform>>,
 }
 
 /// What an extractor found: the targets, and what it could not check (said as warnings).

@@ -93,6 +93,7 @@ fn placement(spec: &PodSpec) -> Placement {
             .collect(),
         service_account: spec.service_account_name.clone().filter(|n| !n.is_empty()),
         pin_at: Vec::new(),
+        platforms: None,
     }
 }
 

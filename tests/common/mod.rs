@@ -11,6 +11,7 @@ pub mod apiserver;
 pub mod images;
 pub mod proxy;
 pub mod registry;
+pub mod sandbox;
 pub mod token;
 pub mod webhook;
 
