@@ -209,14 +209,16 @@ pub struct Verdict {
     pub allowed: bool,
     /// Set when denied: every denying finding on its own line, then the hints.
     pub message: Option<String>,
-    /// Shown by kubectl; each under 120 characters.
+    /// Shown by kubectl; each within [`MAX_WARNING_CHARS`], all within [`MAX_WARNINGS_BYTES`].
     pub warnings: Vec<String>,
     /// Everything found, denying or not, for logs, metrics and `archgate check`.
     pub findings: Vec<Finding>,
 }
 
-/// The API server truncates long warnings; kubectl shows them one per line.
-pub const MAX_WARNING_CHARS: usize = 120;
+/// The API server passes each warning of up to 256 characters on intact and cuts the list as a
+/// whole at 4 KiB (k8s.io/apiserver/pkg/warning); kubectl shows one per line.
+pub const MAX_WARNING_CHARS: usize = 256;
+pub const MAX_WARNINGS_BYTES: usize = 4096;
 
 /// What is wrong (or unknowable) about one checked target; `None` when its image provides every
 /// candidate platform.
@@ -262,6 +264,66 @@ pub fn finding(c: &Checked) -> Option<Finding> {
 }
 
 impl Finding {
+    /// The finding as a kubectl warning: the problem first, then where, fitted into
+    /// [`MAX_WARNING_CHARS`] by shortening the image reference in the middle (its registry and tag
+    /// are what a reader recognises).
+    pub fn warning(&self) -> String {
+        let (problem, at, image, rest) = match self {
+            Finding::Missing {
+                at,
+                image,
+                missing,
+                available,
+            } => (
+                format!("missing {}", platform::node_list(missing)),
+                at,
+                Some(image),
+                format!(" (available: {})", platform::node_list(available)),
+            ),
+            Finding::NotFound { at, image } => (
+                "not found in registry".into(),
+                at,
+                Some(image),
+                String::new(),
+            ),
+            Finding::InvalidReference { at, error } => (error.to_string(), at, None, String::new()),
+            Finding::RegistryTrouble { at, image, error } => (
+                format!("{}; not checked", error.summary()),
+                at,
+                Some(image),
+                String::new(),
+            ),
+            Finding::NoCandidates { at, image, reason } => (
+                format!("{reason}; not checked"),
+                at,
+                Some(image),
+                String::new(),
+            ),
+        };
+        let compose = |image: Option<&str>| {
+            let mut out = problem.clone();
+            for part in [
+                Some(at.as_str()),
+                image.map(|i| format!("image {i:?}")).as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.is_empty())
+            {
+                out.push_str(if out == problem { ": " } else { " " });
+                out.push_str(part);
+            }
+            out.push_str(&rest);
+            out
+        };
+        let full = compose(image.map(String::as_str));
+        let over = full.chars().count().saturating_sub(MAX_WARNING_CHARS);
+        match image {
+            Some(image) if over > 0 => clip(&compose(Some(&shorten_middle(image, over + 1)))),
+            _ => clip(&full),
+        }
+    }
+
     /// Whether this finding denies the object in enforce mode.
     pub fn denies(&self, policy: &Policy) -> bool {
         match self {
@@ -289,9 +351,10 @@ pub fn decide(checked: &[Checked], notes: &[String], policy: &Policy) -> Verdict
             Mode::Audit | Mode::Off => false,
         };
         if shown_as_warning {
-            warnings.push(clip(&finding.to_string()));
+            warnings.push(finding.warning());
         }
     }
+    fit_budget(&mut warnings);
     let message = deny.then(|| {
         let mut lines: Vec<String> = denying.iter().map(|&i| findings[i].to_string()).collect();
         lines.extend(hints(checked));
@@ -417,6 +480,41 @@ pub fn unreadable(error: &ExtractError) -> String {
     clip(&error.to_string())
 }
 
+/// `reference` with `drop` more characters cut from its middle (marked `…`), keeping at least a
+/// few characters at each end.
+fn shorten_middle(reference: &str, drop: usize) -> String {
+    let chars: Vec<char> = reference.chars().collect();
+    let keep = chars.len().saturating_sub(drop + 1).max(8).min(chars.len());
+    if keep >= chars.len() {
+        return reference.to_string();
+    }
+    let head = keep / 2;
+    let tail = keep - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
+/// Keeps the whole list within what the API server passes on: past [`MAX_WARNINGS_BYTES`] the
+/// rest is counted in a last line instead of being cut off mid-sentence.
+fn fit_budget(warnings: &mut Vec<String>) {
+    const RESERVE: usize = 64;
+    let mut used = 0;
+    let fits = warnings
+        .iter()
+        .take_while(|w| {
+            used += w.len();
+            used <= MAX_WARNINGS_BYTES - RESERVE
+        })
+        .count();
+    if fits < warnings.len() {
+        let more = warnings.len() - fits;
+        warnings.truncate(fits);
+        warnings.push(format!("… and {more} more (see archgate's log)"));
+    }
+}
+
 /// Keeps a warning within what the API server passes on intact. The one clipping function.
 pub fn clip(text: &str) -> String {
     if text.chars().count() <= MAX_WARNING_CHARS {
@@ -506,7 +604,7 @@ mod tests {
         assert!(v.allowed);
         assert_eq!(
             v.warnings,
-            vec!["container \"app\" image \"r/x:1\" not found in registry"]
+            vec!["not found in registry: container \"app\" image \"r/x:1\""]
         );
     }
 
@@ -576,7 +674,7 @@ mod tests {
         let v = decide(&c, &[], &Policy::default());
         assert_eq!(
             v.warnings,
-            [r#"container "app" image "x" was not checked: every node is cordoned or tainted"#]
+            [r#"every node is cordoned or tainted; not checked: container "app" image "x""#]
         );
         for (reason, words) in [
             (Unplaceable::NoNodes, "the cluster has no nodes"),
@@ -709,6 +807,74 @@ mod tests {
             v.message
                 .unwrap()
                 .starts_with("container \"app\": invalid image reference")
+        );
+    }
+
+    /// Issue 15: warnings lead with the problem, use the API server's real budget (256), and
+    /// shorten a long reference in the middle rather than cutting off what is missing.
+    #[test]
+    fn warnings_lead_with_the_problem_and_keep_it() {
+        let warn = Policy {
+            mode: Mode::Warn,
+            ..Policy::default()
+        };
+        let long = format!(
+            "10.34.0.202:5000/cerebral/{}/ai-base:cuda-12.4-runtime",
+            "payments-service-worker-canary/".repeat(8)
+        );
+        let c = vec![checked(
+            "payments-worker-sidecar",
+            &long,
+            &["linux/amd64"],
+            resolved(&[p("linux/arm64")]),
+        )];
+        let v = decide(&c, &[], &warn);
+        let w = &v.warnings[0];
+        assert!(w.starts_with("missing linux/amd64: container \"payments-worker-sidecar\" image \"10.34.0.202:5000/"), "{w}");
+        assert!(
+            w.ends_with("ai-base:cuda-12.4-runtime\" (available: linux/arm64)"),
+            "{w}"
+        );
+        assert!(w.contains('…'), "{w}");
+        assert!(
+            w.chars().count() <= MAX_WARNING_CHARS,
+            "{}",
+            w.chars().count()
+        );
+        // A short one is whole.
+        let c = vec![checked(
+            "app",
+            "nginx:1.27",
+            &["linux/amd64"],
+            resolved(&[p("linux/arm64")]),
+        )];
+        assert_eq!(
+            decide(&c, &[], &warn).warnings,
+            [
+                "missing linux/amd64: container \"app\" image \"nginx:1.27\" (available: linux/arm64)"
+            ]
+        );
+        // Many findings stay within the 4 KiB the API server keeps, and say how many were left out.
+        let many: Vec<Checked> = (0..100)
+            .map(|i| {
+                checked(
+                    &format!("c{i}"),
+                    &format!("registry.example/team/app-{i}:v1"),
+                    &["linux/amd64"],
+                    resolved(&[p("linux/arm64")]),
+                )
+            })
+            .collect();
+        let v = decide(&many, &[], &warn);
+        let total: usize = v.warnings.iter().map(String::len).sum();
+        assert!(total <= MAX_WARNINGS_BYTES, "{total}");
+        assert!(
+            v.warnings
+                .last()
+                .unwrap()
+                .contains("more (see archgate's log)"),
+            "{:?}",
+            v.warnings.last()
         );
     }
 }

@@ -344,7 +344,7 @@ async fn namespace_modes(w: &World, archgate: &Archgate) {
     w.namespace("unchecked", Some("off"));
     // archgate's Namespace watch must have seen the labels: dry runs until it has.
     let warning = format!(
-        "Warning: container \"app\" image \"{arm}\" is missing linux/amd64 (available: linux/arm64)\n"
+        "Warning: missing linux/amd64: container \"app\" image \"{arm}\" (available: linux/arm64)\n"
     );
     eventually("the warn label is seen", || {
         let out = w.plane.apply(&pod("warned", "web", &arm), true);
@@ -420,7 +420,7 @@ async fn live_nodes_change_verdicts(w: &World) {
     eventually("every node is tainted", || {
         let out = dry(&arm);
         let want = format!(
-            "Warning: container \"app\" image \"{arm}\" was not checked: every node is cordoned or tainted\n"
+            "Warning: every node is cordoned or tainted; not checked: container \"app\" image \"{arm}\"\n"
         );
         (out.ok() && out.stderr() == want).then_some(()).ok_or(out.stderr())
     })
@@ -429,7 +429,7 @@ async fn live_nodes_change_verdicts(w: &World) {
     eventually("no nodes", || {
         let out = dry(&arm);
         let want = format!(
-            "Warning: container \"app\" image \"{arm}\" was not checked: the cluster has no nodes\n"
+            "Warning: the cluster has no nodes; not checked: container \"app\" image \"{arm}\"\n"
         );
         (out.ok() && out.stderr() == want)
             .then_some(())
@@ -471,8 +471,9 @@ async fn pull_secrets_of_pods_and_service_accounts(w: &World) {
     let out = w.plane.apply(&pod("private", "anon", &image), true);
     assert!(out.ok(), "{}", out.stderr());
     assert!(
-        out.stderr().starts_with("Warning: container \"app\" image")
-            && out.stderr().contains("was not checked"),
+        out.stderr().starts_with("Warning: registry ")
+            && out.stderr().contains("refused access")
+            && out.stderr().contains("not checked: container \"app\" image"),
         "{}",
         out.stderr()
     );

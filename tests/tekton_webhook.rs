@@ -506,7 +506,7 @@ async fn a_runs_service_account_and_pull_secrets_open_its_registry() {
         .await;
     assert_eq!(r["allowed"], true, "{r}");
     assert!(
-        warnings(&r).iter().any(|w| w.contains("was not checked")),
+        warnings(&r).iter().any(|w| w.contains("not checked")),
         "{r}"
     );
 }

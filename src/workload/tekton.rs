@@ -32,9 +32,6 @@ use super::{
 /// The run annotation listing extra images to check (comma-separated).
 pub const IMAGES_ANNOTATION: &str = "archgate.io/images";
 
-/// The Kubernetes API server drops warnings of 120 characters and more from `kubectl` output.
-const MAX_WARNING: usize = 119;
-
 /// Pipelines in pipelines may refer to each other; stop following them this deep.
 const MAX_DEPTH: usize = 8;
 
@@ -909,14 +906,14 @@ impl Walker<'_> {
         }
     }
 
-    /// A warning for `kubectl`: prefixed with where it applies, short enough to be shown, once.
+    /// A warning for `kubectl`: prefixed with where it applies, once.
     fn warn(&mut self, at: &str, message: &str) {
         let text = if at.is_empty() {
             message.to_string()
         } else {
             format!("{at}: {message}")
         };
-        let text = shorten(&text, MAX_WARNING);
+        // Fitting it into the API server's warning budget is the policy's job (`policy::clip`).
         if !self.out.warnings.contains(&text) {
             self.out.warnings.push(text);
         }
@@ -1025,14 +1022,4 @@ fn join(prefix: &str, label: &str) -> String {
     } else {
         format!("{prefix} {label}")
     }
-}
-
-/// Cut `text` to at most `max` characters, marking the cut.
-fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let mut out: String = text.chars().take(max - 1).collect();
-    out.push('…');
-    out
 }
