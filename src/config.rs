@@ -161,6 +161,10 @@ pub struct Settings {
     pub exemptions: Exemptions,
     pub log_format: LogFormat,
     pub extract: ExtractOptions,
+    /// Time, count and byte bounds on the webhook port's clients ([`crate::server::Limits`]).
+    pub webhook_limits: crate::server::Limits,
+    /// The same for the admin port.
+    pub admin_limits: crate::server::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -362,6 +366,8 @@ impl Settings {
             extract: ExtractOptions {
                 tekton_image_params: tekton.image_params,
             },
+            webhook_limits: crate::server::Limits::webhook(),
+            admin_limits: crate::server::Limits::admin(),
         })
     }
 }

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::StreamExt;
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::policy::{Checked, Outcome};
@@ -16,6 +17,16 @@ use crate::workload::Target;
 /// A cached answer that would deny is asked again unless it is younger than this: the tag may
 /// have just been rebuilt (`docker buildx build --push`) for the missing platform.
 pub const RECHECK_AFTER: Duration = Duration::from_secs(5);
+
+/// Distinct images looked up for one object, at most. Real pods name a handful and the largest
+/// pipeline runs a few hundred; an object naming more is an attack on the deadline and on
+/// memory. Images past the bound are "not checked" (a registry error for the policy, so
+/// `--on-registry-error` decides), and the review still answers within its deadline.
+pub const MAX_IMAGES_PER_REVIEW: usize = 1000;
+
+/// Cold lookups one review runs at once; each holds a registry request's worth of memory, so
+/// this (not the object's size) bounds a review's memory. Cache hits finish at once either way.
+pub const LOOKUPS_PER_REVIEW: usize = 64;
 
 /// Glob patterns of images that are never checked (`registry.k8s.io/*`).
 #[derive(Debug, Clone, Default)]
@@ -78,7 +89,9 @@ pub async fn check(
         {
             continue;
         }
-        if let (Ok(image), None) = (&parsed, &target.known_platforms) {
+        if let (Ok(image), None) = (&parsed, &target.known_platforms)
+            && (images.len() < MAX_IMAGES_PER_REVIEW || images.contains_key(image))
+        {
             images
                 .entry(image.clone())
                 .or_default()
@@ -87,12 +100,23 @@ pub async fn check(
         pending.push((target, candidates, parsed));
     }
 
-    let lookups = images.iter().map(|(image, needed)| async move {
-        let outcome = resolve_within(image, needed, resolver, credentials, deadline).await;
-        (image.clone(), outcome)
-    });
+    // Collected first: a stream holding the mapping closure trips the compiler's `Send`
+    // inference (rust-lang/rust#102211) once the handler is spawned. The futures are lazy;
+    // at most `LOOKUPS_PER_REVIEW` run (and hold requests) at once.
+    let lookups: Vec<BoxFuture<'_, _>> = images
+        .iter()
+        .map(|(image, needed)| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                let outcome = resolve_within(image, needed, resolver, credentials, deadline).await;
+                (image.clone(), outcome)
+            })
+        })
+        .collect();
     let resolved: HashMap<ImageRef, Result<Resolution, ResolveError>> =
-        join_all(lookups).await.into_iter().collect();
+        futures::stream::iter(lookups)
+            .buffer_unordered(LOOKUPS_PER_REVIEW)
+            .collect()
+            .await;
 
     pending
         .into_iter()
@@ -103,9 +127,13 @@ pub async fn check(
                     digest: String::new(),
                     platforms: known.clone().into(),
                 }),
-                (Ok(image), None) => match &resolved[&image] {
-                    Ok(r) => Outcome::Resolved(r.clone()),
-                    Err(e) => Outcome::Failed(e.clone()),
+                (Ok(image), None) => match resolved.get(&image) {
+                    Some(Ok(r)) => Outcome::Resolved(r.clone()),
+                    Some(Err(e)) => Outcome::Failed(e.clone()),
+                    None => Outcome::Failed(ResolveError::TooManyImages {
+                        registry: image.registry().to_string(),
+                        limit: MAX_IMAGES_PER_REVIEW,
+                    }),
                 },
             };
             Checked {

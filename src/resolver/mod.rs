@@ -96,6 +96,12 @@ pub enum ResolveError {
     Timeout { registry: String },
     #[error("registry {registry} served an unreadable manifest: {reason}")]
     InvalidManifest { registry: String, reason: String },
+    /// The object names more distinct images than one review looks up
+    /// ([`crate::review::MAX_IMAGES_PER_REVIEW`]); this one was not asked for.
+    #[error(
+        "the object is too large to check: it names more than {limit} distinct images, and archgate looks up at most {limit} per object"
+    )]
+    TooManyImages { registry: String, limit: usize },
     /// The registry answered 429; no request goes to it until the pause is over.
     #[error(
         "registry {registry} is rate limiting archgate (429 Too Many Requests): not asked again for {}s",
@@ -120,6 +126,7 @@ impl ResolveError {
             | Self::Unreachable { registry, .. }
             | Self::Timeout { registry }
             | Self::InvalidManifest { registry, .. }
+            | Self::TooManyImages { registry, .. }
             | Self::RateLimited { registry, .. } => registry,
         }
     }

@@ -1,0 +1,418 @@
+//! Issue 11: the webhook cannot be starved, blown up or turned into a proxy.
+//!
+//! Each test reproduces one attack against the real webhook (`serve::start` from real flags, or
+//! the real binary) on loopback, with a real registry behind it. Attackers connect from
+//! 127.0.0.1; "the API server" connects from 127.0.0.2 (all of 127.0.0.0/8 is loopback), so a
+//! per-peer cap can be seen to leave it room. Every loop is bounded in count and time; the time
+//! bounds asserted are correctness bounds (answered before the API server's 10 s give-up, closed
+//! before an attacker's timeout), not performance figures.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use archgate::config::Settings;
+use archgate::serve::{self, Running};
+use archgate::server::MAX_CONCURRENT_STREAMS;
+use common::webhook::{MountedSecret, World, pod_review, serve_settings};
+use rustls_pki_types::pem::PemObject;
+
+const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const API_SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// The Deployment's memory limit (deploy/base/deployment.yaml).
+const MEMORY_LIMIT_KIB: u64 = 256 * 1024;
+
+/// The webhook from real flags with `tweak` applied to its settings.
+struct Hook {
+    running: Running,
+    _secret: MountedSecret,
+    ca_pem: String,
+}
+
+impl Hook {
+    async fn start(world: &World, extra: &[&str], tweak: impl FnOnce(&mut Settings)) -> Self {
+        let secret = MountedSecret::new();
+        let mut settings = serve_settings(&secret.cert(), &secret.key(), world.proxy.host(), extra);
+        tweak(&mut settings);
+        let running = serve::start(settings).await.unwrap();
+        let ca_pem = secret.ca_pem.clone();
+        Self {
+            running,
+            _secret: secret,
+            ca_pem,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.running.webhook.port()
+    }
+
+    /// An HTTPS client as the API server: from 127.0.0.2, trusting the webhook's CA.
+    fn api_server(&self) -> reqwest::Client {
+        client_from(&self.ca_pem, API_SERVER)
+    }
+
+    async fn review(&self, client: &reqwest::Client, review: &Value) -> reqwest::Response {
+        client
+            .post(format!("https://localhost:{}/validate", self.port()))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(review).unwrap())
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+fn client_from(ca_pem: &str, local: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .local_address(local)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+fn tls_connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tcp_from(local: IpAddr, port: u16) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(local, 0))?;
+    socket
+        .connect(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+        .await
+}
+
+/// A TLS connection from `local` speaking `alpn`.
+async fn tls_from(
+    connector: &TlsConnector,
+    local: IpAddr,
+    port: u16,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = tcp_from(local, port).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// Waits (at most `within`) for the server to close `stream`; true if it did.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // a response, a GOAWAY or a PING: keep reading
+        }
+    }
+}
+
+/// The peak resident memory of this process (server and clients together), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// HTTP/1.1 request head announcing a body of `length` bytes, then `sent` of them.
+fn unfinished_post(length: usize, sent: usize) -> Vec<u8> {
+    let mut head = format!(
+        "POST /validate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+    )
+    .into_bytes();
+    head.extend(std::iter::repeat_n(b'{', sent));
+    head
+}
+
+/// Issue 11, item 1: 520 HTTP/1.1 connections and 3 h2 connections × 200 streams, each sending
+/// headers and one body byte, used to take every review slot (the concurrency limit covered
+/// body reading, with no body timeout), so a real review waited 60 s+. Bodies are now read
+/// outside the limit: the API server's review is answered at once, and the dawdlers get 408
+/// when their body timeout ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_bodies_do_not_starve_reviews() {
+    let world = World::new().await;
+    let body_timeout = Duration::from_secs(20);
+    let hook = Hook::start(&world, &[], |s| {
+        s.webhook_limits.body = body_timeout;
+        // Room for all 520 + 3 attacking connections from one address: this test is
+        // about review slots, not the connection cap.
+        s.webhook_limits.max_connections_per_peer = 1024;
+    })
+    .await;
+    let port = hook.port();
+    let h1 = tls_connector(&hook.ca_pem, &[b"http/1.1"]);
+    let h2c = tls_connector(&hook.ca_pem, &[b"h2"]);
+
+    let mut slow = Vec::new();
+    for _ in 0..520 {
+        let mut tls = tls_from(&h1, ATTACKER, port).await.unwrap();
+        tls.write_all(&unfinished_post(1000, 1)).await.unwrap();
+        slow.push(tls);
+    }
+    let mut streams = Vec::new();
+    let mut drivers = Vec::new();
+    for _ in 0..3 {
+        let tls = tls_from(&h2c, ATTACKER, port).await.unwrap();
+        let (mut send, conn) = h2::client::handshake(tls).await.unwrap();
+        drivers.push(tokio::spawn(conn));
+        for _ in 0..200 {
+            send = send.ready().await.unwrap();
+            let request = http::Request::post(format!("https://localhost:{port}/validate"))
+                .header("content-length", "1000")
+                .body(())
+                .unwrap();
+            let (response, mut body) = send.send_request(request, false).unwrap();
+            body.send_data(Bytes::from_static(b"{"), false).unwrap();
+            streams.push((response, body));
+        }
+    }
+
+    let started = Instant::now();
+    let api = hook.api_server();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        hook.review(&api, &pod_review("u-1", &[world.multi()])),
+    )
+    .await
+    .expect("the API server's review waited behind unfinished bodies");
+    let took = started.elapsed();
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    println!("review answered in {took:?} with 520 h1 + 600 h2 unfinished bodies held");
+    assert!(
+        took < body_timeout,
+        "answered before any attacker was evicted"
+    );
+
+    // The attackers are answered 408 at their body timeout, not left hanging.
+    let mut first = slow.swap_remove(0);
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(body_timeout + Duration::from_secs(10), first.read(&mut buf))
+        .await
+        .expect("a body timeout")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let (response, _body) = streams.swap_remove(0);
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 408);
+
+    let peak = peak_rss_kib();
+    println!("peak RSS {peak} KiB (server and all clients in this process)");
+    assert!(peak < MEMORY_LIMIT_KIB, "{peak} KiB");
+    drop((slow, streams));
+    drivers.iter().for_each(|d| d.abort());
+    hook.running.shutdown().await;
+}
+
+/// Issue 11, item 2: after the handshake, a connection that sends nothing (HTTP/1.1, or h2
+/// with only its preface) stayed open for good, and 4,096 of them filled the connection cap.
+/// Now one is closed after the first-request timeout, and an h2 connection that served a
+/// review and went quiet after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed() {
+    let world = World::new().await;
+    let hook = Hook::start(&world, &[], |s| {
+        s.webhook_limits.first_request = Duration::from_secs(2);
+        s.webhook_limits.idle = Duration::from_secs(3);
+    })
+    .await;
+    let port = hook.port();
+    let within = Duration::from_secs(15);
+
+    let mut silent_h1 = tls_from(&tls_connector(&hook.ca_pem, &[b"http/1.1"]), ATTACKER, port)
+        .await
+        .unwrap();
+    let mut no_alpn = tls_from(&tls_connector(&hook.ca_pem, &[]), ATTACKER, port)
+        .await
+        .unwrap();
+    let h2c = tls_connector(&hook.ca_pem, &[b"h2"]);
+    let mut silent_h2 = tls_from(&h2c, ATTACKER, port).await.unwrap();
+    // The client preface and an empty SETTINGS frame: a valid h2 connection that never asks.
+    silent_h2
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+
+    // An h2 connection that serves one review, then goes quiet (answering PINGs).
+    let tls = tls_from(&h2c, ATTACKER, port).await.unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let body = serde_json::to_vec(&pod_review("u-2", &[world.multi()])).unwrap();
+    let request = http::Request::post(format!("https://localhost:{port}/validate"))
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(request, false).unwrap();
+    stream.send_data(body.into(), true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+
+    let started = Instant::now();
+    let (h1, bare, h2) = tokio::join!(
+        closed_within(&mut silent_h1, within),
+        closed_within(&mut no_alpn, within),
+        closed_within(&mut silent_h2, within),
+    );
+    assert!(
+        h1 && bare && h2,
+        "silent connections closed: h1 {h1}, no ALPN {bare}, h2 {h2}"
+    );
+    println!("silent connections closed after {:?}", started.elapsed());
+    let idle = tokio::time::timeout(within, driver).await;
+    assert!(
+        idle.is_ok(),
+        "the idle h2 connection was still open after {within:?}"
+    );
+    hook.running.shutdown().await;
+}
+
+/// The API server multiplexes its reviews over one h2 connection: the webhook says how many at
+/// once in its SETTINGS, and serves that many concurrent reviews on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_h2_connection_carries_max_concurrent_streams_reviews() {
+    let world = World::new().await;
+    let hook = Hook::start(&world, &[], |_| {}).await;
+    let port = hook.port();
+    let tls = tls_from(&tls_connector(&hook.ca_pem, &[b"h2"]), API_SERVER, port)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let review = |i: usize| {
+        let body = serde_json::to_vec(&pod_review(&format!("u-{i}"), &[world.multi()])).unwrap();
+        let mut send = send.clone();
+        async move {
+            send = send.ready().await.unwrap();
+            let request = http::Request::post(format!("https://localhost:{port}/validate"))
+                .body(())
+                .unwrap();
+            let (response, mut stream) = send.send_request(request, false).unwrap();
+            stream.send_data(body.into(), true).unwrap();
+            let response = response.await.unwrap();
+            let status = response.status();
+            let mut body = response.into_body();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+            (status, bytes)
+        }
+    };
+    // One review first: the server's SETTINGS have arrived once it is answered.
+    assert_eq!(review(0).await.0, 200);
+    let advertised = send
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .current_max_send_streams();
+    println!("the webhook allows {advertised} concurrent h2 streams per connection");
+    assert_eq!(advertised, MAX_CONCURRENT_STREAMS as usize);
+
+    let answers = futures::future::join_all((1..=advertised).map(review)).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{}", String::from_utf8_lossy(body));
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["response"]["allowed"], true);
+    }
+    println!(
+        "{} concurrent reviews answered on one connection",
+        answers.len()
+    );
+    driver.abort();
+    hook.running.shutdown().await;
+}
+
+/// A connection cap reached from one address refuses that address only: the API server's
+/// connections (another address) are still served, on both ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_caps_leave_room_for_the_api_server_on_both_ports() {
+    let world = World::new().await;
+    let per_peer = 16;
+    let hook = Hook::start(&world, &[], |s| {
+        s.webhook_limits.max_connections_per_peer = per_peer;
+        s.admin_limits.max_connections_per_peer = per_peer;
+        s.admin_limits.first_request = Duration::from_secs(2);
+    })
+    .await;
+    let (port, admin) = (hook.port(), hook.running.admin.port());
+    let h1 = tls_connector(&hook.ca_pem, &[b"http/1.1"]);
+
+    let mut held = Vec::new();
+    for _ in 0..per_peer {
+        held.push(tls_from(&h1, ATTACKER, port).await.unwrap());
+    }
+    // One more from the same address is closed at once (before or just after its handshake).
+    let refused = match tls_from(&h1, ATTACKER, port).await {
+        Err(_) => true,
+        Ok(mut tls) => closed_within(&mut tls, Duration::from_secs(5)).await,
+    };
+    assert!(
+        refused,
+        "connection {} from one address was served",
+        per_peer + 1
+    );
+    let api = hook.api_server();
+    let answer = hook
+        .review(&api, &pod_review("u-3", &[world.multi()]))
+        .await;
+    assert_eq!(answer.status(), 200);
+
+    // The admin port: same caps, and silent connections are closed.
+    let mut admin_held = Vec::new();
+    for _ in 0..per_peer {
+        admin_held.push(tcp_from(ATTACKER, admin).await.unwrap());
+    }
+    let mut extra = tcp_from(ATTACKER, admin).await.unwrap();
+    assert!(closed_within(&mut extra, Duration::from_secs(5)).await);
+    let plain = reqwest::Client::builder()
+        .local_address(API_SERVER)
+        .no_proxy()
+        .build()
+        .unwrap();
+    let health = plain
+        .get(format!("http://127.0.0.1:{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let started = Instant::now();
+    for conn in &mut admin_held {
+        assert!(closed_within(conn, Duration::from_secs(15)).await);
+    }
+    println!(
+        "silent admin connections closed after {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    hook.running.shutdown().await;
+}
