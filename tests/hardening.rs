@@ -416,3 +416,129 @@ async fn connection_caps_leave_room_for_the_api_server_on_both_ports() {
     drop(held);
     hook.running.shutdown().await;
 }
+
+/// An h2 HEADERS frame opening a POST /validate stream (id 1) whose body never ends: the
+/// header block is HPACK by hand (static-table indexes and literals), since this client must
+/// not be a well-behaved h2 implementation.
+fn raw_h2_unfinished_post() -> Vec<u8> {
+    let mut block = vec![0x83, 0x87]; // :method POST, :scheme https
+    block.push(0x44); // :path, literal value
+    block.push(9);
+    block.extend_from_slice(b"/validate");
+    block.push(0x41); // :authority, literal value
+    block.push(9);
+    block.extend_from_slice(b"localhost");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    let len = block.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.extend_from_slice(&[0x1, 0x4, 0, 0, 0, 1]); // HEADERS, END_HEADERS, stream 1
+    out.extend_from_slice(&block);
+    out.extend_from_slice(&[0, 0, 1, 0x0, 0, 0, 0, 0, 1, b'{']); // DATA, 1 byte, no END_STREAM
+    out
+}
+
+/// Issue 11, item 5: SIGTERM never finished while a client held an unfinished body or an h2
+/// connection ignored GOAWAY (the kubelet kills at 30 s); SIGHUP killed the process. Now SIGHUP
+/// is logged and ignored, and SIGTERM drains for at most the drain grace (15 s), then drops
+/// what is left and exits 0, within terminationGracePeriodSeconds (30) minus preStop (5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_within_the_grace_and_sighup_is_harmless() {
+    common::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.crt");
+    let log_path = dir.path().join("archgate.log");
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, admin) = (free_port(), free_port());
+    // ARCHGATE_BIN names another build to run instead (how RELIABILITY.md's "before" column
+    // was measured, with a build from before these fixes).
+    let binary = std::env::var("ARCHGATE_BIN").unwrap_or(env!("CARGO_BIN_EXE_archgate").into());
+    let mut child = std::process::Command::new(binary)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args(["--self-signed", "--self-signed-ca-out"])
+        .arg(&ca_path)
+        .env("DOCKER_CONFIG", dir.path().join("docker"))
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let signal = |name: &str, pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = plain
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready && ca_path.exists() {
+            break;
+        }
+        assert!(Instant::now() < ready_by, "not ready: {}", log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ca_pem = std::fs::read_to_string(&ca_path).unwrap();
+
+    signal("HUP", child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP killed archgate: {}",
+        log()
+    );
+    let health = plain
+        .get(format!("http://127.0.0.1:{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(log().contains("SIGHUP ignored"), "{}", log());
+
+    // An unfinished HTTP/1.1 body, and an h2 client that opened a stream with an unfinished
+    // body and then never reads again (so never sees GOAWAY or answers a PING).
+    let mut h1 = tls_from(&tls_connector(&ca_pem, &[b"http/1.1"]), ATTACKER, port)
+        .await
+        .unwrap();
+    h1.write_all(&unfinished_post(1000, 1)).await.unwrap();
+    let mut h2_deaf = tls_from(&tls_connector(&ca_pem, &[b"h2"]), ATTACKER, port)
+        .await
+        .unwrap();
+    h2_deaf.write_all(&raw_h2_unfinished_post()).await.unwrap();
+    h2_deaf.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    signal("TERM", child.id());
+    let limit = Duration::from_secs(25);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running {limit:?} after SIGTERM: {}", log());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("exited {status} {:?} after SIGTERM", started.elapsed());
+    assert!(status.success(), "{status}: {}", log());
+    assert!(log().contains("draining connections"), "{}", log());
+    drop((h1, h2_deaf));
+}
