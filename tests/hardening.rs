@@ -542,3 +542,310 @@ async fn sigterm_drains_within_the_grace_and_sighup_is_harmless() {
     assert!(log().contains("draining connections"), "{}", log());
     drop((h1, h2_deaf));
 }
+
+/// A hostile registry on 127.0.0.1: no real registry can be made to stream a 150 MiB manifest,
+/// redirect to a metadata address or answer 429 with another error code, so this one is
+/// hand-written. It speaks just enough of the distribution API: `GET /v2/`, `HEAD` of a tag
+/// (any repository, one fixed digest), and per repository one hostile `GET`.
+mod hostile {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Bytes;
+    use futures::StreamExt;
+    use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+    use hyper::body::{Frame, Incoming};
+    use hyper::service::service_fn;
+    use hyper::{Request, Response};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use serde_json::json;
+
+    /// What a hostile manifest streams: 150 MiB, the size the issue measured.
+    pub const HUGE: u64 = 150 << 20;
+    pub const CONFIG: &[u8] = br#"{"architecture":"arm64","os":"linux"}"#;
+
+    pub struct Registry {
+        pub host: String,
+        /// Bytes of the huge manifest handed to the connection so far.
+        pub streamed: Arc<AtomicU64>,
+        pub requests: Arc<Mutex<Vec<String>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Registry {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    pub fn image_manifest() -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": crate::common::sha256_digest(CONFIG),
+                "size": CONFIG.len()
+            },
+            "layers": []
+        }))
+        .unwrap()
+    }
+
+    type Body = BoxBody<Bytes, Infallible>;
+
+    fn answer(status: u16, headers: &[(&str, String)], body: Body) -> Response<Body> {
+        let mut response = Response::builder().status(status);
+        for (name, value) in headers {
+            response = response.header(*name, value);
+        }
+        response.body(body).unwrap()
+    }
+
+    fn full(bytes: impl Into<Bytes>) -> Body {
+        Full::new(bytes.into()).boxed()
+    }
+
+    fn redirect(to: String) -> Response<Body> {
+        answer(307, &[("location", to)], full(Bytes::new()))
+    }
+
+    async fn route(
+        request: Request<Incoming>,
+        port: u16,
+        streamed: Arc<AtomicU64>,
+        requests: Arc<Mutex<Vec<String>>>,
+    ) -> Response<Body> {
+        let (method, path) = (request.method().clone(), request.uri().path().to_string());
+        requests.lock().unwrap().push(format!("{method} {path}"));
+        let manifest = image_manifest();
+        let digest = crate::common::sha256_digest(&manifest);
+        let config = crate::common::sha256_digest(CONFIG);
+        let repo = path.split('/').nth(2).unwrap_or_default().to_string();
+        if path == "/v2/" {
+            return answer(200, &[], full("{}"));
+        }
+        if method == hyper::Method::HEAD {
+            let digest = if repo == "huge" {
+                format!("sha256:{}", "a".repeat(64))
+            } else {
+                digest
+            };
+            return answer(
+                200,
+                &[
+                    ("docker-content-digest", digest),
+                    (
+                        "content-type",
+                        "application/vnd.oci.image.manifest.v1+json".into(),
+                    ),
+                ],
+                full(Bytes::new()),
+            );
+        }
+        match (repo.as_str(), path.contains("/blobs/")) {
+            ("huge", _) => {
+                // An index that never ends, 64 KiB at a time, without a Content-Length.
+                let counter = streamed.clone();
+                let chunks = futures::stream::iter(0..HUGE / (64 << 10)).map(move |i| {
+                    let chunk = if i == 0 {
+                        let mut head = br#"{"schemaVersion":2,"manifests":["#.to_vec();
+                        head.resize(64 << 10, b' ');
+                        head
+                    } else {
+                        vec![b' '; 64 << 10]
+                    };
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(chunk)))
+                });
+                answer(200, &[], BodyExt::boxed(StreamBody::new(chunks)))
+            }
+            ("meta4", false) => redirect("http://169.254.169.254/latest/meta-data/".into()),
+            ("meta6", false) => redirect("http://[fd00:ec2::254]/latest/meta-data/".into()),
+            ("elsewhere", false) => redirect(format!(
+                "http://localhost:{port}/v2/elsewhere/manifests/{digest}"
+            )),
+            ("limited", false) => answer(
+                429,
+                &[("content-type", "application/json".into())],
+                full(
+                    serde_json::to_vec(&json!({"errors": [{
+                        "code": "DENIED",
+                        "message": "pull rate limit exceeded for this account",
+                        "detail": null
+                    }]}))
+                    .unwrap(),
+                ),
+            ),
+            ("storage-ok" | "storage-meta", false) => answer(
+                200,
+                &[(
+                    "content-type",
+                    "application/vnd.oci.image.manifest.v1+json".into(),
+                )],
+                full(manifest),
+            ),
+            ("storage-ok", true) => redirect(format!(
+                "http://localhost:{port}/bucket/{config}?signature=x"
+            )),
+            ("storage-meta", true) => redirect("http://169.254.169.254/computeMetadata/v1/".into()),
+            _ if path.starts_with("/bucket/") => answer(200, &[], full(CONFIG)),
+            _ => answer(404, &[], full(Bytes::new())),
+        }
+    }
+
+    pub async fn start() -> Registry {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let streamed = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (counter, log) = (streamed.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (counter, log) = (counter.clone(), log.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let (counter, log) = (counter.clone(), log.clone());
+                        async move { Ok::<_, Infallible>(route(request, port, counter, log).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Registry {
+            host: format!("127.0.0.1:{port}"),
+            streamed,
+            requests,
+            task,
+        }
+    }
+}
+
+fn hostile_resolver(host: &str) -> archgate::resolver::Resolver {
+    common::install_crypto_provider();
+    let options = archgate::resolver::RegistryOptions {
+        insecure: vec![host.to_string()],
+        ..Default::default()
+    };
+    archgate::resolver::Resolver::new(options, Arc::new(archgate::metrics::Metrics::new())).unwrap()
+}
+
+async fn resolve_at(
+    resolver: &archgate::resolver::Resolver,
+    host: &str,
+    repository: &str,
+) -> Result<archgate::resolver::Resolution, archgate::resolver::ResolveError> {
+    let image = archgate::reference::ImageRef::parse(&format!("{host}/{repository}:v1")).unwrap();
+    resolver
+        .resolve(&image, &archgate::resolver::Credentials::default())
+        .await
+}
+
+/// Issue 11, item 3: a 150 MiB manifest was buffered whole (312 MB). It is now read as a
+/// stream and refused past 4 MiB: the registry gets to hand over little more than that (TCP
+/// buffers aside), and memory does not grow by its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_manifest_is_refused_while_it_streams() {
+    let registry = hostile::start().await;
+    let resolver = hostile_resolver(&registry.host);
+    let before = peak_rss_kib();
+    let error = resolve_at(&resolver, &registry.host, "huge")
+        .await
+        .unwrap_err();
+    let grown = peak_rss_kib().saturating_sub(before);
+    let streamed = registry.streamed.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "refused after the registry handed over {} KiB of {} MiB; peak RSS grew {grown} KiB",
+        streamed >> 10,
+        hostile::HUGE >> 20
+    );
+    assert!(
+        error.to_string().contains("larger than 4194304 bytes"),
+        "{error}"
+    );
+    assert!(streamed < 32 << 20, "{streamed} bytes streamed");
+    assert!(grown < 64 << 10, "peak RSS grew {grown} KiB");
+}
+
+/// Issue 11, item 8: redirects to link-local or cloud-metadata addresses are refused (before
+/// any connection: those addresses are not reachable here, and the error is the policy's, not a
+/// connect failure); manifests do not follow a redirect to another host; blob downloads do
+/// (registries redirect them to storage), unless to a metadata address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_to_metadata_or_other_hosts_are_refused() {
+    let registry = hostile::start().await;
+    let resolver = hostile_resolver(&registry.host);
+    for repository in ["meta4", "meta6", "storage-meta"] {
+        let error = resolve_at(&resolver, &registry.host, repository)
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("link-local or cloud-metadata address"),
+            "{repository}: {text}"
+        );
+    }
+    let error = resolve_at(&resolver, &registry.host, "elsewhere")
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("redirected a manifest request to another host"),
+        "{error}"
+    );
+    let requests = registry.requests.lock().unwrap().clone();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.contains("/v2/elsewhere/manifests/sha256")
+                && requests.iter().filter(|x| *x == r).count() > 1),
+        "the manifest redirect was followed: {requests:?}"
+    );
+
+    let resolution = resolve_at(&resolver, &registry.host, "storage-ok")
+        .await
+        .unwrap();
+    assert_eq!(resolution.platforms[0].to_string(), "linux/arm64");
+    let requests = registry.requests.lock().unwrap().clone();
+    assert!(
+        requests.iter().any(|r| r.starts_with("GET /bucket/")),
+        "the blob redirect to storage was followed: {requests:?}"
+    );
+}
+
+/// Issue 11, item 6: a 429 whose body carries another error code (`DENIED`) was reported as
+/// "unreachable" and did not pause the host. It is a rate limit: the lookup says so, and the
+/// next cold lookup fails fast without a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_another_error_code_is_still_a_rate_limit() {
+    let registry = hostile::start().await;
+    let resolver = hostile_resolver(&registry.host);
+    let error = resolve_at(&resolver, &registry.host, "limited")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, archgate::resolver::ResolveError::RateLimited { .. }),
+        "{error:?}"
+    );
+    let sent = registry.requests.lock().unwrap().len();
+    let again = resolve_at(&resolver, &registry.host, "storage-ok")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, archgate::resolver::ResolveError::RateLimited { .. }),
+        "{again:?}"
+    );
+    assert_eq!(
+        registry.requests.lock().unwrap().len(),
+        sent,
+        "no request while paused"
+    );
+}
