@@ -24,6 +24,11 @@ pub const RECHECK_AFTER: Duration = Duration::from_secs(5);
 /// `--on-registry-error` decides), and the review still answers within its deadline.
 pub const MAX_IMAGES_PER_REVIEW: usize = 1000;
 
+/// Targets (containers, steps) checked for one object, at most. Past it, the first target over
+/// the bound stands for all the rest with one "too large to check" finding, so neither the
+/// lookups nor the verdict grow with the object (60,000 containers fit in a 4 MiB body).
+pub const MAX_TARGETS_PER_REVIEW: usize = 2000;
+
 /// Cold lookups one review runs at once; each holds a registry request's worth of memory, so
 /// this (not the object's size) bounds a review's memory. Cache hits finish at once either way.
 pub const LOOKUPS_PER_REVIEW: usize = 64;
@@ -81,6 +86,13 @@ pub async fn check(
 ) -> Vec<Checked> {
     let mut images: HashMap<ImageRef, Vec<crate::platform::Platform>> = HashMap::new();
     let mut pending = Vec::new();
+    let mut targets = targets;
+    let overflow = if targets.len() > MAX_TARGETS_PER_REVIEW {
+        targets.truncate(MAX_TARGETS_PER_REVIEW + 1);
+        targets.pop()
+    } else {
+        None
+    };
     for target in targets {
         let candidates = scheduling::candidates(&target.placement, nodes);
         let parsed = ImageRef::parse(&target.image);
@@ -118,7 +130,7 @@ pub async fn check(
             .collect()
             .await;
 
-    pending
+    let mut checked: Vec<Checked> = pending
         .into_iter()
         .map(|(target, candidates, parsed)| {
             let outcome = match (parsed, &target.known_platforms) {
@@ -130,9 +142,10 @@ pub async fn check(
                 (Ok(image), None) => match resolved.get(&image) {
                     Some(Ok(r)) => Outcome::Resolved(r.clone()),
                     Some(Err(e)) => Outcome::Failed(e.clone()),
-                    None => Outcome::Failed(ResolveError::TooManyImages {
+                    None => Outcome::Failed(ResolveError::TooLarge {
                         registry: image.registry().to_string(),
                         limit: MAX_IMAGES_PER_REVIEW,
+                        counted: "distinct images",
                     }),
                 },
             };
@@ -142,7 +155,27 @@ pub async fn check(
                 outcome,
             }
         })
-        .collect()
+        .collect();
+    if let Some(target) = overflow {
+        let candidates = scheduling::candidates(&target.placement, nodes);
+        let registry = ImageRef::parse(&target.image)
+            .map(|i| i.registry().to_string())
+            .unwrap_or_default();
+        // First, so that its finding leads the warnings and the denial.
+        checked.insert(
+            0,
+            Checked {
+                target,
+                candidates,
+                outcome: Outcome::Failed(ResolveError::TooLarge {
+                    registry,
+                    limit: MAX_TARGETS_PER_REVIEW,
+                    counted: "images",
+                }),
+            },
+        );
+    }
+    checked
 }
 
 /// One image: the cached answer, re-asked once if it would deny and is not fresh.

@@ -101,12 +101,17 @@ pub enum ResolveError {
     Timeout { registry: String },
     #[error("registry {registry} served an unreadable manifest: {reason}")]
     InvalidManifest { registry: String, reason: String },
-    /// The object names more distinct images than one review looks up
-    /// ([`crate::review::MAX_IMAGES_PER_REVIEW`]); this one was not asked for.
+    /// The object names more images than one review checks
+    /// ([`crate::review::MAX_IMAGES_PER_REVIEW`], [`crate::review::MAX_TARGETS_PER_REVIEW`]);
+    /// this one (and, for targets, every one after it) was not asked for.
     #[error(
-        "the object is too large to check: it names more than {limit} distinct images, and archgate looks up at most {limit} per object"
+        "the object is too large to check: it names more than {limit} {counted}, the most archgate checks in one object"
     )]
-    TooManyImages { registry: String, limit: usize },
+    TooLarge {
+        registry: String,
+        limit: usize,
+        counted: &'static str,
+    },
     /// The registry answered 429; no request goes to it until the pause is over.
     #[error(
         "registry {registry} is rate limiting archgate (429 Too Many Requests): not asked again for {}s",
@@ -131,7 +136,7 @@ impl ResolveError {
             | Self::Unreachable { registry, .. }
             | Self::Timeout { registry }
             | Self::InvalidManifest { registry, .. }
-            | Self::TooManyImages { registry, .. }
+            | Self::TooLarge { registry, .. }
             | Self::RateLimited { registry, .. } => registry,
         }
     }
@@ -142,6 +147,9 @@ impl ResolveError {
             Self::Unreachable { registry, .. } => format!("registry {registry} is unreachable"),
             Self::InvalidManifest { registry, .. } => {
                 format!("registry {registry} served an unreadable manifest")
+            }
+            Self::TooLarge { limit, counted, .. } => {
+                format!("object too large to check (over {limit} {counted})")
             }
             Self::RateLimited { registry, retry_in } => format!(
                 "registry {registry} is rate limiting (paused {}s)",
