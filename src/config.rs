@@ -51,6 +51,10 @@ pub struct FileConfig {
     /// hosts.toml: `{"docker.io": ["mirror.internal:5000"]}`.
     #[serde(default)]
     pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Registries (`HOST[:PORT]`) whose manifest requests may follow a redirect to another
+    /// host (blob downloads always may, except to link-local or metadata addresses).
+    #[serde(default)]
+    pub manifest_redirects: Vec<String>,
     pub docker_config: Option<PathBuf>,
     pub pull_secrets: Option<bool>,
     #[serde(default)]
@@ -195,6 +199,8 @@ pub enum ConfigError {
         "mirrors.{registry}: {value:?} is not a registry host: write HOST[:PORT] without scheme or path, and list plain-HTTP mirrors in insecureRegistries"
     )]
     Mirror { registry: String, value: String },
+    #[error("{key}: {value:?} is not a registry host: write HOST[:PORT] without scheme or path")]
+    Host { key: &'static str, value: String },
     #[error("--registry-ca {path}: {source}")]
     RegistryCa {
         path: PathBuf,
@@ -278,6 +284,7 @@ impl Settings {
             registry_ca,
             registry_concurrency,
             mirrors,
+            manifest_redirects,
             docker_config,
             pull_secrets,
             exempt_namespaces,
@@ -340,6 +347,7 @@ impl Settings {
                 None => defaults.concurrency,
             },
             mirrors: check_mirrors(mirrors)?,
+            manifest_redirects: check_hosts(manifest_redirects, "manifestRedirects")?,
             ..defaults
         };
 
@@ -378,11 +386,7 @@ fn check_mirrors(
 ) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
     for (registry, hosts) in &mirrors {
         for value in std::iter::once(registry).chain(hosts) {
-            let bad = value.is_empty()
-                || value.contains("://")
-                || value.contains('/')
-                || value.chars().any(char::is_whitespace);
-            if bad {
+            if !is_registry_host(value) {
                 return Err(ConfigError::Mirror {
                     registry: registry.clone(),
                     value: value.clone(),
@@ -391,6 +395,25 @@ fn check_mirrors(
         }
     }
     Ok(mirrors)
+}
+
+/// `HOST[:PORT]` as in image references (no scheme, no path).
+fn is_registry_host(value: &str) -> bool {
+    !(value.is_empty()
+        || value.contains("://")
+        || value.contains('/')
+        || value.chars().any(char::is_whitespace))
+}
+
+/// A list of registry hosts under config key `key`.
+fn check_hosts(hosts: Vec<String>, key: &'static str) -> Result<Vec<String>, ConfigError> {
+    match hosts.iter().find(|h| !is_registry_host(h)) {
+        Some(value) => Err(ConfigError::Host {
+            key,
+            value: value.clone(),
+        }),
+        None => Ok(hosts),
+    }
 }
 
 fn parse_addr(text: &str) -> SocketAddr {
@@ -403,6 +426,17 @@ fn parse_addr(text: &str) -> SocketAddr {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn manifest_redirect_hosts_are_plain_hosts() {
+        let ok = vec!["registry.example:5000".to_string()];
+        assert_eq!(check_hosts(ok.clone(), "manifestRedirects").unwrap(), ok);
+        let err = check_hosts(vec!["https://r.example".into()], "manifestRedirects").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "manifestRedirects: \"https://r.example\" is not a registry host: write HOST[:PORT] without scheme or path"
+        );
+    }
 
     fn serve(args: &[&str]) -> Result<Settings, ConfigError> {
         let mut argv = vec!["archgate", "serve"];
