@@ -79,7 +79,8 @@ pub struct Limits {
     pub body: Duration,
     /// A connection with no request in flight for this long is closed. Longer than the
     /// 90 s idle timeout of Go's HTTP client, so the API server closes first and never sends
-    /// a review on a connection being closed.
+    /// a review on a connection being closed. (HTTP/1.1 keep-alive connections close sooner:
+    /// hyper's header timeout, `first_request`, also times the wait for the next request.)
     pub idle: Duration,
     /// h2 PING interval; a peer that does not answer within the same time is dropped.
     pub keep_alive: Duration,
