@@ -85,21 +85,81 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
 }
 
 /// Writes `ca.crt`, `tls.crt`, `tls.key` and `ca-bundle.b64` (the webhook's `caBundle` value).
+/// Private keys are created 0600 (owner only); certificates 0644.
 pub fn write(bundle: &Bundle, dir: &Path) -> Result<(), CertsError> {
-    let write = |name: &str, contents: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, contents).map_err(|source| CertsError::Write {
-            path: path.display().to_string(),
-            source,
-        })
-    };
+    let write = |name: &str, contents: &str| write_file(&dir.join(name), contents, 0o644);
     std::fs::create_dir_all(dir).map_err(|source| CertsError::Write {
         path: dir.display().to_string(),
         source,
     })?;
     write("ca.crt", &bundle.ca_pem)?;
     write("tls.crt", &bundle.cert_pem)?;
-    write("tls.key", &bundle.key_pem)?;
+    write_file(&dir.join("tls.key"), &bundle.key_pem, 0o600)?;
     let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&bundle.ca_pem);
     write("ca-bundle.b64", &format!("{ca_bundle}\n"))
+}
+
+/// Writes `contents` to `path` with permission bits `mode`. A file that already exists gets
+/// its mode set before the new contents go in, so a key is never readable by others, not even
+/// for a moment.
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CertsError> {
+    use std::io::Write;
+    let failed = |source| CertsError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(mode);
+        let file = options.open(path).map_err(failed)?;
+        // `mode` only applies when the file is created (and the umask may narrow it).
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(failed)?;
+        (&file).write_all(contents.as_bytes()).map_err(failed)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = mode;
+        let mut file = options.open(path).map_err(failed)?;
+        file.write_all(contents.as_bytes()).map_err(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_owner_only_even_over_an_existing_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A key left world-readable by an older version must not stay so.
+        std::fs::write(dir.path().join("tls.key"), "old").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("tls.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let bundle = generate(&["archgate.archgate.svc".into()]).unwrap();
+        write(&bundle, dir.path()).unwrap();
+        let mode = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode("tls.key"), 0o600);
+        assert_eq!(mode("tls.crt"), 0o644);
+        assert_eq!(mode("ca.crt"), 0o644);
+        let key = std::fs::read_to_string(dir.path().join("tls.key")).unwrap();
+        assert!(
+            key.contains("PRIVATE KEY"),
+            "the old contents were replaced"
+        );
+    }
 }

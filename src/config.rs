@@ -53,6 +53,10 @@ pub struct FileConfig {
     /// hosts.toml: `{"docker.io": ["mirror.internal:5000"]}`.
     #[serde(default)]
     pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Registries (`HOST[:PORT]`) whose manifest requests may follow a redirect to another
+    /// host (blob downloads always may, except to link-local or metadata addresses).
+    #[serde(default)]
+    pub manifest_redirects: Vec<String>,
     pub docker_config: Option<PathBuf>,
     pub pull_secrets: Option<bool>,
     pub kubeconfig: Option<PathBuf>,
@@ -229,6 +233,10 @@ pub struct Settings {
     pub exemptions: Exemptions,
     pub log_format: LogFormat,
     pub extract: ExtractOptions,
+    /// Time, count and byte bounds on the webhook port's clients ([`crate::server::Limits`]).
+    pub webhook_limits: crate::server::Limits,
+    /// The same for the admin port.
+    pub admin_limits: crate::server::Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +285,8 @@ pub enum ConfigError {
         access: ClusterAccess,
         reason: String,
     },
+    #[error("{key}: {value:?} is not a registry host: write HOST[:PORT] without scheme or path")]
+    Host { key: &'static str, value: String },
     #[error("--registry-ca {path}: {source}")]
     RegistryCa {
         path: PathBuf,
@@ -377,6 +387,7 @@ impl Settings {
             registry_ca,
             registry_concurrency,
             mirrors,
+            manifest_redirects,
             docker_config,
             pull_secrets,
             kubeconfig,
@@ -443,6 +454,7 @@ impl Settings {
                 None => defaults.concurrency,
             },
             mirrors: check_mirrors(mirrors)?,
+            manifest_redirects: check_hosts(manifest_redirects, "manifestRedirects")?,
             ..defaults
         };
 
@@ -487,6 +499,8 @@ impl Settings {
                 tekton_image_params: image_params,
                 trust_tekton_platforms: false,
             },
+            webhook_limits: crate::server::Limits::webhook(),
+            admin_limits: crate::server::Limits::admin(),
         })
     }
 }
@@ -497,11 +511,7 @@ fn check_mirrors(
 ) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
     for (registry, hosts) in &mirrors {
         for value in std::iter::once(registry).chain(hosts) {
-            let bad = value.is_empty()
-                || value.contains("://")
-                || value.contains('/')
-                || value.chars().any(char::is_whitespace);
-            if bad {
+            if !is_registry_host(value) {
                 return Err(ConfigError::Mirror {
                     registry: registry.clone(),
                     value: value.clone(),
@@ -510,6 +520,25 @@ fn check_mirrors(
         }
     }
     Ok(mirrors)
+}
+
+/// `HOST[:PORT]` as in image references (no scheme, no path).
+fn is_registry_host(value: &str) -> bool {
+    !(value.is_empty()
+        || value.contains("://")
+        || value.contains('/')
+        || value.chars().any(char::is_whitespace))
+}
+
+/// A list of registry hosts under config key `key`.
+fn check_hosts(hosts: Vec<String>, key: &'static str) -> Result<Vec<String>, ConfigError> {
+    match hosts.iter().find(|h| !is_registry_host(h)) {
+        Some(value) => Err(ConfigError::Host {
+            key,
+            value: value.clone(),
+        }),
+        None => Ok(hosts),
+    }
 }
 
 fn parse_addr(text: &str) -> SocketAddr {
@@ -522,6 +551,17 @@ fn parse_addr(text: &str) -> SocketAddr {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn manifest_redirect_hosts_are_plain_hosts() {
+        let ok = vec!["registry.example:5000".to_string()];
+        assert_eq!(check_hosts(ok.clone(), "manifestRedirects").unwrap(), ok);
+        let err = check_hosts(vec!["https://r.example".into()], "manifestRedirects").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "manifestRedirects: \"https://r.example\" is not a registry host: write HOST[:PORT] without scheme or path"
+        );
+    }
 
     fn serve(args: &[&str]) -> Result<Settings, ConfigError> {
         let mut argv = vec!["archgate", "serve"];

@@ -6,12 +6,6 @@
 //! would see their Deployment differ from git and fight the webhook forever; the Pods those
 //! templates stamp out are steered one by one instead.
 
-use std::sync::Arc;
-
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::prelude::BASE64_STANDARD;
 use json_patch::Patch;
@@ -27,23 +21,6 @@ use crate::subject::Kind;
 
 /// Where the MutatingWebhookConfiguration sends Pods.
 pub const MUTATE_PATH: &str = "/mutate";
-
-/// The HTTP handler: an AdmissionReview in, an AdmissionReview out (400 for a body that is not
-/// one, as `/validate` answers).
-pub async fn mutate(State(admission): State<Arc<Admission>>, body: Bytes) -> Response {
-    let request = match admission::decode(&body) {
-        Ok(request) => request,
-        Err(e) => {
-            debug!(error = %e, "bad review body");
-            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
-        }
-    };
-    let review = admission.steer(request).await;
-    match serde_json::to_vec(&review) {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
 
 /// The review as JSON with `patch` as the API documents it: base64 of the JSON Patch.
 ///

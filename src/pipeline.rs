@@ -15,7 +15,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::StreamExt;
+use futures::future::{BoxFuture, join_all};
 use tokio::time::Instant;
 
 use crate::bundles::{Bundles, WithBundles};
@@ -214,6 +215,21 @@ impl Pipeline {
     }
 }
 
+/// Distinct images looked up for one object, at most. Real pods name a handful and the largest
+/// pipeline runs a few hundred; an object naming more is an attack on the deadline and on
+/// memory. Images past the bound are "not checked" (a registry error for the policy, so
+/// `--on-registry-error` decides), and the review still answers within its deadline.
+pub const MAX_IMAGES_PER_REVIEW: usize = 1000;
+
+/// Targets (containers, steps) checked for one object, at most. Past it, the first target over
+/// the bound stands for all the rest with one "too large to check" finding, so neither the
+/// lookups nor the verdict grow with the object (60,000 containers fit in a 4 MiB body).
+pub const MAX_TARGETS_PER_REVIEW: usize = 2000;
+
+/// Cold lookups one review runs at once; each holds a registry request's worth of memory, so
+/// this (not the object's size) bounds a review's memory. Cache hits finish at once either way.
+pub const LOOKUPS_PER_REVIEW: usize = 64;
+
 /// A cached answer that would deny is asked again unless it is younger than this: the tag may
 /// have just been rebuilt (`docker buildx build --push`) for the missing platform.
 pub const RECHECK_AFTER: Duration = Duration::from_secs(5);
@@ -275,6 +291,13 @@ pub async fn resolve(
     let mut by_pod: Vec<(Arc<Placement>, Arc<Credentials>)> = Vec::new();
     let mut images: HashMap<(ImageRef, Identity), Lookup> = HashMap::new();
     let mut pending = Vec::new();
+    let mut targets = targets;
+    let overflow = if targets.len() > MAX_TARGETS_PER_REVIEW {
+        targets.truncate(MAX_TARGETS_PER_REVIEW + 1);
+        targets.pop()
+    } else {
+        None
+    };
     for target in targets {
         let candidates = scheduling::candidates(&target.placement, nodes);
         let unplaceable = candidates
@@ -300,26 +323,41 @@ pub async fn resolve(
                 }
             };
             let identity = pulls_with.identity_for(image.registry());
-            images
-                .entry((image.clone(), identity))
-                .or_insert_with(|| (pulls_with, Vec::new()))
-                .1
-                .extend(candidates.iter().cloned());
-            key = Some(identity);
+            let key_of = (image.clone(), identity);
+            if images.len() < MAX_IMAGES_PER_REVIEW || images.contains_key(&key_of) {
+                images
+                    .entry(key_of)
+                    .or_insert_with(|| (pulls_with, Vec::new()))
+                    .1
+                    .extend(candidates.iter().cloned());
+                key = Some(identity);
+            }
         }
         pending.push((target, candidates, unplaceable, parsed, key));
     }
 
-    let lookups = images
+    // Collected first: a stream holding the mapping closure trips the compiler's `Send`
+    // inference (rust-lang/rust#102211) once the handler is spawned. The futures are lazy;
+    // at most `LOOKUPS_PER_REVIEW` run (and hold requests) at once.
+    let lookups: Vec<BoxFuture<'_, _>> = images
         .iter()
-        .map(|((image, identity), (credentials, needed))| async move {
-            let outcome = resolve_within(image, needed, resolver, credentials, deadline).await;
-            ((image.clone(), *identity), outcome)
-        });
+        .map(
+            |((image, identity), (credentials, needed))| -> BoxFuture<'_, _> {
+                Box::pin(async move {
+                    let outcome =
+                        resolve_within(image, needed, resolver, credentials, deadline).await;
+                    ((image.clone(), *identity), outcome)
+                })
+            },
+        )
+        .collect();
     let resolved: HashMap<(ImageRef, Identity), Result<Resolution, ResolveError>> =
-        join_all(lookups).await.into_iter().collect();
+        futures::stream::iter(lookups)
+            .buffer_unordered(LOOKUPS_PER_REVIEW)
+            .collect()
+            .await;
 
-    pending
+    let mut checked: Vec<Checked> = pending
         .into_iter()
         .map(|(target, candidates, unplaceable, parsed, identity)| {
             let outcome = match (parsed, &target.known_platforms) {
@@ -328,10 +366,18 @@ pub async fn resolve(
                     digest: String::new(),
                     platforms: known.clone().into(),
                 }),
-                (Ok(image), None) => match &resolved[&(image, identity.unwrap_or_default())] {
-                    Ok(r) => Outcome::Resolved(r.clone()),
-                    Err(e) => Outcome::Failed(e.clone()),
-                },
+                (Ok(image), None) => {
+                    let registry = image.registry().to_string();
+                    match identity.and_then(|id| resolved.get(&(image, id))) {
+                        Some(Ok(r)) => Outcome::Resolved(r.clone()),
+                        Some(Err(e)) => Outcome::Failed(e.clone()),
+                        None => Outcome::Failed(ResolveError::TooLarge {
+                            registry,
+                            limit: MAX_IMAGES_PER_REVIEW,
+                            counted: "distinct images",
+                        }),
+                    }
+                }
             };
             Checked {
                 target,
@@ -340,7 +386,28 @@ pub async fn resolve(
                 outcome,
             }
         })
-        .collect()
+        .collect();
+    if let Some(target) = overflow {
+        let candidates = scheduling::candidates(&target.placement, nodes);
+        let registry = ImageRef::parse(&target.image)
+            .map(|i| i.registry().to_string())
+            .unwrap_or_default();
+        // First, so that its finding leads the warnings and the denial.
+        checked.insert(
+            0,
+            Checked {
+                target,
+                candidates,
+                unplaceable: None,
+                outcome: Outcome::Failed(ResolveError::TooLarge {
+                    registry,
+                    limit: MAX_TARGETS_PER_REVIEW,
+                    counted: "images",
+                }),
+            },
+        );
+    }
+    checked
 }
 
 /// One image: the cached answer, re-asked once if it would deny and is not fresh.

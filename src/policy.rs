@@ -334,6 +334,10 @@ impl Finding {
         }
     }
 }
+/// Warnings per answer, at most; past it one line counts the rest (all are in the log).
+pub const MAX_WARNINGS: usize = 25;
+/// A denial message, at most (an index may list thousands of platforms).
+pub const MAX_MESSAGE_CHARS: usize = 4096;
 
 /// Turns checked targets (and extraction's own warnings) into a verdict under `policy`.
 pub fn decide(checked: &[Checked], notes: &[String], policy: &Policy) -> Verdict {
@@ -358,7 +362,7 @@ pub fn decide(checked: &[Checked], notes: &[String], policy: &Policy) -> Verdict
     let message = deny.then(|| {
         let mut lines: Vec<String> = denying.iter().map(|&i| findings[i].to_string()).collect();
         lines.extend(hints(checked));
-        lines.join("\n")
+        clip_to(&lines.join("\n"), MAX_MESSAGE_CHARS)
     });
     Verdict {
         allowed: !deny,
@@ -496,31 +500,42 @@ fn shorten_middle(reference: &str, drop: usize) -> String {
     out
 }
 
-/// Keeps the whole list within what the API server passes on: past [`MAX_WARNINGS_BYTES`] the
-/// rest is counted in a last line instead of being cut off mid-sentence.
+/// Keeps the whole list within what the API server passes on (at most [`MAX_WARNINGS`] lines and
+/// [`MAX_WARNINGS_BYTES`]): the rest is counted in a last line instead of being cut off
+/// mid-sentence.
 fn fit_budget(warnings: &mut Vec<String>) {
     const RESERVE: usize = 64;
     let mut used = 0;
     let fits = warnings
         .iter()
+        .take(MAX_WARNINGS)
         .take_while(|w| {
             used += w.len();
             used <= MAX_WARNINGS_BYTES - RESERVE
         })
         .count();
     if fits < warnings.len() {
-        let more = warnings.len() - fits;
-        warnings.truncate(fits);
-        warnings.push(format!("… and {more} more (see archgate's log)"));
+        let kept = fits.min(MAX_WARNINGS - 1);
+        let more = warnings.len() - kept;
+        warnings.truncate(kept);
+        warnings.push(format!(
+            "… and {more} more warnings (archgate's log has them all)"
+        ));
     }
 }
 
-/// Keeps a warning within what the API server passes on intact. The one clipping function.
+/// Keeps a warning within what the API server passes on intact. The one clipping function
+/// (with [`clip_to`] for the denial message's own bound).
 pub fn clip(text: &str) -> String {
-    if text.chars().count() <= MAX_WARNING_CHARS {
+    clip_to(text, MAX_WARNING_CHARS)
+}
+
+/// `text` within `max` characters, an ellipsis marking a cut.
+fn clip_to(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
         return text.to_string();
     }
-    let mut out: String = text.chars().take(MAX_WARNING_CHARS - 1).collect();
+    let mut out: String = text.chars().take(max - 1).collect();
     out.push('…');
     out
 }
@@ -583,6 +598,34 @@ mod tests {
         );
         assert!(v.warnings.is_empty());
         assert_eq!(v.findings.len(), 1);
+    }
+
+    #[test]
+    fn messages_and_warnings_are_bounded_however_many_platforms_and_findings() {
+        // Issue 11: an index with 10,000 platforms made a 159 KB denial.
+        let many: Vec<Platform> = (0..10_000)
+            .map(|i| Platform::new("linux", &format!("arch{i}"), None))
+            .collect();
+        let c = vec![checked("app", REF, &["linux/amd64"], resolved(&many))];
+        let v = decide(&c, &[], &Policy::default());
+        let message = v.message.unwrap();
+        assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS);
+        assert!(message.ends_with('…') && message.starts_with("container \"app\""));
+
+        let trouble = Outcome::Failed(ResolveError::Timeout {
+            registry: "r".into(),
+        });
+        let c: Vec<Checked> = (0..1000)
+            .map(|i| checked(&format!("c{i}"), "r/x:1", &["linux/amd64"], trouble.clone()))
+            .collect();
+        let v = decide(&c, &[], &Policy::default());
+        assert!(v.allowed);
+        assert_eq!(v.warnings.len(), MAX_WARNINGS);
+        assert_eq!(
+            v.warnings.last().unwrap(),
+            "… and 976 more warnings (archgate's log has them all)"
+        );
+        assert_eq!(v.findings.len(), 1000, "the log still gets every finding");
     }
 
     #[test]
@@ -872,7 +915,7 @@ mod tests {
             v.warnings
                 .last()
                 .unwrap()
-                .contains("more (see archgate's log)"),
+                .contains("more warnings (archgate's log has them all)"),
             "{:?}",
             v.warnings.last()
         );

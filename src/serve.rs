@@ -38,14 +38,30 @@ impl Running {
     }
 }
 
-/// `archgate serve`: start, then run until SIGTERM or Ctrl-C, then drain.
+/// `archgate serve`: start, then run until SIGTERM or Ctrl-C, then drain for at most the
+/// webhook's drain grace (both listeners drain at once, each within its grace).
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args)?;
     telemetry::init(settings.log_format);
+    let grace = settings
+        .webhook_limits
+        .drain_grace
+        .max(settings.admin_limits.drain_grace);
+    let signals = Signals::install()?;
     let running = start(settings).await?;
-    shutdown_signal().await;
-    info!("shutting down: finishing in-flight reviews");
-    running.shutdown().await;
+    signals.shutdown().await;
+    info!(
+        grace_s = grace.as_secs_f64(),
+        "shutting down: finishing in-flight reviews"
+    );
+    // The listeners drop what is left at their grace; this is the backstop for anything else
+    // (a stuck task must not outlive the kubelet's patience).
+    if tokio::time::timeout(grace + Duration::from_secs(2), running.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("drain did not finish within the grace; exiting anyway");
+    }
     info!("stopped");
     Ok(())
 }
@@ -118,16 +134,19 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         "archgate serving"
     );
     readiness.set_listening();
-    let admin_task = tokio::spawn(server::serve_plain(
+    let admin_task = tokio::spawn(server::serve(
         admin_listener,
+        None,
         server::admin_router(readiness, metrics),
+        settings.admin_limits.clone(),
         stopped(),
     ));
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
-    let webhook_task = server::serve_tls(
+    let webhook_task = server::serve(
         webhook_listener,
-        acceptor,
-        server::router(admission),
+        Some(acceptor),
+        server::router_with(admission, &settings.webhook_limits),
+        settings.webhook_limits.clone(),
         stopped(),
     );
     let task = tokio::spawn(async move {
@@ -188,20 +207,43 @@ fn serving_key(source: &TlsSource) -> anyhow::Result<Arc<CurrentKey>> {
     }
 }
 
-/// SIGTERM (the kubelet) or Ctrl-C.
-async fn shutdown_signal() {
+/// The signals `serve` handles, installed before the listeners open (SIGHUP's default
+/// action would kill the process and drop in-flight reviews).
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+                hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+
+    /// Resolves on SIGTERM (the kubelet) or Ctrl-C. SIGHUP is logged and otherwise ignored:
+    /// certificates are re-read every [`CERT_POLL`] anyway, and nothing else is reloadable.
+    async fn shutdown(mut self) {
+        #[cfg(unix)]
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = self.hangup.recv() => {
+                    info!("SIGHUP ignored: certificates are re-read every second without it");
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

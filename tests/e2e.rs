@@ -473,7 +473,9 @@ async fn pull_secrets_of_pods_and_service_accounts(w: &World) {
     assert!(
         out.stderr().starts_with("Warning: registry ")
             && out.stderr().contains("refused access")
-            && out.stderr().contains("not checked: container \"app\" image"),
+            && out
+                .stderr()
+                .contains("not checked: container \"app\" image"),
         "{}",
         out.stderr()
     );

@@ -357,7 +357,13 @@ async fn nothing_leaks_after_bursts_of_faulted_reviews() {
                 .collect();
             for review in reviews {
                 let (r, took) = review.await.unwrap();
-                assert_eq!(r["allowed"], true, "{rule:?}: {r}");
+                // A truncated manifest answer to a missing tag is a complete 404 to HEAD (there
+                // is no body to cut): "not found" is the right answer then.
+                let not_found = rule.fault == Fault::Truncate
+                    && r["status"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.ends_with("not found in registry"));
+                assert!(r["allowed"] == true || not_found, "{rule:?}: {r}");
                 assert!(took < DEADLINE + SLACK, "{rule:?}: {took:?}");
             }
             world.proxy.clear_fault();
@@ -410,7 +416,7 @@ async fn after_a_429_lookups_fail_fast_without_requests_then_resume() {
     resolver.resolve(&warm, &anonymous()).await.unwrap();
     let multi = parse(world.multi());
 
-    // HEAD answered 429 carries no digest header, so oci-client retries with a GET: both 429.
+    // HEAD answered 429: that is the answer (no fallback GET).
     world.proxy.set_fault(
         FaultRule::new(Fault::Status {
             status: 429,
@@ -427,7 +433,7 @@ async fn after_a_429_lookups_fail_fast_without_requests_then_resume() {
     assert_eq!(registry, world.proxy.host());
     assert_eq!(*retry_in, Duration::from_secs(1), "first pause");
     let counts = world.proxy.counts();
-    assert_eq!(counts.kind(RequestKind::Manifest), 2, "{counts:?}");
+    assert_eq!(counts.kind(RequestKind::Manifest), 1, "{counts:?}");
     world.proxy.clear_fault();
     world.proxy.reset();
 

@@ -29,6 +29,9 @@ const MAX_OS_FEATURES: usize = 16;
 const MAX_OS_FIELD_BYTES: usize = 64;
 /// Stands for an `os.version` or `os.features` archgate would not read: no node has it.
 const UNREADABLE: &str = "unreadable";
+/// Index entries read, at most. Real indexes list a few dozen (platforms plus attestations);
+/// an index listing more is refused as unreadable (a registry error for the policy).
+pub const MAX_INDEX_ENTRIES: usize = 1000;
 
 /// Buildx and other tools mark attestation and signature entries in an index this way.
 const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
@@ -59,6 +62,8 @@ pub enum ManifestError {
     ConfigPlatform,
     #[error("the image config is {0} bytes, larger than any real image config")]
     ConfigTooLarge(i64),
+    #[error("the index lists {0} entries, more than the {MAX_INDEX_ENTRIES} archgate reads")]
+    TooManyEntries(usize),
 }
 
 #[derive(Deserialize)]
@@ -151,6 +156,9 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
         return Err(ManifestError::MediaType(media_type.to_string()));
     }
     if let Some(entries) = raw.manifests {
+        if entries.len() > MAX_INDEX_ENTRIES {
+            return Err(ManifestError::TooManyEntries(entries.len()));
+        }
         let mut platforms: Vec<Platform> = entries
             .into_iter()
             .filter(|e| {
@@ -324,6 +332,18 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(p.node_name(), "*(+x)/amd64/v3");
+    }
+
+    #[test]
+    fn indexes_past_the_entry_bound_are_refused() {
+        let entry = json!({"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}});
+        let index =
+            |n: usize| body(json!({"schemaVersion": 2, "manifests": vec![entry.clone(); n]}));
+        assert!(parse_manifest(&index(MAX_INDEX_ENTRIES)).is_ok());
+        assert_eq!(
+            parse_manifest(&index(MAX_INDEX_ENTRIES + 1)),
+            Err(ManifestError::TooManyEntries(MAX_INDEX_ENTRIES + 1))
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! before the origin; whatever host answers, cache entries stay keyed by the origin reference.
 
 pub mod credentials;
+pub mod fetch;
 pub mod manifest;
 mod oauth;
 pub mod throttle;
@@ -58,6 +59,9 @@ pub struct RegistryOptions {
     /// Registry host (`docker.io`, `HOST[:PORT]`) → mirror hosts asked in order before it.
     /// Insecure and CA settings apply to a mirror by its own host name.
     pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Registries (`HOST[:PORT]`) whose manifest requests may follow a redirect to another
+    /// host. Blob downloads may always leave the registry (except to metadata addresses).
+    pub manifest_redirects: Vec<String>,
 }
 
 impl Default for RegistryOptions {
@@ -72,6 +76,7 @@ impl Default for RegistryOptions {
             max_images: 100_000,
             concurrency: throttle::DEFAULT_CONCURRENCY,
             mirrors: BTreeMap::new(),
+            manifest_redirects: Vec::new(),
         }
     }
 }
@@ -96,6 +101,17 @@ pub enum ResolveError {
     Timeout { registry: String },
     #[error("registry {registry} served an unreadable manifest: {reason}")]
     InvalidManifest { registry: String, reason: String },
+    /// The object names more images than one review checks
+    /// ([`crate::review::MAX_IMAGES_PER_REVIEW`], [`crate::review::MAX_TARGETS_PER_REVIEW`]);
+    /// this one (and, for targets, every one after it) was not asked for.
+    #[error(
+        "the object is too large to check: it names more than {limit} {counted}, the most archgate checks in one object"
+    )]
+    TooLarge {
+        registry: String,
+        limit: usize,
+        counted: &'static str,
+    },
     /// The registry answered 429; no request goes to it until the pause is over.
     #[error(
         "registry {registry} is rate limiting archgate (429 Too Many Requests): not asked again for {}s",
@@ -120,6 +136,7 @@ impl ResolveError {
             | Self::Unreachable { registry, .. }
             | Self::Timeout { registry }
             | Self::InvalidManifest { registry, .. }
+            | Self::TooLarge { registry, .. }
             | Self::RateLimited { registry, .. } => registry,
         }
     }
@@ -130,6 +147,9 @@ impl ResolveError {
             Self::Unreachable { registry, .. } => format!("registry {registry} is unreachable"),
             Self::InvalidManifest { registry, .. } => {
                 format!("registry {registry} served an unreadable manifest")
+            }
+            Self::TooLarge { limit, counted, .. } => {
+                format!("object too large to check (over {limit} {counted})")
             }
             Self::RateLimited { registry, retry_in } => format!(
                 "registry {registry} is rate limiting (paused {}s)",
@@ -323,6 +343,8 @@ pub struct Resolver {
     /// endless distinct `os.version`s).
     platform_sets: Cache<Vec<Platform>, Arc<[Platform]>>,
     access_tokens: oauth::AccessTokens,
+    /// Manifest and blob reads with byte caps and guarded redirects.
+    fetcher: fetch::Fetcher,
     metrics: Arc<Metrics>,
 }
 
@@ -362,6 +384,15 @@ impl Resolver {
         let throttle = Throttle::new(options.concurrency);
         let clients = Default::default();
         let access_tokens = oauth::AccessTokens::new(token_http_client(&options)?);
+        let fetcher = fetch::Fetcher::new(fetch::FetchOptions {
+            insecure: &options.insecure,
+            ca_pem: options.ca_pem.as_deref(),
+            connect_timeout: options.connect_timeout,
+            read_timeout: options.request_timeout,
+            manifest_redirect_hosts: &options.manifest_redirects,
+            concurrency: options.concurrency,
+        })
+        .map_err(|e| SetupError::Ca(e.to_string()))?;
         let resolver = Self {
             options,
             ca,
@@ -372,6 +403,7 @@ impl Resolver {
             throttle,
             platform_sets: Cache::new(10_000),
             access_tokens,
+            fetcher,
             metrics,
         };
         // Build the anonymous client now so a bad CA fails at start, not on the first review.
@@ -644,7 +676,11 @@ impl Resolver {
         let reference = hop.reference(image.reference());
         let auth = self.authorize(&client, hop, &reference).await?;
         let result = self
-            .ask(hop.host, client.fetch_manifest_digest(&reference, &auth))
+            .ask(
+                hop.host,
+                self.fetcher
+                    .digest(&client, &reference, &auth, hop.identity),
+            )
             .await;
         let checked = Instant::now();
         match result {
@@ -699,11 +735,12 @@ impl Resolver {
         let pulled = self
             .ask(
                 hop.host,
-                client.pull_manifest_raw(&reference, &auth, manifest::ACCEPT),
+                self.fetcher
+                    .manifest(&client, &reference, &auth, hop.identity),
             )
             .await;
         let body = match pulled {
-            Ok((body, _)) => body,
+            Ok(body) => body,
             Err(ResolveError::NotFound { .. }) => return Ok(DigestEntry(None)),
             Err(e) => return Err(e),
         };
@@ -721,12 +758,20 @@ impl Resolver {
                 if config_size > manifest::MAX_CONFIG_BYTES {
                     return Err(invalid(ManifestError::ConfigTooLarge(config_size)));
                 }
-                let mut blob = Vec::new();
-                self.ask(
-                    hop.host,
-                    client.pull_blob(&reference, config_digest.as_str(), &mut blob),
-                )
-                .await?;
+                // The declared size is the registry's claim: the read is capped on its own.
+                let blob = self
+                    .ask(
+                        hop.host,
+                        self.fetcher.blob(
+                            &client,
+                            &reference,
+                            &auth,
+                            hop.identity,
+                            &config_digest,
+                            manifest::MAX_CONFIG_BYTES as usize,
+                        ),
+                    )
+                    .await?;
                 vec![manifest::parse_config(&blob).map_err(invalid)?]
             }
         };

@@ -253,3 +253,32 @@ pub fn three_container_pod(images: &[String; 3]) -> Value {
     spec["containers"] = Value::Array(containers);
     review
 }
+
+/// A minimal Pod AdmissionReview (the fields the API server always sends) with `images`.
+pub fn pod_review(uid: &str, images: &[String]) -> Value {
+    let containers: Vec<Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+        .collect();
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "name": "p",
+            "namespace": "default",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:default:deployer"},
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "default"},
+                "spec": {"containers": containers}
+            },
+            "dryRun": false
+        }
+    })
+}
