@@ -267,6 +267,9 @@ async fn archgate_behind_a_real_api_server() {
     live_nodes_change_verdicts(&w).await;
     pull_secrets_of_pods_and_service_accounts(&w).await;
     tekton_runs(&w, &archgate).await;
+    tekton_when_skips_a_task(&w).await;
+    static_platforms_keep_the_cluster(&w, &archgate).await;
+    placement_steers_a_pod(&w, &archgate).await;
     pods_in_a_loop(&w, &archgate).await;
     shipped_rbac_with_a_service_account_token(&w).await;
     failure_policy(&w, &mut archgate).await;
@@ -616,6 +619,187 @@ async fn tekton_runs(w: &World, archgate: &Archgate) {
         })
         .await;
     }
+}
+
+/// Issue 13 through the real API server: a task whose `when` is false with the run's params is
+/// skipped by Tekton (docs/pipelines.md, "Guard Task execution using when expressions"), so its
+/// arm64-only image does not deny the run; with the param that makes it run, it does.
+async fn tekton_when_skips_a_task(w: &World) {
+    let arm = w.image(&w.arm);
+    let run = |name: &str, arch: &str| {
+        json!({
+            "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+            "metadata": {"name": name, "namespace": "ci"},
+            "spec": {
+                "params": [{"name": "arch", "value": arch}],
+                "pipelineSpec": {
+                    "params": [{"name": "arch", "type": "string"}],
+                    "tasks": [{
+                        "name": "arm-only",
+                        "when": [{"input": "$(params.arch)", "operator": "in", "values": ["arm64"]}],
+                        "taskSpec": {"steps": [{"name": "build", "image": arm, "script": "make"}]},
+                    }],
+                },
+            },
+        })
+    };
+    let out = w.plane.apply(&run("when-skipped", "amd64"), false);
+    assert_eq!(
+        out.stdout(),
+        "pipelinerun.tekton.dev/when-skipped created\n",
+        "{}",
+        out.stderr()
+    );
+    let out = w.plane.apply(&run("when-runs", "arm64"), false);
+    assert!(!out.ok(), "{}", out.stdout());
+    assert!(
+        out.stderr().contains(&format!(
+            "pipeline task \"arm-only\" step \"build\" image \"{arm}\" is missing linux/amd64"
+        )),
+        "{}",
+        out.stderr()
+    );
+}
+
+/// Issue 10: with a fixed platform list (`-p linux/amd64`) and `--kubeconfig`, namespace modes,
+/// `--pull-secrets` and Tekton references by name still come from the cluster (before, all
+/// three were silently ignored unless `--platform auto`).
+async fn static_platforms_keep_the_cluster(w: &World, auto: &Archgate) {
+    let args: Vec<String> = w
+        .serve_args(&["--pull-secrets"])
+        .into_iter()
+        .map(|a| {
+            if a == "auto" {
+                "linux/amd64".to_string()
+            } else {
+                a
+            }
+        })
+        .chain([
+            "--kubeconfig".to_string(),
+            w.plane.kubeconfig.display().to_string(),
+        ])
+        .collect();
+    let fixed = Archgate::start(&w.plane.kubeconfig, &args).await;
+    w.register(&fixed, None);
+    let arm = w.image(&w.arm);
+    let reviews = || async { fixed.metric("archgate_reviews_total", "").await };
+
+    // The `warn` label of namespace "warned": admitted with the warning, by this archgate.
+    let warning = format!(
+        "Warning: missing linux/amd64: container \"app\" image \"{arm}\" (available: linux/arm64)\n"
+    );
+    eventually("the fixed-platform archgate answers", || {
+        let out = w.plane.apply(&pod("warned", "fixed", &arm), true);
+        (out.ok() && out.stderr() == warning)
+            .then_some(())
+            .ok_or(out.stderr())
+    })
+    .await;
+    assert!(
+        reviews().await >= 1.0,
+        "the fixed-platform archgate answered"
+    );
+
+    // A Pipeline by name: found in the cluster, not "was not found".
+    let by_ref = json!({
+        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+        "metadata": {"name": "fixed-by-ref", "namespace": "ci"},
+        "spec": {"pipelineRef": {"name": "release"}},
+    });
+    let out = w.plane.apply(&by_ref, true);
+    assert!(
+        !out.ok()
+            && out.stderr().contains(&format!(
+                "step \"build\" image \"{arm}\" is missing linux/amd64"
+            )),
+        "{}",
+        out.stderr()
+    );
+
+    // A ServiceAccount's pull secret opens the private registry.
+    let private = w.image(&w.private_arm);
+    let mut with_account = pod("private", "fixed", &private);
+    with_account["spec"]["serviceAccountName"] = json!("builder");
+    let out = w.plane.apply(&with_account, true);
+    assert_eq!(
+        out.stderr(),
+        denied(&missing_amd64("container \"app\"", &private)),
+        "pull secrets with a fixed platform list"
+    );
+
+    // Back to the `--platform auto` archgate for the scenarios after this one.
+    w.register(auto, None);
+    let before = reviews().await;
+    eventually("the auto archgate answers again", || {
+        let out = w.plane.apply(&pod("enforce", "probe", &arm), true);
+        (!out.ok() && out.stderr().contains(HOOK))
+            .then_some(())
+            .ok_or(out.stderr())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = w.plane.apply(&pod("enforce", "probe", &arm), true);
+    assert!(!out.ok());
+    let after = reviews().await;
+    assert!(
+        after - before <= 1.0,
+        "the fixed archgate is no longer asked"
+    );
+}
+
+/// Issue 17 through the real API server: with the shipped MutatingWebhookConfiguration (only
+/// `clientConfig` changed) and arm64 plus amd64 nodes, an arm64-only pod comes back from
+/// `kubectl apply` with required node affinity on arm64 and archgate's annotation.
+async fn placement_steers_a_pod(w: &World, archgate: &Archgate) {
+    let text =
+        std::fs::read_to_string("deploy/components/placement/mutatingwebhookconfiguration.yaml")
+            .unwrap();
+    let mut config: Value = serde_saphyr::from_str(&text).unwrap();
+    let ca = std::fs::read_to_string(w.certs.join("ca-bundle.b64")).unwrap();
+    config["webhooks"][0]["clientConfig"] = json!({
+        "url": format!("https://127.0.0.1:{}/mutate", archgate.webhook.port()),
+        "caBundle": ca.trim(),
+    });
+    w.plane
+        .must(&["apply", "-f", "-"], Some(&config.to_string()));
+    w.node("amd-1", "amd64", false);
+    w.node("arm-1", "arm64", false);
+    w.namespace("steered", None);
+    let arm = w.image(&w.arm);
+    eventually("the arm64-only pod is steered", || {
+        let out = w.plane.apply(&pod("steered", "web", &arm), true);
+        (out.ok() && out.stderr().contains("archgate.io/placement"))
+            .then_some(())
+            .ok_or(out.stderr() + &out.stdout())
+    })
+    .await;
+    let out = w.plane.apply(&pod("steered", "web", &arm), false);
+    assert!(out.ok(), "{}", out.stderr());
+    let got = w
+        .plane
+        .must(&["get", "pod", "web", "-n", "steered", "-o", "json"], None);
+    let got: Value = serde_json::from_str(&got).unwrap();
+    let terms = &got["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert_eq!(
+        terms,
+        &json!([{"matchExpressions": [
+            {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}
+        ]}]),
+        "{got}"
+    );
+    assert!(
+        got["metadata"]["annotations"]["archgate.io/placement"]
+            .as_str()
+            .is_some_and(|a| a.contains("arm64")),
+        "{got}"
+    );
+    w.plane.must(
+        &["delete", "mutatingwebhookconfiguration", "archgate"],
+        None,
+    );
+    w.plane.must(&["delete", "node", "arm-1"], None);
 }
 
 /// 200 pods created with kube-rs, over four images: archgate's registry request count and the
