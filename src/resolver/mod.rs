@@ -11,11 +11,19 @@
 //! Every request to a registry host passes its [`Throttle`]: at most `concurrency` in flight, none
 //! while the host is paused after a 429. Mirrors (containerd's hosts.toml idea) are asked in order
 //! before the origin; whatever host answers, cache entries stay keyed by the origin reference.
+//!
+//! By concern: `cache` (entries, keys, expiry), `route` (mirrors then origin, with credentials),
+//! `errors` (what went wrong, classified), `fetch` (bounded manifest and blob reads),
+//! `manifest` (what a manifest says), `credentials`/`oauth` (who we are), `throttle` (manners
+//! per host); this file is the [`Resolver`] that ties them together.
 
+mod cache;
 pub mod credentials;
+mod errors;
 pub mod fetch;
 pub mod manifest;
 mod oauth;
+mod route;
 pub mod throttle;
 
 use std::collections::BTreeMap;
@@ -25,10 +33,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use moka::Expiry;
 use moka::future::Cache;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tracing::{debug, warn};
@@ -36,6 +43,11 @@ use tracing::{debug, warn};
 pub use credentials::{Auth, Credentials, CredentialsError, Identity};
 use manifest::{Document, ManifestError};
 pub use throttle::Throttle;
+
+use cache::{Digest, DigestEntry, DigestExpiry, Key, TagEntry, TagExpiry, digest_key, tag_key};
+pub use errors::{ResolveError, SetupError};
+use errors::{classify, is_rate_limit, not_found, status_class};
+use route::{Hop, Route};
 
 use crate::metrics::{CacheResult, Metrics, StatusClass};
 use crate::platform::Platform;
@@ -86,245 +98,6 @@ impl Default for RegistryOptions {
 pub struct Resolution {
     pub digest: String,
     pub platforms: Arc<[Platform]>,
-}
-
-/// Why an image's platforms could not be learned.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ResolveError {
-    #[error("not found in registry {registry}")]
-    NotFound { registry: String },
-    #[error("registry {registry} refused access: check the docker config or imagePullSecrets")]
-    Unauthorized { registry: String },
-    #[error("registry {registry} is unreachable: {reason}")]
-    Unreachable { registry: String, reason: String },
-    #[error("registry {registry} did not answer in time")]
-    Timeout { registry: String },
-    #[error("registry {registry} served an unreadable manifest: {reason}")]
-    InvalidManifest { registry: String, reason: String },
-    /// The object names more images than one review checks
-    /// ([`crate::review::MAX_IMAGES_PER_REVIEW`], [`crate::review::MAX_TARGETS_PER_REVIEW`]);
-    /// this one (and, for targets, every one after it) was not asked for.
-    #[error(
-        "the object is too large to check: it names more than {limit} {counted}, the most archgate checks in one object"
-    )]
-    TooLarge {
-        registry: String,
-        limit: usize,
-        counted: &'static str,
-    },
-    /// The registry answered 429; no request goes to it until the pause is over.
-    #[error(
-        "registry {registry} is rate limiting archgate (429 Too Many Requests): not asked again for {}s",
-        whole_seconds(*.retry_in)
-    )]
-    RateLimited {
-        registry: String,
-        retry_in: Duration,
-    },
-}
-
-/// Seconds for a message, rounded up: "0s" would read as "now".
-fn whole_seconds(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
-}
-
-impl ResolveError {
-    pub fn registry(&self) -> &str {
-        match self {
-            Self::NotFound { registry }
-            | Self::Unauthorized { registry }
-            | Self::Unreachable { registry, .. }
-            | Self::Timeout { registry }
-            | Self::InvalidManifest { registry, .. }
-            | Self::TooLarge { registry, .. }
-            | Self::RateLimited { registry, .. } => registry,
-        }
-    }
-
-    /// One short clause for a warning line (the full reason goes to the log).
-    pub fn summary(&self) -> String {
-        match self {
-            Self::Unreachable { registry, .. } => format!("registry {registry} is unreachable"),
-            Self::InvalidManifest { registry, .. } => {
-                format!("registry {registry} served an unreadable manifest")
-            }
-            Self::TooLarge { limit, counted, .. } => {
-                format!("object too large to check (over {limit} {counted})")
-            }
-            Self::RateLimited { registry, retry_in } => format!(
-                "registry {registry} is rate limiting (paused {}s)",
-                whole_seconds(*retry_in)
-            ),
-            other => other.to_string(),
-        }
-    }
-
-    /// The image does not exist: a finding about the image, not trouble with the registry.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::NotFound { .. })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error("--registry-ca: {0}")]
-    Ca(String),
-    #[error(transparent)]
-    Credentials(#[from] CredentialsError),
-}
-
-/// A tag's digest, or the knowledge that the tag does not exist, and when we learned it.
-#[derive(Debug, Clone)]
-struct TagEntry {
-    digest: Option<Digest>,
-    checked: Instant,
-}
-
-/// A digest's platforms, or the knowledge that it does not exist. Platform lists are interned:
-/// most images share one of a handful of sets.
-#[derive(Debug, Clone)]
-struct DigestEntry(Option<Arc<[Platform]>>);
-
-/// Cache key: who asked (credential identity) and a 128-bit hash of the reference (host,
-/// repository and tag, or host, repository and digest). A hash instead of the string keeps a cached image
-/// at a fixed few hundred bytes (the 100k-image memory budget); at 128 bits a collision among
-/// even millions of keys is out of reach.
-type Key = (Identity, u128);
-
-fn key(identity: Identity, parts: &[&str]) -> Key {
-    // Hashing the parts (each `str` hash ends with a separator byte) avoids building the
-    // reference string on the warm path.
-    let half = |salt: u8| {
-        let mut h = DefaultHasher::new();
-        salt.hash(&mut h);
-        parts.iter().for_each(|p| p.hash(&mut h));
-        h.finish()
-    };
-    (identity, (u128::from(half(0)) << 64) | u128::from(half(1)))
-}
-
-fn tag_key(identity: Identity, image: &ImageRef) -> Key {
-    let tag = image.tag().unwrap_or("latest");
-    key(identity, &[image.registry(), image.repository(), ":", tag])
-}
-
-fn digest_key(identity: Identity, image: &ImageRef, digest: &str) -> Key {
-    key(
-        identity,
-        &[image.registry(), image.repository(), "@", digest],
-    )
-}
-
-/// A manifest digest, stored compactly: 32 bytes for sha256 (every registry today), the text
-/// otherwise.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Digest {
-    Sha256([u8; 32]),
-    Other(Box<str>),
-}
-
-impl Digest {
-    fn new(text: &str) -> Self {
-        let sha256 = text
-            .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64)
-            .and_then(|hex| {
-                let mut bytes = [0u8; 32];
-                for (i, byte) in bytes.iter_mut().enumerate() {
-                    *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-                }
-                Some(bytes)
-            });
-        match sha256 {
-            Some(bytes) if text[7..].bytes().all(|b| !b.is_ascii_uppercase()) => {
-                Digest::Sha256(bytes)
-            }
-            _ => Digest::Other(text.into()),
-        }
-    }
-}
-
-impl std::fmt::Display for Digest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Digest::Sha256(bytes) => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let mut text = [0u8; 64];
-                for (i, b) in bytes.iter().enumerate() {
-                    text[2 * i] = HEX[usize::from(b >> 4)];
-                    text[2 * i + 1] = HEX[usize::from(b & 0xf)];
-                }
-                f.write_str("sha256:")?;
-                // Only ASCII hex digits were written.
-                f.write_str(std::str::from_utf8(&text).unwrap_or_default())
-            }
-            Digest::Other(text) => f.write_str(text),
-        }
-    }
-}
-
-struct TagExpiry {
-    found: Duration,
-    missing: Duration,
-}
-
-impl Expiry<Key, TagEntry> for TagExpiry {
-    fn expire_after_create(&self, _: &Key, value: &TagEntry, _: Instant) -> Option<Duration> {
-        Some(if value.digest.is_some() {
-            self.found
-        } else {
-            self.missing
-        })
-    }
-}
-
-struct DigestExpiry {
-    missing: Duration,
-}
-
-impl Expiry<Key, DigestEntry> for DigestExpiry {
-    fn expire_after_create(&self, _: &Key, value: &DigestEntry, _: Instant) -> Option<Duration> {
-        value.0.is_none().then_some(self.missing)
-    }
-}
-
-/// One host to ask for an image: a mirror, or (always last) the origin registry.
-struct Hop<'a> {
-    /// `HOST[:PORT]` the requests go to; throttles and error messages are per host.
-    host: &'a str,
-    mirror: bool,
-    auth: Auth,
-    identity: Identity,
-}
-
-impl Hop<'_> {
-    /// `origin` addressed to this hop (oci-client sends the origin as `?ns=` to a mirror).
-    fn reference(&self, origin: &Reference) -> Reference {
-        let mut reference = origin.clone();
-        if self.mirror {
-            reference.set_mirror_registry(self.host.to_string());
-        }
-        reference
-    }
-}
-
-/// Where to ask, in order, and who is asking.
-struct Route<'a> {
-    hops: Vec<Hop<'a>>,
-    /// The cache key's identity: the origin credentials' identity, mixed with the mirrors' when
-    /// any mirror is asked with credentials (what a private mirror showed must not be served
-    /// to a caller without them).
-    identity: Identity,
-}
-
-impl Route<'_> {
-    fn mirrors(&self) -> &[Hop<'_>] {
-        &self.hops[..self.hops.len() - 1]
-    }
-
-    fn origin(&self) -> &Hop<'_> {
-        &self.hops[self.hops.len() - 1]
-    }
 }
 
 /// Resolves images to platforms; cheap to share (`Arc`) across requests.
@@ -845,119 +618,11 @@ fn token_http_client(options: &RegistryOptions) -> Result<reqwest::Client, Setup
     builder.build().map_err(|e| SetupError::Ca(e.to_string()))
 }
 
-fn not_found(image: &ImageRef) -> ResolveError {
-    ResolveError::NotFound {
-        registry: image.registry().to_string(),
-    }
-}
-
-fn status_class(e: &OciDistributionError) -> StatusClass {
-    let code = match e {
-        OciDistributionError::ServerError { code, .. } => *code,
-        OciDistributionError::RegistryError { .. }
-        | OciDistributionError::UnauthorizedError { .. } => 400,
-        OciDistributionError::RequestError(e) => match e.status() {
-            Some(s) => s.as_u16(),
-            None => return StatusClass::Transport,
-        },
-        _ => 200,
-    };
-    match code {
-        500.. => StatusClass::ServerError,
-        400..500 => StatusClass::ClientError,
-        _ => StatusClass::Success,
-    }
-}
-
-/// A 429, bare or as a distribution error envelope (`TOOMANYREQUESTS`).
-fn is_rate_limit(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ServerError { code: 429, .. } => true,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| e.code == OciErrorCode::Toomanyrequests),
-        _ => false,
-    }
-}
-
-/// Maps oci-client's errors onto what an operator can act on (429 is [`is_rate_limit`]'s).
-fn classify(registry: &str, e: OciDistributionError) -> ResolveError {
-    let registry = registry.to_string();
-    match e {
-        OciDistributionError::ImageManifestNotFoundError(_) => ResolveError::NotFound { registry },
-        OciDistributionError::ServerError { code: 404, .. } => ResolveError::NotFound { registry },
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                        | OciErrorCode::BlobUnknown
-                )
-            }) {
-                ResolveError::NotFound { registry }
-            } else if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                ResolveError::Unauthorized { registry }
-            } else {
-                ResolveError::Unreachable {
-                    registry,
-                    reason: envelope.to_string(),
-                }
-            }
-        }
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::ServerError {
-            code: 401 | 403, ..
-        } => ResolveError::Unauthorized { registry },
-        OciDistributionError::ServerError { code, .. } => ResolveError::Unreachable {
-            registry,
-            reason: format!("HTTP {code}"),
-        },
-        OciDistributionError::RequestError(e) if e.is_timeout() => {
-            ResolveError::Timeout { registry }
-        }
-        OciDistributionError::RequestError(e) => ResolveError::Unreachable {
-            registry,
-            reason: describe_transport(&e),
-        },
-        OciDistributionError::DigestError(e) => ResolveError::InvalidManifest {
-            registry,
-            reason: e.to_string(),
-        },
-        OciDistributionError::ManifestParsingError(reason)
-        | OciDistributionError::VersionedParsingError(reason)
-        | OciDistributionError::SpecViolationError(reason) => {
-            ResolveError::InvalidManifest { registry, reason }
-        }
-        other => ResolveError::Unreachable {
-            registry,
-            reason: other.to_string(),
-        },
-    }
-}
-
-/// reqwest's top-level message is "error sending request"; the cause is in the source chain.
-fn describe_transport(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.dedup();
-    parts.join(": ")
-}
-
 #[cfg(test)]
 mod tests {
+    use super::cache::key;
     use super::*;
+    use oci_client::errors::OciErrorCode;
 
     #[test]
     fn digests_round_trip_compactly() {

@@ -1,0 +1,128 @@
+//! The two caches' entries and keys: tag → digest (short-lived) and digest → platforms (for
+//! good), keyed by who asked and a hash of the reference.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+
+use super::Identity;
+use crate::platform::Platform;
+use crate::reference::ImageRef;
+
+/// A tag's digest, or the knowledge that the tag does not exist, and when we learned it.
+#[derive(Debug, Clone)]
+pub(super) struct TagEntry {
+    pub(super) digest: Option<Digest>,
+    pub(super) checked: Instant,
+}
+
+/// A digest's platforms, or the knowledge that it does not exist. Platform lists are interned:
+/// most images share one of a handful of sets.
+#[derive(Debug, Clone)]
+pub(super) struct DigestEntry(pub(super) Option<Arc<[Platform]>>);
+
+/// Cache key: who asked (credential identity) and a 128-bit hash of the reference (host,
+/// repository and tag, or host, repository and digest). A hash instead of the string keeps a cached image
+/// at a fixed few hundred bytes (the 100k-image memory budget); at 128 bits a collision among
+/// even millions of keys is out of reach.
+pub(super) type Key = (Identity, u128);
+
+pub(super) fn key(identity: Identity, parts: &[&str]) -> Key {
+    // Hashing the parts (each `str` hash ends with a separator byte) avoids building the
+    // reference string on the warm path.
+    let half = |salt: u8| {
+        let mut h = DefaultHasher::new();
+        salt.hash(&mut h);
+        parts.iter().for_each(|p| p.hash(&mut h));
+        h.finish()
+    };
+    (identity, (u128::from(half(0)) << 64) | u128::from(half(1)))
+}
+
+pub(super) fn tag_key(identity: Identity, image: &ImageRef) -> Key {
+    let tag = image.tag().unwrap_or("latest");
+    key(identity, &[image.registry(), image.repository(), ":", tag])
+}
+
+pub(super) fn digest_key(identity: Identity, image: &ImageRef, digest: &str) -> Key {
+    key(
+        identity,
+        &[image.registry(), image.repository(), "@", digest],
+    )
+}
+
+/// A manifest digest, stored compactly: 32 bytes for sha256 (every registry today), the text
+/// otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Digest {
+    Sha256([u8; 32]),
+    Other(Box<str>),
+}
+
+impl Digest {
+    pub(super) fn new(text: &str) -> Self {
+        let sha256 = text
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64)
+            .and_then(|hex| {
+                let mut bytes = [0u8; 32];
+                for (i, byte) in bytes.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                Some(bytes)
+            });
+        match sha256 {
+            Some(bytes) if text[7..].bytes().all(|b| !b.is_ascii_uppercase()) => {
+                Digest::Sha256(bytes)
+            }
+            _ => Digest::Other(text.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Digest::Sha256(bytes) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut text = [0u8; 64];
+                for (i, b) in bytes.iter().enumerate() {
+                    text[2 * i] = HEX[usize::from(b >> 4)];
+                    text[2 * i + 1] = HEX[usize::from(b & 0xf)];
+                }
+                f.write_str("sha256:")?;
+                // Only ASCII hex digits were written.
+                f.write_str(std::str::from_utf8(&text).unwrap_or_default())
+            }
+            Digest::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+pub(super) struct TagExpiry {
+    pub(super) found: Duration,
+    pub(super) missing: Duration,
+}
+
+impl Expiry<Key, TagEntry> for TagExpiry {
+    fn expire_after_create(&self, _: &Key, value: &TagEntry, _: Instant) -> Option<Duration> {
+        Some(if value.digest.is_some() {
+            self.found
+        } else {
+            self.missing
+        })
+    }
+}
+
+pub(super) struct DigestExpiry {
+    pub(super) missing: Duration,
+}
+
+impl Expiry<Key, DigestEntry> for DigestExpiry {
+    fn expire_after_create(&self, _: &Key, value: &DigestEntry, _: Instant) -> Option<Duration> {
+        value.0.is_none().then_some(self.missing)
+    }
+}
