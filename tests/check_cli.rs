@@ -522,7 +522,7 @@ async fn usage_errors_and_unreachable_registries_exit_2() {
     assert_eq!(run.code, 2, "{run}");
     let line = run.line_with(&image);
     assert!(
-        line.contains("unreachable") && line.contains(&closed),
+        line.contains("refused the connection") && line.contains(&closed),
         "{run}"
     );
 
@@ -604,9 +604,14 @@ async fn tls_registry_with_docker_config_and_registry_ca() {
     ]);
     assert_eq!(run.code, 2, "{run}");
 
-    // Without the CA the certificate is not trusted.
+    // Without the CA the certificate is not trusted, and the line says what to do.
     let run = sandbox.run(&["--docker-config", config, &multi]);
     assert_eq!(run.code, 2, "{run}");
+    let line = run.line_with(&multi);
+    assert!(
+        line.contains("not trusted") && line.contains("--registry-ca"),
+        "{run}"
+    );
 
     // The default place: $DOCKER_CONFIG/config.json.
     let run = sandbox

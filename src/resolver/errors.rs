@@ -18,6 +18,17 @@ pub enum ResolveError {
     Unauthorized { registry: String },
     #[error("registry {registry} is unreachable: {reason}")]
     Unreachable { registry: String, reason: String },
+    /// Nothing accepts connections at the address: a wrong port, or the registry is down.
+    #[error("registry {registry} refused the connection: nothing listens there, or it is down")]
+    Refused { registry: String },
+    /// The TLS certificate does not chain to a CA archgate trusts.
+    #[error(
+        "registry {registry} presented a TLS certificate archgate does not trust ({reason}): add its CA with --registry-ca"
+    )]
+    Untrusted { registry: String, reason: String },
+    /// A 5xx: the registry is up but failing.
+    #[error("registry {registry} failed with HTTP {status}: a fault on the registry's side")]
+    ServerFault { registry: String, status: u16 },
     #[error("registry {registry} did not answer in time")]
     Timeout { registry: String },
     #[error("registry {registry} served an unreadable manifest: {reason}")]
@@ -55,6 +66,9 @@ impl ResolveError {
             Self::NotFound { registry }
             | Self::Unauthorized { registry }
             | Self::Unreachable { registry, .. }
+            | Self::Refused { registry }
+            | Self::Untrusted { registry, .. }
+            | Self::ServerFault { registry, .. }
             | Self::Timeout { registry }
             | Self::InvalidManifest { registry, .. }
             | Self::TooLarge { registry, .. }
@@ -66,6 +80,9 @@ impl ResolveError {
     pub fn summary(&self) -> String {
         match self {
             Self::Unreachable { registry, .. } => format!("registry {registry} is unreachable"),
+            Self::Untrusted { registry, .. } => format!(
+                "registry {registry}'s TLS certificate is not trusted (add its CA with --registry-ca)"
+            ),
             Self::InvalidManifest { registry, .. } => {
                 format!("registry {registry} served an unreadable manifest")
             }
@@ -165,6 +182,12 @@ pub(super) fn classify(registry: &str, e: OciDistributionError) -> ResolveError 
         | OciDistributionError::ServerError {
             code: 401 | 403, ..
         } => ResolveError::Unauthorized { registry },
+        OciDistributionError::ServerError { code, .. } if code >= 500 => {
+            ResolveError::ServerFault {
+                registry,
+                status: code,
+            }
+        }
         OciDistributionError::ServerError { code, .. } => ResolveError::Unreachable {
             registry,
             reason: format!("HTTP {code}"),
@@ -172,10 +195,7 @@ pub(super) fn classify(registry: &str, e: OciDistributionError) -> ResolveError 
         OciDistributionError::RequestError(e) if e.is_timeout() => {
             ResolveError::Timeout { registry }
         }
-        OciDistributionError::RequestError(e) => ResolveError::Unreachable {
-            registry,
-            reason: describe_transport(&e),
-        },
+        OciDistributionError::RequestError(e) => transport(registry, &e),
         OciDistributionError::DigestError(e) => ResolveError::InvalidManifest {
             registry,
             reason: e.to_string(),
@@ -189,6 +209,32 @@ pub(super) fn classify(registry: &str, e: OciDistributionError) -> ResolveError 
             registry,
             reason: other.to_string(),
         },
+    }
+}
+
+/// A request that got no HTTP answer, by its cause: a refused connection, an untrusted
+/// certificate, or (anything else: DNS, resets) unreachable. rustls and the OS say which only in
+/// their messages, so the cause chain's text is matched.
+pub(super) fn transport(registry: String, e: &(dyn std::error::Error + 'static)) -> ResolveError {
+    let reason = describe_transport(e);
+    if reason.contains("Connection refused") || reason.contains("os error 111") {
+        ResolveError::Refused { registry }
+    } else if let Some(cause) = [
+        "UnknownIssuer",
+        "NotValidForName",
+        "Expired",
+        "BadSignature",
+    ]
+    .into_iter()
+    .find(|c| reason.contains(c))
+    .filter(|_| reason.contains("certificate"))
+    {
+        ResolveError::Untrusted {
+            registry,
+            reason: cause.to_string(),
+        }
+    } else {
+        ResolveError::Unreachable { registry, reason }
     }
 }
 

@@ -474,13 +474,13 @@ fn content_digest(response: &reqwest::Response) -> Option<String> {
 }
 
 /// A non-success answer as oci-client would report it, but keeping the status: a 429 is
-/// reported as 429 whatever its body says.
+/// reported as 429 and a 5xx as a server fault, whatever the body says.
 async fn failure(response: reqwest::Response, url: &str) -> OciDistributionError {
     let code = response.status().as_u16();
     let body = read_capped(response, Content::Blob, MAX_ERROR_BYTES)
         .await
         .unwrap_or_default();
-    if !matches!(code, 401 | 403 | 404 | 429)
+    if !matches!(code, 401 | 403 | 404 | 429 | 500..=599)
         && let Ok(envelope) = serde_json::from_slice::<OciEnvelope>(&body)
         && !envelope.errors.is_empty()
     {
