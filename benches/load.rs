@@ -1,7 +1,7 @@
 //! Run with: cargo bench --bench load
 //!
 //! Load test (issue 6, item 1): what archgate costs on top of TLS and HTTP. A realistic
-//! three-container Pod AdmissionReview (the real GKE request in ../shared/fixtures, its one
+//! three-container Pod AdmissionReview (the project's own Pod review in tests/data, its one
 //! container grown to three, images in a real local `docker-registry`) is sent over keep-alive
 //! HTTP/1.1 + TLS to two servers started side by side:
 //!

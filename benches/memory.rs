@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 
 use common::{ImageSpec, PlatformSpec, Registry, media_types};
 
-const FIXTURE: &str = "../shared/fixtures/admissionreview/v1-pod-create.real-gke.kube-rs.json";
+const FIXTURE: &str = "tests/data/admissionreview/pod-create.json";
 const CONTAINERS_PER_POD: usize = 50;
 const PUSH_CONCURRENCY: usize = 16;
 const REVIEW_CONCURRENCY: usize = 4;
@@ -257,10 +257,9 @@ async fn lookups(client: &reqwest::Client, admin: u16) -> Lookups {
     }
 }
 
-/// The GKE Pod from the shared fixtures with one container per image.
+/// The project's own Pod review with one container per image.
 fn pod(images: &[String]) -> Vec<u8> {
-    let text = std::fs::read_to_string(FIXTURE)
-        .unwrap_or_else(|e| panic!("{FIXTURE}: {e} (../shared must sit beside the checkout)"));
+    let text = std::fs::read_to_string(FIXTURE).unwrap_or_else(|e| panic!("{FIXTURE}: {e} "));
     let mut review: Value = serde_json::from_str(&text).expect("fixture JSON");
     let spec = &mut review["request"]["object"]["spec"];
     let template = spec["containers"][0].clone();

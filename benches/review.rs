@@ -4,8 +4,8 @@
 //! `Admission::review` (extract → warm resolve → decide) → `serde_json::to_vec` of the answer,
 //! exactly what `server::router`'s handler does per request. Three objects:
 //!
-//! - Pod: the real GKE Pod request from ../shared/fixtures with three containers;
-//! - Deployment: the kubewarden Deployment request from ../shared/fixtures;
+//! - Pod: the project's own Pod review (tests/data/admissionreview) with three containers;
+//! - Deployment: the project's own Deployment review;
 //! - PipelineRun: ten tasks with embedded `pipelineSpec`/`taskSpec`, two or three steps each,
 //!   step images given directly and through pipeline and task params (Tekton substitution).
 //!
@@ -44,8 +44,7 @@ struct Warm {
 }
 
 fn deployment(image: &str) -> Value {
-    let mut review =
-        load("kubewarden-verify-image-signatures/deployment_creation_signed.request-only.json");
+    let mut review = load("deployment-create.json");
     rewrite_images(&mut review, image);
     review
 }

@@ -27,12 +27,11 @@ use archgate::certs::Bundle;
 use archgate::serve;
 use common::{CountingProxy, Fault, Registry, RequestKind};
 
-const FIXTURE: &str = "../shared/fixtures/admissionreview/v1-pod-create.real-gke.kube-rs.json";
+const FIXTURE: &str = "tests/data/admissionreview/pod-create.json";
 
-/// The GKE Pod from the shared fixtures with three containers running `images`.
+/// The project's own Pod review with three containers running `images`.
 fn pod_review(images: &[String]) -> Value {
-    let text = std::fs::read_to_string(FIXTURE)
-        .unwrap_or_else(|e| panic!("{FIXTURE}: {e} (../shared must sit beside the checkout)"));
+    let text = std::fs::read_to_string(FIXTURE).unwrap_or_else(|e| panic!("{FIXTURE}: {e} "));
     let mut review: Value = serde_json::from_str(&text).unwrap();
     let spec = &mut review["request"]["object"]["spec"];
     let template = spec["containers"][0].clone();

@@ -12,7 +12,20 @@ use archgate::serve::{self, Running};
 
 use super::{CountingProxy, Fixtures, Registry};
 
+/// The shared corpus of real AdmissionReviews; tests over it say so and skip when it is absent.
 pub const FIXTURES: &str = "../shared/fixtures/admissionreview";
+/// Reviews of the project's own making: what the core tests and benches send.
+pub const OWN_FIXTURES: &str = "tests/data/admissionreview";
+
+/// Whether the shared corpus sits beside the checkout (always in CI); when it does not, prints
+/// one line saying what is not run.
+pub fn shared_corpus(what: &str) -> bool {
+    let present = Path::new(FIXTURES).is_dir();
+    if !present {
+        println!("skipped {what}: ../shared/fixtures is not beside the checkout");
+    }
+    present
+}
 
 /// A registry with the standard fixtures behind a counting proxy.
 pub struct World {
@@ -206,9 +219,19 @@ impl Webhook {
     }
 }
 
+/// One of the project's own reviews (tests/data/admissionreview).
 pub fn load(name: &str) -> Value {
-    let text = std::fs::read_to_string(Path::new(FIXTURES).join(name))
-        .unwrap_or_else(|e| panic!("fixture {name}: {e} (../shared must sit beside the checkout)"));
+    read_review(&Path::new(OWN_FIXTURES).join(name))
+}
+
+/// One review of the shared corpus.
+pub fn load_shared(name: &str) -> Value {
+    read_review(&Path::new(FIXTURES).join(name))
+}
+
+fn read_review(path: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
     let value: Value = serde_json::from_str(&text).unwrap();
     if value.get("request").is_some() {
         value
@@ -234,10 +257,11 @@ pub fn rewrite_images(value: &mut Value, image: &str) {
     }
 }
 
-/// The real GKE Pod review with its one container grown to three (`echo-server`, `envoy`,
+/// The project's own Pod review (a ReplicaSet's pod, as the API server sends it) with its one
+/// container grown to three (`echo-server`, `envoy`,
 /// `log-shipper`), one per image: the realistic review the benches measure.
 pub fn three_container_pod(images: &[String; 3]) -> Value {
-    let mut review = load("v1-pod-create.real-gke.kube-rs.json");
+    let mut review = load("pod-create.json");
     let spec = &mut review["request"]["object"]["spec"];
     let template = spec["containers"][0].clone();
     let containers: Vec<Value> = ["echo-server", "envoy", "log-shipper"]
