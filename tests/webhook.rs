@@ -109,9 +109,7 @@ async fn contract_messages_for_pods() {
     let world = World::new().await;
     let hook = Webhook::start(&world, &[]).await;
     let missing = world.image("fixtures/multi", "no-such-tag");
-    let mut review = load(
-        "kubewarden-verify-image-signatures/pod_creation_with_init_container.request-only.json",
-    );
+    let mut review = load("pod-with-init-container.json");
     review["request"]["object"]["spec"]["initContainers"][0]["image"] = json!(missing);
     review["request"]["object"]["spec"]["containers"][0]["image"] = json!(world.arm_only());
     let r = hook.review(&review).await;
@@ -220,9 +218,7 @@ async fn updates_check_only_new_images_and_delete_is_allowed() {
 async fn ephemeral_containers_subresource() {
     let world = World::new().await;
     let hook = Webhook::start(&world, &[]).await;
-    let mut review = load(
-        "kubewarden-verify-image-signatures/pod_creation_with_init_container.request-only.json",
-    );
+    let mut review = load("pod-with-init-container.json");
     rewrite_images(&mut review, &world.multi());
     let old = review["request"]["object"].clone();
     review["request"]["operation"] = json!("UPDATE");
@@ -472,9 +468,7 @@ async fn exempt_namespaces_and_image_globs_are_not_checked() {
         &["--exempt-namespace", "legacy", "--exempt-image", &glob],
     )
     .await;
-    let mut review = load(
-        "kubewarden-verify-image-signatures/pod_creation_with_init_container.request-only.json",
-    );
+    let mut review = load("pod-with-init-container.json");
     rewrite_images(&mut review, &world.arm_only());
     assert_eq!(
         hook.review(&review).await["allowed"],
