@@ -1012,3 +1012,30 @@ fn fixed_platforms_keep_the_rest_of_the_cluster() {
     assert_eq!(nodes[0].platform.to_string(), "linux/amd64");
     assert_eq!(view.namespace_mode("legacy"), Some(Mode::Off));
 }
+
+/// Issue 15: a watch that resumes after an outage delivers nothing until an object changes, which
+/// left `archgate_cluster_view_stale` at 1 for as long; now the flag clears as soon as the kind's
+/// API answers a probe, and only then.
+#[tokio::test]
+async fn the_stale_flag_clears_when_the_api_answers_again() {
+    let metrics = Arc::new(archgate::metrics::Metrics::new());
+    let health = archgate::cluster::Health::new(metrics.clone());
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answers = up.clone();
+    health.add_probe(
+        "Node",
+        Box::new(move || {
+            let up = answers.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { up })
+        }),
+    );
+    health.failed("Node", &stale_error());
+    assert!(health.stale());
+    assert!(metrics.encode().contains("archgate_cluster_view_stale 1"));
+    health.probe().await;
+    assert!(health.stale(), "the API server is still down");
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    health.probe().await;
+    assert!(!health.stale());
+    assert!(metrics.encode().contains("archgate_cluster_view_stale 0"));
+}

@@ -6,7 +6,9 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{
     Namespace, Node, NodeStatus, NodeSystemInfo, Secret, ServiceAccount,
@@ -50,6 +52,7 @@ pub fn watch(
     platforms: &PlatformSource,
 ) -> Arc<dyn ClusterView> {
     let health = Arc::new(Health::new(metrics));
+    health.spawn_prober();
     let start = |kind: &'static str| Start {
         kind,
         health: health.clone(),
@@ -145,6 +148,18 @@ impl Start {
     {
         let writer = Writer::new(dyntype.clone());
         let store = writer.as_reader();
+        let probe_api = api.clone();
+        self.health.add_probe(
+            self.kind,
+            Box::new(move || {
+                let api = probe_api.clone();
+                Box::pin(async move {
+                    api.list_metadata(&kube::api::ListParams::default().limit(1))
+                        .await
+                        .is_ok()
+                })
+            }),
+        );
         // Lists come from the API server's watch cache (resourceVersion=0), not etcd: every
         // replica relisting after an outage must not become a load spike.
         let events = watcher(api, config.any_semantic()).default_backoff();
@@ -383,6 +398,10 @@ fn is_expired(error: &watcher::Error) -> bool {
 pub struct Health {
     metrics: Arc<Metrics>,
     failing: Mutex<HashSet<&'static str>>,
+    /// A cheap list per kind (one object), to tell when a failed watch's API is back: a watch
+    /// that resumes from its resourceVersion delivers nothing until an object changes, so
+    /// waiting for an event would leave the view "stale" long after the outage.
+    probes: Mutex<Vec<(&'static str, Probe)>>,
     /// Fast path: every event calls [`Health::recovered`], which usually has nothing to do.
     any_failing: AtomicBool,
 }
@@ -392,6 +411,7 @@ impl Health {
         Self {
             metrics,
             failing: Mutex::new(HashSet::new()),
+            probes: Mutex::new(Vec::new()),
             any_failing: AtomicBool::new(false),
         }
     }
@@ -428,4 +448,53 @@ impl Health {
     pub fn stale(&self) -> bool {
         self.any_failing.load(Ordering::Acquire)
     }
+
+    /// How [`Health::probe`] asks whether `kind`'s API answers again.
+    pub fn add_probe(&self, kind: &'static str, probe: Probe) {
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((kind, probe));
+    }
+
+    /// Asks each failing kind's probe once; a kind whose API answers is recovered.
+    pub async fn probe(&self) {
+        if !self.stale() {
+            return;
+        }
+        let asks: Vec<(&'static str, BoxFuture<'static, bool>)> = {
+            let failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+            let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            probes
+                .iter()
+                .filter(|(kind, _)| failing.contains(kind))
+                .map(|(kind, probe)| (*kind, probe()))
+                .collect()
+        };
+        for (kind, ask) in asks {
+            if tokio::time::timeout(PROBE_EVERY, ask).await == Ok(true) {
+                self.recovered(kind);
+            }
+        }
+    }
+
+    /// Probes every [`PROBE_EVERY`] while anything is stale, for as long as the process runs.
+    pub fn spawn_prober(self: &Arc<Self>) {
+        let health = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let Some(health) = health.upgrade() else {
+                    return;
+                };
+                health.probe().await;
+            }
+        });
+    }
 }
+
+/// Lists one object of a kind; `true` when the API server answered.
+pub type Probe = Box<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// How often a stale view asks whether the API server is back.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
