@@ -39,10 +39,8 @@ fn corpus_present() -> bool {
         // person running the suite.
         let _ = std::io::Write::write_all(
             &mut std::io::stderr(),
-            format!(
-                "skipped the shared Tekton corpus: ../shared/fixtures is not beside the checkout\n"
-            )
-            .as_bytes(),
+            "skipped the shared Tekton corpus: ../shared/fixtures is not beside the checkout\n"
+                .as_bytes(),
         );
     }
     present
