@@ -273,10 +273,23 @@ fn documents(text: &str) -> Vec<Result<Value, String>> {
             |(line, piece)| match serde_saphyr::from_str::<Value>(&piece) {
                 Ok(value) if value.is_object() => Some(Ok(value)),
                 Ok(_) => None,
-                Err(e) => Some(Err(format!("(from line {line}) {e}"))),
+                Err(e) => Some(Err(unreadable_document(line, &e))),
             },
         )
         .collect()
+}
+
+/// Why a document could not be read, in words a user can act on. YAML's limits (nodes, depth,
+/// anchors) protect `check` from hostile input; a real manifest past them is one to split.
+fn unreadable_document(line: usize, error: &serde_saphyr::Error) -> String {
+    let text = error.to_string();
+    if text.contains("budget") {
+        format!(
+            "the document starting at line {line} is too large for archgate to read ({text}): split it into smaller documents"
+        )
+    } else {
+        format!("the document starting at line {line} is not valid YAML: {text}")
+    }
 }
 
 /// Multi-document YAML as objects; any unreadable document is an error. For callers that need
@@ -630,6 +643,21 @@ mod tests {
             "{:?}",
             docs.iter().map(|d| d.as_ref().err()).collect::<Vec<_>>()
         );
+        // One document past the budget: said as something to act on, the other still read.
+        let items: Vec<String> = (0..260_000).map(|i| i.to_string()).collect();
+        let huge = format!(
+            "kind: ConfigMap\ndata: [{}]\n---\n{}",
+            items.join(","),
+            big("ok")
+        );
+        let docs = documents(&huge);
+        assert_eq!(docs.len(), 2);
+        let err = docs[0].as_ref().unwrap_err();
+        assert!(
+            err.contains("too large") && err.contains("split it"),
+            "{err}"
+        );
+        assert!(docs[1].is_ok());
     }
 
     #[test]
