@@ -41,7 +41,7 @@ pub const EXIT_TROUBLE: i32 = 2;
 const CHECK_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One line of the report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Line {
     pub image: String,
     pub digest: Option<String>,
@@ -535,59 +535,36 @@ fn ok_text(c: &Checked) -> String {
 /// `hint  rebuild for every platform: ...` / `hint  pin it: ...` after an object's findings.
 fn hint(text: &str) -> Line {
     Line {
-        image: String::new(),
-        digest: None,
-        platforms: vec![],
-        missing: vec![],
-        error: None,
-        object: None,
-        namespace: None,
-        container: None,
-        source: None,
         text: format!("hint  {text}"),
         hint: true,
-        exit: EXIT_OK,
+        ..Line::default()
     }
 }
 
 /// Something about an object that could not be checked (exit 2 unless a finding exists).
 fn trouble(subject: &Subject, reason: &str) -> Line {
-    Line {
-        image: String::new(),
-        digest: None,
-        platforms: vec![],
-        missing: vec![],
-        error: Some(reason.to_string()),
-        object: Some(format!(
-            "{}/{}",
-            subject.kind,
-            crate::workload::object_name(&subject.object)
-        )),
-        namespace: None,
-        container: None,
-        source: None,
-        text: format!("ERROR {}: {reason}", object_label(subject)),
-        hint: false,
-        exit: EXIT_TROUBLE,
-    }
+    let object = format!(
+        "{}/{}",
+        subject.kind,
+        crate::workload::object_name(&subject.object)
+    );
+    not_checked(object, &object_label(subject), reason)
 }
 
 /// A document that is not YAML archgate can read.
 fn unreadable(path: &Path, number: usize, reason: &str) -> Line {
     let at = format!("{} document {number}", path.display());
+    not_checked(at.clone(), &at, reason)
+}
+
+/// `ERROR {at}: {reason}`: something (not an image) that could not be checked.
+fn not_checked(object: String, at: &str, reason: &str) -> Line {
     Line {
-        image: String::new(),
-        digest: None,
-        platforms: vec![],
-        missing: vec![],
         error: Some(reason.to_string()),
-        object: Some(at.clone()),
-        namespace: None,
-        container: None,
-        source: None,
+        object: Some(object),
         text: format!("ERROR {at}: {reason}"),
-        hint: false,
         exit: EXIT_TROUBLE,
+        ..Line::default()
     }
 }
 
@@ -663,18 +640,8 @@ mod tests {
     #[test]
     fn findings_outrank_trouble() {
         let line = |exit| Line {
-            image: String::new(),
-            digest: None,
-            platforms: vec![],
-            missing: vec![],
-            error: None,
-            object: None,
-            namespace: None,
-            container: None,
-            source: None,
-            text: String::new(),
-            hint: false,
             exit,
+            ..Line::default()
         };
         assert_eq!(exit_code(&[line(EXIT_OK)]), EXIT_OK);
         assert_eq!(
