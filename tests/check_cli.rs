@@ -627,6 +627,32 @@ async fn tls_registry_with_docker_config_and_registry_ca() {
         String::from_utf8_lossy(&run.stderr)
     );
 
+    // An empty DOCKER_CONFIG is unset, as docker reads it: ~/.docker/config.json applies, and a
+    // config.json in the current directory does not.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join(".docker")).unwrap();
+    std::fs::copy(
+        credentials.path().join("config.json"),
+        home.path().join(".docker/config.json"),
+    )
+    .unwrap();
+    let decoy = tempfile::tempdir().unwrap();
+    write_docker_config(decoy.path(), registry.host(), "ci", "wrong");
+    let run = sandbox
+        .command(&["--registry-ca", ca, &multi])
+        .env("DOCKER_CONFIG", "")
+        .env("HOME", home.path())
+        .current_dir(decoy.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+
     // A --docker-config that does not exist is bad usage, naming the file.
     let run = sandbox.run(&[
         "--docker-config",

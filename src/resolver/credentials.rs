@@ -192,7 +192,10 @@ impl Credentials {
             return Self::with_helpers(&read(path)?, &path.display().to_string());
         }
         let defaults = [
-            std::env::var_os("DOCKER_CONFIG").map(|d| PathBuf::from(d).join("config.json")),
+            // An empty DOCKER_CONFIG is unset, as docker reads it (not "the current directory").
+            std::env::var_os("DOCKER_CONFIG")
+                .filter(|d| !d.is_empty())
+                .map(|d| PathBuf::from(d).join("config.json")),
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")),
         ];
         for path in defaults.into_iter().flatten() {
