@@ -51,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
     let catalog = Listed(listed);
     let options = ExtractOptions {
         tekton_image_params: vec!["IMAGE".into(), "BASE_IMAGE".into(), "builderImage".into()],
+        ..ExtractOptions::default()
     };
     check(extract_pipeline_run(&object, &catalog, &options));
     check(extract_task_run(&object, &catalog, &options));
