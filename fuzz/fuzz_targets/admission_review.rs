@@ -17,7 +17,12 @@ fuzz_target!(|body: &[u8]| {
     // The same subjects (kind decided by group and kind) the webhook hands its extractors.
     if let Some((subject, old)) = admission::subjects(&mut req) {
         for subject in std::iter::once(&subject).chain(old.as_ref()) {
-            match workload::extract(subject.kind, &subject.object, &EmptyCatalog, &Default::default()) {
+            match workload::extract(
+                subject.kind,
+                &subject.object,
+                &EmptyCatalog,
+                &Default::default(),
+            ) {
                 Ok(extraction) => {
                     for target in &extraction.targets {
                         let _ = target.location.to_string();
