@@ -94,11 +94,17 @@ impl Sandbox {
                 .write_all(text.as_bytes())
                 .unwrap();
         }
+        Run::from(child.wait_with_output().unwrap())
+    }
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
         let Output {
             status,
             stdout,
             stderr,
-        } = child.wait_with_output().unwrap();
+        } = output;
         Run {
             code: status.code().expect("archgate was killed by a signal"),
             stdout: String::from_utf8(stdout).unwrap(),
@@ -614,18 +620,14 @@ async fn tls_registry_with_docker_config_and_registry_ca() {
     );
 
     // The default place: $DOCKER_CONFIG/config.json.
-    let run = sandbox
-        .command(&["--registry-ca", ca, &multi])
-        .env("DOCKER_CONFIG", credentials.path())
-        .output()
-        .unwrap();
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
+    let run = Run::from(
+        sandbox
+            .command(&["--registry-ca", ca, &multi])
+            .env("DOCKER_CONFIG", credentials.path())
+            .output()
+            .unwrap(),
     );
+    assert_eq!(run.code, 0, "{run}");
 
     // An empty DOCKER_CONFIG is unset, as docker reads it: ~/.docker/config.json applies, and a
     // config.json in the current directory does not.
@@ -638,20 +640,16 @@ async fn tls_registry_with_docker_config_and_registry_ca() {
     .unwrap();
     let decoy = tempfile::tempdir().unwrap();
     write_docker_config(decoy.path(), registry.host(), "ci", "wrong");
-    let run = sandbox
-        .command(&["--registry-ca", ca, &multi])
-        .env("DOCKER_CONFIG", "")
-        .env("HOME", home.path())
-        .current_dir(decoy.path())
-        .output()
-        .unwrap();
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
+    let run = Run::from(
+        sandbox
+            .command(&["--registry-ca", ca, &multi])
+            .env("DOCKER_CONFIG", "")
+            .env("HOME", home.path())
+            .current_dir(decoy.path())
+            .output()
+            .unwrap(),
     );
+    assert_eq!(run.code, 0, "{run}");
 
     // A --docker-config that does not exist is bad usage, naming the file.
     let run = sandbox.run(&[
@@ -971,16 +969,10 @@ async fn docker_credential_helpers_are_run() {
     let cuda = fixtures.ai_base_cuda.reference();
     let mut command = sandbox.command(&["--registry-ca", ca, &multi, &cuda]);
     env(&mut command);
-    let output = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains(&format!("ok    {multi}")), "{stdout}");
-    assert!(stdout.contains("is missing linux/amd64"), "{stdout}");
+    let run = Run::from(command.output().unwrap());
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.stdout.contains(&format!("ok    {multi}")), "{run}");
+    assert!(run.stdout.contains("is missing linux/amd64"), "{run}");
 
     // A helper that is not installed: said on stderr, the registry asked anonymously (refused).
     std::fs::write(&config, r#"{"credsStore": "absent"}"#).unwrap();

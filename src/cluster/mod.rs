@@ -79,12 +79,6 @@ impl StaticCluster {
             catalog: Arc::new(EmptyCatalog),
         }
     }
-
-    /// Tekton resources from somewhere other than a cluster (the files given to `archgate check`).
-    pub fn with_catalog(mut self, catalog: Arc<dyn Catalog>) -> Self {
-        self.catalog = catalog;
-        self
-    }
 }
 
 impl ClusterView for StaticCluster {
