@@ -22,10 +22,6 @@ const KIND_ANNOTATION: &str = "dev.tekton.image.kind";
 const NAME_ANNOTATION: &str = "dev.tekton.image.name";
 /// Tekton allows at most 20 resources per bundle; a resource is a few KiB of YAML.
 const MAX_LAYER_BYTES: i64 = 4 << 20;
-const ACCEPT: &[&str] = &[
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BundleError {
@@ -99,16 +95,8 @@ async fn fetch(
     reference: &BundleRef,
 ) -> Result<Arc<Value>, BundleError> {
     let registry_error = |e: crate::resolver::ResolveError| BundleError::Registry(e.to_string());
-    let (client, auth) = resolver
-        .client_for(image, credentials)
-        .await
-        .map_err(registry_error)?;
-    let host = image.registry();
-    let (body, _) = resolver
-        .ask(
-            host,
-            client.pull_manifest_raw(image.reference(), &auth, ACCEPT),
-        )
+    let body = resolver
+        .read_manifest(image, credentials)
         .await
         .map_err(registry_error)?;
     let manifest: Manifest =
@@ -123,12 +111,8 @@ async fn fetch(
     if layer.size > MAX_LAYER_BYTES {
         return Err(BundleError::Layer(format!("layer is {} bytes", layer.size)));
     }
-    let mut blob = Vec::new();
-    resolver
-        .ask(
-            host,
-            client.pull_blob(image.reference(), layer.digest.as_str(), &mut blob),
-        )
+    let blob = resolver
+        .read_blob(image, credentials, &layer.digest, MAX_LAYER_BYTES as usize)
         .await
         .map_err(registry_error)?;
     read_resource(&blob).map(Arc::new)

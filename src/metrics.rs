@@ -55,6 +55,27 @@ pub enum StatusClass {
     Transport,
 }
 
+impl StatusClass {
+    /// The class of an HTTP status.
+    pub fn of(status: u16) -> Self {
+        match status {
+            500.. => Self::ServerError,
+            400..500 => Self::ClientError,
+            _ => Self::Success,
+        }
+    }
+}
+
+/// One registry host, for the rate-limit gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    pub registry: String,
+}
+
+/// Registries with rate-limit gauges, at most: the label is a host a registry reference
+/// names, so an unbounded set would let anyone who can create pods grow `/metrics`.
+pub const MAX_RATE_LIMITED_HOSTS: usize = 64;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegistryLabels {
     pub status: StatusClass,
@@ -89,6 +110,10 @@ pub struct Metrics {
     pub registry_seconds: Histogram,
     /// 1 while the cluster view (nodes, namespaces, ...) is being served from a lost watch.
     pub cluster_stale: Gauge,
+    /// Docker Hub's `RateLimit-Remaining`/`RateLimit-Limit`, by registry host.
+    pub rate_limit_remaining: Family<HostLabels, Gauge>,
+    pub rate_limit_limit: Family<HostLabels, Gauge>,
+    rate_limited_hosts: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -130,10 +155,7 @@ impl Metrics {
         let registry_requests = Family::<RegistryLabels, Counter>::default();
         registry.register(
             "registry_requests",
-            // oci-client also sends `GET /v2/` (and token requests) from inside its own reqwest client,
-            // which it builds privately with no hook for a middleware or connector, so they are not
-            // seen here: see README, Metrics.
-            "Manifest and blob requests made to image registries, by status class",
+            "Requests sent to image registries and their token endpoints (version probes, tokens, manifests, blobs), by status class",
             registry_requests.clone(),
         );
         let registry_seconds = Histogram::new([
@@ -158,6 +180,18 @@ impl Metrics {
             "1 while a watch on the API server is failing and the last known state is used",
             cluster_stale.clone(),
         );
+        let rate_limit_remaining = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "registry_ratelimit_remaining",
+            "Pulls left in the registry's window, from its last RateLimit-Remaining header",
+            rate_limit_remaining.clone(),
+        );
+        let rate_limit_limit = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "registry_ratelimit_limit",
+            "Pulls allowed per window, from the registry's last RateLimit-Limit header",
+            rate_limit_limit.clone(),
+        );
         Self {
             registry,
             reviews,
@@ -167,6 +201,37 @@ impl Metrics {
             registry_requests,
             registry_seconds,
             cluster_stale,
+            rate_limit_remaining,
+            rate_limit_limit,
+            rate_limited_hosts: Default::default(),
+        }
+    }
+
+    /// A registry's rate-limit headers; hosts past [`MAX_RATE_LIMITED_HOSTS`] are not recorded.
+    pub fn observe_rate_limit(&self, host: &str, limit: Option<u64>, remaining: u64) {
+        {
+            let mut hosts = self
+                .rate_limited_hosts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !hosts.contains(host) {
+                if hosts.len() >= MAX_RATE_LIMITED_HOSTS {
+                    return;
+                }
+                hosts.insert(host.to_string());
+            }
+        }
+        let labels = HostLabels {
+            registry: host.to_string(),
+        };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.rate_limit_remaining
+            .get_or_create(&labels)
+            .set(gauge(remaining));
+        if let Some(limit) = limit {
+            self.rate_limit_limit
+                .get_or_create(&labels)
+                .set(gauge(limit));
         }
     }
 

@@ -272,9 +272,10 @@ async fn a_429_says_so_and_pauses_the_registry_for_the_webhook_too() {
     let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let hook = Hook::start(&world, &[]).await;
+    // The registry asks for a second's rest (Retry-After: 1), which archgate honours.
     world.proxy.set_fault(Fault::Status {
         status: 429,
-        retry_after: Some(7),
+        retry_after: Some(1),
     });
     let (r, _) = hook.review(&[&world.multi()]).await;
     assert!(warnings(&r).contains("rate limiting"), "{r}");
@@ -430,11 +431,12 @@ async fn after_a_429_lookups_fail_fast_without_requests_then_resume() {
     resolver.resolve(&warm, &anonymous()).await.unwrap();
     let multi = parse(world.multi());
 
-    // HEAD answered 429: that is the answer (no fallback GET).
+    // The manifest GET answered 429 without Retry-After: that is the answer (no retry), and
+    // the pause is the backoff's first.
     world.proxy.set_fault(
         FaultRule::new(Fault::Status {
             status: 429,
-            retry_after: Some(7),
+            retry_after: None,
         })
         .only(RequestKind::Manifest),
     );
@@ -498,7 +500,7 @@ async fn after_a_429_lookups_fail_fast_without_requests_then_resume() {
     world.proxy.reset();
     let resolution = resolver.resolve(&multi, &anonymous()).await.unwrap();
     assert_eq!(resolution.digest, f.multi.digest);
-    assert_eq!(world.proxy.counts().kind(RequestKind::Manifest), 2);
+    assert_eq!(world.proxy.counts().kind(RequestKind::Manifest), 1);
 
     // A success forgets the streak: the next 429 pauses for the first pause again.
     world.proxy.set_fault(Fault::Status {
@@ -510,6 +512,23 @@ async fn after_a_429_lookups_fail_fast_without_requests_then_resume() {
     assert!(
         matches!(error, ResolveError::RateLimited { retry_in, .. } if retry_in == Duration::from_secs(1)),
         "{error:?}"
+    );
+
+    // A Retry-After is the registry's word and is honoured (Docker Hub sends one with its
+    // pull limit), however long the backoff would have been.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    world.proxy.set_fault(Fault::Status {
+        status: 429,
+        retry_after: Some(5),
+    });
+    let error = resolver.resolve(&fresh, &anonymous()).await.unwrap_err();
+    assert!(
+        matches!(error, ResolveError::RateLimited { retry_in, .. } if retry_in == Duration::from_secs(5)),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("not asked again for 5s"),
+        "{error}"
     );
 }
 

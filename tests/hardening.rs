@@ -546,7 +546,9 @@ async fn sigterm_drains_within_the_grace_and_sighup_is_harmless() {
 /// A hostile registry on 127.0.0.1: no real registry can be made to stream a 150 MiB manifest,
 /// redirect to a metadata address or answer 429 with another error code, so this one is
 /// hand-written. It speaks just enough of the distribution API: `GET /v2/`, `HEAD` of a tag
-/// (any repository, one fixed digest), and per repository one hostile `GET`.
+/// (any repository, one fixed digest), and per repository one hostile `GET` (or, for
+/// `realm-meta`, a 401 whose token realm is a metadata address; for `counted`, Docker Hub's
+/// rate-limit headers).
 mod hostile {
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -678,6 +680,34 @@ mod hostile {
                     }]}))
                     .unwrap(),
                 ),
+            ),
+            ("realm-meta", false) => answer(
+                401,
+                &[(
+                    "www-authenticate",
+                    r#"Bearer realm="http://169.254.169.254/latest/api/token",service="x""#.into(),
+                )],
+                full(Bytes::new()),
+            ),
+            ("counted", false) => answer(
+                200,
+                &[
+                    (
+                        "content-type",
+                        "application/vnd.oci.image.manifest.v1+json".into(),
+                    ),
+                    ("ratelimit-limit", "100;w=21600".into()),
+                    ("ratelimit-remaining", "76;w=21600".into()),
+                ],
+                full(manifest),
+            ),
+            ("counted", true) => answer(
+                200,
+                &[
+                    ("ratelimit-limit", "100;w=21600".into()),
+                    ("ratelimit-remaining", "75;w=21600".into()),
+                ],
+                full(CONFIG),
             ),
             ("storage-ok" | "storage-meta", false) => answer(
                 200,
@@ -818,6 +848,65 @@ async fn redirects_to_metadata_or_other_hosts_are_refused() {
     assert!(
         requests.iter().any(|r| r.starts_with("GET /bucket/")),
         "the blob redirect to storage was followed: {requests:?}"
+    );
+}
+
+/// Issue 11 left a token realm at a metadata address reachable: oci-client made the token
+/// request. The realm is now held to the redirect rules before any connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_realm_at_a_metadata_address_is_refused() {
+    let registry = hostile::start().await;
+    let resolver = hostile_resolver(&registry.host);
+    let error = resolve_at(&resolver, &registry.host, "realm-meta")
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("link-local or cloud-metadata address"),
+        "{error}"
+    );
+}
+
+/// Issue 14: Docker Hub's `RateLimit-*` headers are exported per registry, and every request
+/// (the version probe included) is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_headers_become_gauges_and_every_request_is_counted() {
+    let registry = hostile::start().await;
+    common::install_crypto_provider();
+    let metrics = Arc::new(archgate::metrics::Metrics::new());
+    let options = archgate::resolver::RegistryOptions {
+        insecure: vec![registry.host.clone()],
+        ..Default::default()
+    };
+    let resolver = archgate::resolver::Resolver::new(options, metrics.clone()).unwrap();
+    let resolution = resolve_at(&resolver, &registry.host, "counted")
+        .await
+        .unwrap();
+    assert_eq!(resolution.platforms[0].to_string(), "linux/arm64");
+    let text = metrics.encode();
+    let host = &registry.host;
+    for line in [
+        format!("archgate_registry_ratelimit_limit{{registry=\"{host}\"}} 100"),
+        format!("archgate_registry_ratelimit_remaining{{registry=\"{host}\"}} 75"),
+    ] {
+        assert!(text.contains(&line), "{line} in:\n{text}");
+    }
+    let sent = registry.requests.lock().unwrap().clone();
+    assert_eq!(
+        sent,
+        [
+            "GET /v2/".to_string(),
+            "GET /v2/counted/manifests/v1".into(),
+            format!(
+                "GET /v2/counted/blobs/{}",
+                common::sha256_digest(hostile::CONFIG)
+            ),
+        ]
+    );
+    assert!(
+        text.contains("archgate_registry_requests_total{status=\"2xx\"} 3"),
+        "{text}"
     );
 }
 

@@ -423,7 +423,7 @@ async fn sigterm_lets_in_flight_reviews_finish_and_refuses_new_connections() {
         .collect();
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    while proxy.counts().get("HEAD", RequestKind::Manifest) < IN_FLIGHT as u64 {
+    while proxy.counts().get("GET", RequestKind::Manifest) < IN_FLIGHT as u64 {
         assert!(
             Instant::now() < deadline,
             "reviews never reached the registry: {:?}\n{}",

@@ -1,12 +1,11 @@
-//! What can go wrong asking a registry, classified from oci-client's errors into sentences a
-//! user can act on.
+//! What can go wrong asking a registry, classified from oci-client's error vocabulary (which
+//! `fetch` reports in) into sentences a user can act on.
 
 use std::time::Duration;
 
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 
 use super::CredentialsError;
-use crate::metrics::StatusClass;
 use crate::reference::ImageRef;
 
 /// Why an image's platforms could not be learned.
@@ -117,24 +116,6 @@ pub(super) fn not_found(image: &ImageRef) -> ResolveError {
     }
 }
 
-pub(super) fn status_class(e: &OciDistributionError) -> StatusClass {
-    let code = match e {
-        OciDistributionError::ServerError { code, .. } => *code,
-        OciDistributionError::RegistryError { .. }
-        | OciDistributionError::UnauthorizedError { .. } => 400,
-        OciDistributionError::RequestError(e) => match e.status() {
-            Some(s) => s.as_u16(),
-            None => return StatusClass::Transport,
-        },
-        _ => 200,
-    };
-    match code {
-        500.. => StatusClass::ServerError,
-        400..500 => StatusClass::ClientError,
-        _ => StatusClass::Success,
-    }
-}
-
 /// A 429, bare or as a distribution error envelope (`TOOMANYREQUESTS`).
 pub(super) fn is_rate_limit(e: &OciDistributionError) -> bool {
     match e {
@@ -148,7 +129,7 @@ pub(super) fn is_rate_limit(e: &OciDistributionError) -> bool {
 }
 
 /// Maps oci-client's errors onto what an operator can act on (429 is [`is_rate_limit`]'s).
-pub(super) fn classify(registry: &str, e: OciDistributionError) -> ResolveError {
+pub(super) fn classify(registry: &str, e: &OciDistributionError) -> ResolveError {
     let registry = registry.to_string();
     match e {
         OciDistributionError::ImageManifestNotFoundError(_) => ResolveError::NotFound { registry },
@@ -182,10 +163,10 @@ pub(super) fn classify(registry: &str, e: OciDistributionError) -> ResolveError 
         | OciDistributionError::ServerError {
             code: 401 | 403, ..
         } => ResolveError::Unauthorized { registry },
-        OciDistributionError::ServerError { code, .. } if code >= 500 => {
+        OciDistributionError::ServerError { code, .. } if *code >= 500 => {
             ResolveError::ServerFault {
                 registry,
-                status: code,
+                status: *code,
             }
         }
         OciDistributionError::ServerError { code, .. } => ResolveError::Unreachable {
@@ -195,16 +176,17 @@ pub(super) fn classify(registry: &str, e: OciDistributionError) -> ResolveError 
         OciDistributionError::RequestError(e) if e.is_timeout() => {
             ResolveError::Timeout { registry }
         }
-        OciDistributionError::RequestError(e) => transport(registry, &e),
+        OciDistributionError::RequestError(e) => transport(registry, e),
         OciDistributionError::DigestError(e) => ResolveError::InvalidManifest {
             registry,
             reason: e.to_string(),
         },
         OciDistributionError::ManifestParsingError(reason)
         | OciDistributionError::VersionedParsingError(reason)
-        | OciDistributionError::SpecViolationError(reason) => {
-            ResolveError::InvalidManifest { registry, reason }
-        }
+        | OciDistributionError::SpecViolationError(reason) => ResolveError::InvalidManifest {
+            registry,
+            reason: reason.clone(),
+        },
         other => ResolveError::Unreachable {
             registry,
             reason: other.to_string(),

@@ -12,17 +12,24 @@
 //! while the host is paused after a 429. Mirrors (containerd's hosts.toml idea) are asked in order
 //! before the origin; whatever host answers, cache entries stay keyed by the origin reference.
 //!
+//! A cold tag costs what the distribution API needs: one GET answers both "which digest" and
+//! "which platforms" (an index lists them; a single image adds its config blob). A tag whose
+//! answer has aged past `tag_ttl` is checked with one HEAD, and its platforms come from the
+//! digest cache.
+//!
 //! By concern: `cache` (entries, keys, expiry), `route` (mirrors then origin, with credentials),
-//! `errors` (what went wrong, classified), `fetch` (bounded manifest and blob reads),
-//! `manifest` (what a manifest says), `credentials`/`oauth` (who we are), `throttle` (manners
-//! per host); this file is the [`Resolver`] that ties them together.
+//! `errors` (what went wrong, classified), `fetch` (every request, bounded and counted), `auth`
+//! and `headers` (challenges, tokens, Retry-After), `manifest` (what a manifest says),
+//! `credentials` (who we are), `throttle` (manners per host); this file is the [`Resolver`]
+//! that ties them together.
 
+mod auth;
 mod cache;
 pub mod credentials;
 mod errors;
 pub mod fetch;
+mod headers;
 pub mod manifest;
-mod oauth;
 mod route;
 pub mod throttle;
 
@@ -34,10 +41,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use tracing::{debug, warn};
 
 pub use credentials::{Auth, Credentials, CredentialsError, Identity};
@@ -46,10 +49,10 @@ pub use throttle::Throttle;
 
 use cache::{Digest, DigestEntry, DigestExpiry, Key, TagEntry, TagExpiry, digest_key, tag_key};
 pub use errors::{ResolveError, SetupError};
-use errors::{classify, is_rate_limit, not_found, status_class};
+use errors::{classify, is_rate_limit, not_found};
 use route::{Hop, Route};
 
-use crate::metrics::{CacheResult, Metrics, StatusClass};
+use crate::metrics::{CacheResult, Metrics};
 use crate::platform::Platform;
 use crate::reference::ImageRef;
 
@@ -102,12 +105,10 @@ pub struct Resolution {
 
 /// Resolves images to platforms; cheap to share (`Arc`) across requests.
 pub struct Resolver {
-    options: RegistryOptions,
-    ca: Vec<Certificate>,
-    /// oci-client binds the first credentials it sees to a registry for the client's life, so
-    /// each credential identity gets a client of its own.
-    clients: std::sync::RwLock<std::collections::HashMap<Identity, Arc<Client>>>,
     tags: Cache<Key, TagEntry>,
+    /// The digest each tag last had, kept past `tags`' lifetime: a tag found here whose
+    /// digest is still cached is checked with a HEAD instead of read again.
+    last_digests: Cache<Key, Digest>,
     digests: Cache<Key, DigestEntry>,
     /// `options.mirrors` with registry keys normalised (`index.docker.io` is `docker.io`).
     mirrors: BTreeMap<String, Vec<String>>,
@@ -115,26 +116,18 @@ pub struct Resolver {
     /// Distinct platform sets, shared by the digest entries (bounded: a registry could serve
     /// endless distinct `os.version`s).
     platform_sets: Cache<Vec<Platform>, Arc<[Platform]>>,
-    access_tokens: oauth::AccessTokens,
-    /// Manifest and blob reads with byte caps and guarded redirects.
+    /// Every registry request, with byte caps, guarded redirects and authentication.
     fetcher: fetch::Fetcher,
     metrics: Arc<Metrics>,
 }
 
 impl Resolver {
     pub fn new(options: RegistryOptions, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
-        let ca = match &options.ca_pem {
-            Some(pem) => {
-                if !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(SetupError::Ca("the file holds no PEM certificate".into()));
-                }
-                vec![Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data: pem.clone(),
-                }]
-            }
-            None => Vec::new(),
-        };
+        if let Some(pem) = &options.ca_pem
+            && !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----")
+        {
+            return Err(SetupError::Ca("the file holds no PEM certificate".into()));
+        }
         let tags = Cache::builder()
             .max_capacity(options.max_images)
             .expire_after(TagExpiry {
@@ -155,62 +148,29 @@ impl Resolver {
             .map(|(registry, hosts)| (credentials::normalize_host(registry), hosts.clone()))
             .collect();
         let throttle = Throttle::new(options.concurrency);
-        let clients = Default::default();
-        let access_tokens = oauth::AccessTokens::new(token_http_client(&options)?);
-        let fetcher = fetch::Fetcher::new(fetch::FetchOptions {
-            insecure: &options.insecure,
-            ca_pem: options.ca_pem.as_deref(),
-            connect_timeout: options.connect_timeout,
-            read_timeout: options.request_timeout,
-            manifest_redirect_hosts: &options.manifest_redirects,
-            concurrency: options.concurrency,
-        })
+        // The CA is parsed here, so a bad one fails at start, not on the first review.
+        let fetcher = fetch::Fetcher::new(
+            fetch::FetchOptions {
+                insecure: &options.insecure,
+                ca_pem: options.ca_pem.as_deref(),
+                connect_timeout: options.connect_timeout,
+                read_timeout: options.request_timeout,
+                manifest_redirect_hosts: &options.manifest_redirects,
+                concurrency: options.concurrency,
+            },
+            metrics.clone(),
+        )
         .map_err(|e| SetupError::Ca(e.to_string()))?;
-        let resolver = Self {
-            options,
-            ca,
-            clients,
+        Ok(Self {
+            last_digests: Cache::new(options.max_images),
             tags,
             digests,
             mirrors,
             throttle,
             platform_sets: Cache::new(10_000),
-            access_tokens,
             fetcher,
             metrics,
-        };
-        // Build the anonymous client now so a bad CA fails at start, not on the first review.
-        resolver
-            .client(0)
-            .map_err(|e| SetupError::Ca(e.to_string()))?;
-        Ok(resolver)
-    }
-
-    fn client(&self, identity: Identity) -> Result<Arc<Client>, OciDistributionError> {
-        if let Some(client) = self
-            .clients
-            .read()
-            .ok()
-            .and_then(|m| m.get(&identity).cloned())
-        {
-            return Ok(client);
-        }
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(self.options.insecure.clone()),
-            extra_root_certificates: self.ca.clone(),
-            // Never let the library pick "the" platform out of an index: we read them all.
-            platform_resolver: None,
-            connect_timeout: Some(self.options.connect_timeout),
-            read_timeout: Some(self.options.request_timeout),
-            user_agent: concat!("archgate/", env!("CARGO_PKG_VERSION")),
-            ..ClientConfig::default()
-        };
-        let client = Arc::new(Client::try_from(config)?);
-        // Identities are bounded by the docker config and the pull secrets in the cluster.
-        if let Ok(mut clients) = self.clients.write() {
-            clients.insert(identity, client.clone());
-        }
-        Ok(client)
+        })
     }
 
     /// The hosts to ask for `image` (its mirrors, then its registry) with their credentials.
@@ -230,15 +190,11 @@ impl Resolver {
                 identity,
             });
         }
-        let (auth, identity) = credentials.for_registry(image.registry());
-        hops.push(Hop {
-            host: image.registry(),
-            mirror: false,
-            auth,
-            identity,
-        });
+        let origin = Hop::origin(image, credentials);
+        let origin_identity = origin.identity;
+        hops.push(origin);
         let identity = if hops.iter().all(|h| !h.mirror || h.identity == 0) {
-            identity
+            origin_identity
         } else {
             let mut hasher = DefaultHasher::new();
             for hop in &hops {
@@ -250,62 +206,31 @@ impl Resolver {
         Route { hops, identity }
     }
 
-    /// The registry client and credentials archgate would use for `image`, for callers that
-    /// fetch other content from registries (Tekton bundles). Same client per identity as lookups.
-    pub async fn client_for(
+    /// The manifest `image` names, read from its registry with the credentials lookups use,
+    /// through the same throttle: for callers that read other content (Tekton bundles).
+    pub async fn read_manifest(
         &self,
         image: &ImageRef,
         credentials: &Credentials,
-    ) -> Result<(Arc<Client>, RegistryAuth), ResolveError> {
-        let (auth, identity) = credentials.for_registry(image.registry());
-        let hop = Hop {
-            host: image.registry(),
-            mirror: false,
-            auth,
-            identity,
-        };
-        let client = self
-            .client(identity)
-            .map_err(|e| classify(image.registry(), e))?;
-        let auth = self.authorize(&client, &hop, image.reference()).await?;
-        Ok((client, auth))
+    ) -> Result<Vec<u8>, ResolveError> {
+        let hop = Hop::origin(image, credentials);
+        let target = hop.target(image.reference());
+        let (_, body) = self.ask(hop.host, self.fetcher.manifest(&target)).await?;
+        Ok(body)
     }
 
-    /// What to hand oci-client for requests about `reference` at `hop`. An identity token is
-    /// exchanged for an access token to that repository, which is then placed in the client's
-    /// token cache for that repository (oci-client keeps the first credentials it saw per
-    /// registry, so passing the token alone would not reach a second repository).
-    async fn authorize(
+    /// A blob of `image`'s repository, at most `cap` bytes, checked against `digest`.
+    pub async fn read_blob(
         &self,
-        client: &Client,
-        hop: &Hop<'_>,
-        reference: &Reference,
-    ) -> Result<RegistryAuth, ResolveError> {
-        let refresh_token = match &hop.auth {
-            Auth::Direct(auth) => return Ok(auth.clone()),
-            Auth::IdentityToken(token) => token,
-        };
-        let scheme = if self.options.insecure.iter().any(|h| h == hop.host) {
-            "http"
-        } else {
-            "https"
-        };
-        let access = self
-            .access_tokens
-            .get(
-                scheme,
-                hop.host,
-                reference.repository(),
-                refresh_token,
-                hop.identity,
-            )
-            .await?;
-        let bearer = RegistryAuth::Bearer(access);
-        client
-            .auth(reference, &bearer, oci_client::RegistryOperation::Pull)
+        image: &ImageRef,
+        credentials: &Credentials,
+        digest: &str,
+        cap: usize,
+    ) -> Result<Vec<u8>, ResolveError> {
+        let hop = Hop::origin(image, credentials);
+        let target = hop.target(image.reference());
+        self.ask(hop.host, self.fetcher.blob(&target, digest, cap))
             .await
-            .map_err(|e| classify(hop.host, e))?;
-        Ok(bearer)
     }
 
     /// The platforms `image` provides, as seen with `credentials`.
@@ -401,7 +326,7 @@ impl Resolver {
                     .tags
                     .try_get_with(tag_key(route.identity, image), async {
                         cold.store(true, Ordering::Relaxed);
-                        self.head(image, route).await
+                        self.tag(image, route).await
                     })
                     .await
                     .map_err(|e| (*e).clone())?;
@@ -411,6 +336,7 @@ impl Resolver {
                 digest.to_string()
             }
         };
+        // Usually a hit: reading the tag filled it, or a HEAD found a digest it holds.
         let key = digest_key(route.identity, image, &digest);
         let entry = self
             .digests
@@ -426,35 +352,70 @@ impl Resolver {
         }
     }
 
-    /// Tag → digest: the first mirror that knows the tag, else the origin's answer.
-    async fn head(&self, image: &ImageRef, route: &Route<'_>) -> Result<TagEntry, ResolveError> {
+    /// Tag → digest, and the digest's platforms on the way when they are not cached: a tag
+    /// whose last digest is still cached is checked with a HEAD; otherwise one GET of the tag
+    /// reads the manifest, whose digest and platforms both go in the caches.
+    async fn tag(&self, image: &ImageRef, route: &Route<'_>) -> Result<TagEntry, ResolveError> {
+        let key = tag_key(route.identity, image);
+        let revalidate = match self.last_digests.get(&key).await {
+            Some(last) => {
+                let last = last.to_string();
+                self.digests
+                    .contains_key(&digest_key(route.identity, image, &last))
+            }
+            None => false,
+        };
+        let mut answer = None;
         for hop in route.mirrors() {
-            match self.head_at(image, hop).await {
-                Ok(entry) if entry.digest.is_some() => return Ok(entry),
+            match self.tag_at(image, route, hop, revalidate).await {
+                Ok(entry) if entry.digest.is_some() => {
+                    answer = Some(entry);
+                    break;
+                }
                 Ok(_) => debug!(mirror = hop.host, "tag not in mirror; trying the next host"),
                 Err(error) => {
                     debug!(mirror = hop.host, %error, "mirror failed; trying the next host")
                 }
             }
         }
-        self.head_at(image, route.origin()).await
+        let entry = match answer {
+            Some(entry) => entry,
+            None => {
+                self.tag_at(image, route, route.origin(), revalidate)
+                    .await?
+            }
+        };
+        if let Some(digest) = &entry.digest {
+            self.last_digests.insert(key, digest.clone()).await;
+        }
+        Ok(entry)
     }
 
-    /// Tag → digest at one host with one HEAD request (Docker Hub does not count HEADs against
-    /// pull limits).
-    async fn head_at(&self, image: &ImageRef, hop: &Hop<'_>) -> Result<TagEntry, ResolveError> {
-        let client = self
-            .client(hop.identity)
-            .map_err(|e| classify(hop.host, e))?;
+    /// The tag at one host: a HEAD when `revalidate`, else a GET whose manifest's platforms
+    /// are cached under its digest.
+    async fn tag_at(
+        &self,
+        image: &ImageRef,
+        route: &Route<'_>,
+        hop: &Hop<'_>,
+        revalidate: bool,
+    ) -> Result<TagEntry, ResolveError> {
         let reference = hop.reference(image.reference());
-        let auth = self.authorize(&client, hop, &reference).await?;
-        let result = self
-            .ask(
-                hop.host,
-                self.fetcher
-                    .digest(&client, &reference, &auth, hop.identity),
-            )
-            .await;
+        let target = hop.target(&reference);
+        let result = if revalidate {
+            self.ask(hop.host, self.fetcher.digest(&target)).await
+        } else {
+            match self.ask(hop.host, self.fetcher.manifest(&target)).await {
+                Ok((digest, body)) => {
+                    let with_digest = hop.reference(&image.with_digest(&digest));
+                    let platforms = self.platforms_in(&body, &hop.target(&with_digest)).await?;
+                    let key = digest_key(route.identity, image, &digest);
+                    self.digests.insert(key, DigestEntry(Some(platforms))).await;
+                    Ok(digest)
+                }
+                Err(e) => Err(e),
+            }
+        };
         let checked = Instant::now();
         match result {
             Ok(digest) => Ok(TagEntry {
@@ -492,36 +453,34 @@ impl Resolver {
         self.platforms_at(image, digest, route.origin()).await
     }
 
-    /// Digest → platforms at one host: the index lists them; a single image keeps its platform
-    /// in the config.
+    /// Digest → platforms at one host.
     async fn platforms_at(
         &self,
         image: &ImageRef,
         digest: &str,
         hop: &Hop<'_>,
     ) -> Result<DigestEntry, ResolveError> {
-        let client = self
-            .client(hop.identity)
-            .map_err(|e| classify(hop.host, e))?;
         let reference = hop.reference(&image.with_digest(digest));
-        let auth = self.authorize(&client, hop, &reference).await?;
-        let pulled = self
-            .ask(
-                hop.host,
-                self.fetcher
-                    .manifest(&client, &reference, &auth, hop.identity),
-            )
-            .await;
-        let body = match pulled {
-            Ok(body) => body,
-            Err(ResolveError::NotFound { .. }) => return Ok(DigestEntry(None)),
-            Err(e) => return Err(e),
-        };
+        let target = hop.target(&reference);
+        match self.ask(hop.host, self.fetcher.manifest(&target)).await {
+            Ok((_, body)) => Ok(DigestEntry(Some(self.platforms_in(&body, &target).await?))),
+            Err(ResolveError::NotFound { .. }) => Ok(DigestEntry(None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The platforms a manifest names: an index lists them; a single image keeps its platform
+    /// in the config blob, read from `target` (the manifest's own reference).
+    async fn platforms_in(
+        &self,
+        body: &[u8],
+        target: &fetch::Target<'_>,
+    ) -> Result<Arc<[Platform]>, ResolveError> {
         let invalid = |e: ManifestError| ResolveError::InvalidManifest {
-            registry: hop.host.to_string(),
+            registry: target.host.to_string(),
             reason: e.to_string(),
         };
-        let platforms = match manifest::parse_manifest(&body).map_err(invalid)? {
+        let platforms = match manifest::parse_manifest(body).map_err(invalid)? {
             Document::Index(platforms) => platforms,
             Document::Legacy(platform) => vec![platform],
             Document::Image {
@@ -534,12 +493,9 @@ impl Resolver {
                 // The declared size is the registry's claim: the read is capped on its own.
                 let blob = self
                     .ask(
-                        hop.host,
+                        target.host,
                         self.fetcher.blob(
-                            &client,
-                            &reference,
-                            &auth,
-                            hop.identity,
+                            target,
                             &config_digest,
                             manifest::MAX_CONFIG_BYTES as usize,
                         ),
@@ -548,16 +504,15 @@ impl Resolver {
                 vec![manifest::parse_config(&blob).map_err(invalid)?]
             }
         };
-        Ok(DigestEntry(Some(self.intern(platforms).await)))
+        Ok(self.intern(platforms).await)
     }
 
-    /// Runs one registry call through `host`'s throttle, recording its latency and status
-    /// class; a 429 pauses the host. Public so that other registry reads (Tekton bundles) keep
-    /// to the same per-registry bound and backoff.
-    pub async fn ask<T>(
+    /// Runs one registry call through `host`'s throttle; a 429 pauses the host for its
+    /// `Retry-After`, or by backoff when it gives none.
+    async fn ask<T>(
         &self,
         host: &str,
-        call: impl Future<Output = Result<T, OciDistributionError>>,
+        call: impl Future<Output = fetch::Result<T>>,
     ) -> Result<T, ResolveError> {
         let rate_limited = |retry_in| ResolveError::RateLimited {
             registry: host.to_string(),
@@ -565,20 +520,13 @@ impl Resolver {
         };
         // The call is a lazy future: nothing is sent before the throttle lets it through.
         let pass = self.throttle.enter(host).await.map_err(rate_limited)?;
-        let started = Instant::now();
-        let result = call.await;
-        let class = match &result {
-            Ok(_) => StatusClass::Success,
-            Err(e) => status_class(e),
-        };
-        self.metrics.observe_registry(class, started.elapsed());
-        match result {
+        match call.await {
             Ok(value) => {
                 pass.succeeded();
                 Ok(value)
             }
-            Err(e) if is_rate_limit(&e) => {
-                let retry_in = pass.rate_limited();
+            Err(failure) if is_rate_limit(&failure.error) => {
+                let retry_in = pass.rate_limited(failure.retry_after);
                 warn!(
                     registry = host,
                     retry_in_ms = retry_in.as_millis() as u64,
@@ -586,7 +534,7 @@ impl Resolver {
                 );
                 Err(rate_limited(retry_in))
             }
-            Err(e) => Err(classify(host, e)),
+            Err(failure) => Err(classify(host, &failure.error)),
         }
     }
 
@@ -603,19 +551,6 @@ impl Resolver {
         self.digests.run_pending_tasks().await;
         self.digests.entry_count()
     }
-}
-
-/// The plain HTTP client for token endpoints: same CA and timeouts as the registry clients.
-fn token_http_client(options: &RegistryOptions) -> Result<reqwest::Client, SetupError> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(options.connect_timeout)
-        .timeout(options.request_timeout)
-        .user_agent(concat!("archgate/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = &options.ca_pem {
-        let ca = reqwest::Certificate::from_pem(pem).map_err(|e| SetupError::Ca(e.to_string()))?;
-        builder = builder.tls_certs_merge([ca]);
-    }
-    builder.build().map_err(|e| SetupError::Ca(e.to_string()))
 }
 
 #[cfg(test)]
@@ -642,7 +577,7 @@ mod tests {
         assert_ne!(key(0, &["a", "b:1"]), key(0, &["a:b", "1"]));
         assert_eq!(key(7, &["a", "b"]), key(7, &["a", "b"]));
     }
-    use oci_client::errors::{OciEnvelope, OciError};
+    use oci_client::errors::{OciDistributionError, OciEnvelope, OciError};
 
     #[test]
     fn a_429_in_any_shape_is_rate_limiting() {

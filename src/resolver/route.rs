@@ -3,7 +3,9 @@
 
 use oci_client::Reference;
 
-use super::{Auth, Identity};
+use super::fetch::Target;
+use super::{Auth, Credentials, Identity};
+use crate::reference::ImageRef;
 
 /// One host to ask for an image: a mirror, or (always last) the origin registry.
 pub(super) struct Hop<'a> {
@@ -14,7 +16,18 @@ pub(super) struct Hop<'a> {
     pub(super) identity: Identity,
 }
 
-impl Hop<'_> {
+impl<'a> Hop<'a> {
+    /// `image`'s own registry, with the credentials it gets.
+    pub(super) fn origin(image: &'a ImageRef, credentials: &Credentials) -> Self {
+        let (auth, identity) = credentials.for_registry(image.registry());
+        Hop {
+            host: image.registry(),
+            mirror: false,
+            auth,
+            identity,
+        }
+    }
+
     /// `origin` addressed to this hop (oci-client sends the origin as `?ns=` to a mirror).
     pub(super) fn reference(&self, origin: &Reference) -> Reference {
         let mut reference = origin.clone();
@@ -22,6 +35,16 @@ impl Hop<'_> {
             reference.set_mirror_registry(self.host.to_string());
         }
         reference
+    }
+
+    /// A request about `reference` (already addressed to this hop) with this hop's credentials.
+    pub(super) fn target<'b>(&'b self, reference: &'b Reference) -> Target<'b> {
+        Target {
+            host: self.host,
+            reference,
+            auth: &self.auth,
+            identity: self.identity,
+        }
     }
 }
 

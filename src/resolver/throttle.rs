@@ -5,9 +5,10 @@
 //! cold lookup during the pause fails fast (the policy turns that into "not checked", allowed or
 //! denied per `--on-registry-error`) instead of digging the rate-limit hole deeper.
 //!
-//! oci-client does not hand back response headers, so a `Retry-After` cannot be read: the pause
-//! is exponential instead, [`FIRST_BACKOFF`] doubling per consecutive 429 up to [`MAX_BACKOFF`],
-//! and forgotten after the first success. Cache hits never reach a throttle.
+//! The pause is the 429's `Retry-After` when it has one (at most an hour: see
+//! `headers::MAX_RETRY_AFTER`); otherwise exponential, [`FIRST_BACKOFF`] doubling per consecutive
+//! 429 up to [`MAX_BACKOFF`], and forgotten after the first success. Cache hits never reach a
+//! throttle.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -110,15 +111,19 @@ impl Host {
 }
 
 impl Pass {
-    /// The host answered 429: pause it (unless a pause already covers now, as when many
-    /// requests in flight hit the limit together) and return how long it stays paused.
-    pub fn rate_limited(&self) -> Duration {
+    /// The host answered 429: pause it for `retry_after` (the registry's word) or by
+    /// backoff, unless a pause already covers that long (as when many requests in flight hit
+    /// the limit together), and return how long it stays paused.
+    pub fn rate_limited(&self, retry_after: Option<Duration>) -> Duration {
         let now = Instant::now();
         let mut backoff = self.host.backoff.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(left) = backoff.remaining(now) {
+        let left = backoff.remaining(now);
+        if let Some(left) = left
+            && retry_after.is_none_or(|asked| asked <= left)
+        {
             return left;
         }
-        let pause = pause_after(backoff.strikes);
+        let pause = retry_after.unwrap_or_else(|| pause_after(backoff.strikes));
         backoff.strikes = backoff.strikes.saturating_add(1);
         backoff.until = Some(now + pause);
         pause
@@ -154,12 +159,21 @@ mod tests {
     async fn a_429_pauses_the_host_and_a_success_resets_the_count() {
         let throttle = Throttle::new(2);
         let pass = throttle.enter("r.example").await.unwrap();
-        assert_eq!(pass.rate_limited(), FIRST_BACKOFF);
-        // A second 429 from a request already in flight does not lengthen the pause.
-        assert!(pass.rate_limited() <= FIRST_BACKOFF);
+        assert_eq!(pass.rate_limited(None), FIRST_BACKOFF);
+        // A second 429 from a request already in flight does not lengthen the pause...
+        assert!(pass.rate_limited(None) <= FIRST_BACKOFF);
         drop(pass);
         let left = throttle.enter("r.example").await.err().unwrap();
         assert!(left <= FIRST_BACKOFF && !left.is_zero(), "{left:?}");
+        // ...unless the registry asks for longer: its Retry-After is honoured.
+        let again = Throttle::new(2);
+        let pass = again.enter("r.example").await.unwrap();
+        assert_eq!(pass.rate_limited(None), FIRST_BACKOFF);
+        let asked = Duration::from_secs(90);
+        assert_eq!(pass.rate_limited(Some(asked)), asked);
+        drop(pass);
+        let left = again.enter("r.example").await.err().unwrap();
+        assert!(left > Duration::from_secs(80), "{left:?}");
         // Other hosts are not affected.
         let other = throttle.enter("other.example").await.unwrap();
         other.succeeded();
