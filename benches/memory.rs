@@ -11,7 +11,7 @@
 //! config file raising the tag TTL to an hour (so no tag expires while the cache fills) and
 //! `cache.maxImages` to N + 10% (so the size bound does not evict while filling). The cache is
 //! filled the way production fills it: AdmissionReviews over TLS, 50 containers per Pod, each
-//! image a cold lookup (HEAD tag → digest, GET index); both caches then hold N entries. RSS is
+//! image a cold lookup (one GET of the tag: digest and index); both caches then hold N entries. RSS is
 //! `VmRSS` from `/proc/<pid>/status` of the server process: after start-up (idle), after one
 //! review, and after the fill; `VmHWM` (peak) is printed too. A sample of the images is reviewed
 //! again afterwards and the server's own `/metrics` must show only hits for it, proving the

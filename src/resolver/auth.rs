@@ -82,6 +82,7 @@ impl Fetcher {
         Ok(challenge.unwrap_or(Challenge::Anonymous))
     }
 
+    /// What `challenge` asks for, with `target`'s credentials: nothing, Basic, or a token.
     async fn answer(
         &self,
         target: &Target<'_>,

@@ -165,6 +165,11 @@ struct Shared {
     max_in_flight: AtomicUsize,
     /// Client connections currently open.
     connections: AtomicUsize,
+    /// Added before serving each new connection and before answering each request: a
+    /// network's round trip, for benchmarks that count round trips.
+    latency: Mutex<Option<Duration>>,
+    /// When the first request since the last reset arrived.
+    first_request: Mutex<Option<std::time::Instant>>,
 }
 
 /// A counting, fault-injecting HTTP/1.1 + h2c reverse proxy on 127.0.0.1. Stops on drop.
@@ -196,6 +201,8 @@ impl CountingProxy {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            latency: Mutex::default(),
+            first_request: Mutex::default(),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         Self { shared, accept }
@@ -214,6 +221,18 @@ impl CountingProxy {
     /// Forgets the counts, e.g. after pushing fixtures or warming a cache.
     pub fn reset(&self) {
         *self.shared.counts.lock().unwrap() = Counts::default();
+        *self.shared.first_request.lock().unwrap() = None;
+    }
+
+    /// Adds `latency` before serving each new connection and before answering each request,
+    /// as a network round trip would.
+    pub fn set_latency(&self, latency: Duration) {
+        *self.shared.latency.lock().unwrap() = Some(latency);
+    }
+
+    /// When the first request since the last [`CountingProxy::reset`] arrived.
+    pub fn first_request_at(&self) -> Option<std::time::Instant> {
+        *self.shared.first_request.lock().unwrap()
     }
 
     /// Replaces the active fault rule (a bare [`Fault`] hits every request until cleared).
@@ -272,6 +291,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let shared = shared.clone();
                 connections.spawn(async move {
                     let _open = Held::enter(&shared.connections);
+                    let latency = *shared.latency.lock().unwrap();
+                    if let Some(latency) = latency {
+                        tokio::time::sleep(latency).await;
+                    }
                     let shared = shared.clone();
                     let service = service_fn(move |request| handle(shared.clone(), request));
                     // Errors here are clients going away or injected resets: nothing to report.
@@ -302,6 +325,15 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, InjectedReset> {
     let kind = RequestKind::of(request.uri().path());
+    shared
+        .first_request
+        .lock()
+        .unwrap()
+        .get_or_insert_with(std::time::Instant::now);
+    let latency = *shared.latency.lock().unwrap();
+    if let Some(latency) = latency {
+        tokio::time::sleep(latency).await;
+    }
     let (_in_flight, now) = Held::enter(&shared.in_flight);
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
     shared
