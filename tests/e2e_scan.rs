@@ -220,7 +220,9 @@ async fn scan_a_mixed_cluster() {
     populate(&w);
     text_report(&w);
     json_report(&w);
+    progress_on_a_terminal(&w);
     policy_reports(&w);
+    registry_trouble(&w);
     tekton_runs(&w);
     check_with_live_platforms(&w);
     shipped_rbac(&w);
@@ -288,6 +290,48 @@ fn text_report(w: &World) {
         "scanned 0 objects in 0 namespaces: 0 would be denied, 0 pods running on the wrong platform\n"
     );
     assert_eq!(out.status.code(), Some(0));
+}
+
+/// On a terminal (util-linux `script` gives the scan one) a progress line is drawn on stderr
+/// and wiped before the report; in a pipe (every other scan here) there is none.
+fn progress_on_a_terminal(w: &World) {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("progress test skipped: util-linux `script` is not installed");
+        return;
+    }
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let command = [
+        env!("CARGO_BIN_EXE_archgate"),
+        "scan",
+        "-n",
+        "shop",
+        "--kubeconfig",
+        w.plane.kubeconfig.to_str().unwrap(),
+        "--insecure-registry",
+        w.registry.host(),
+    ]
+    .map(quote)
+    .join(" ");
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .output()
+        .unwrap();
+    let seen = stdout(&out);
+    assert!(
+        seen.contains("\r\x1b[Kscanning: ") && seen.contains(" objects listed (Pod)"),
+        "{seen:?}"
+    );
+    // The progress line is wiped before anything else is written.
+    let after = seen.rsplit("\r\x1b[K").next().unwrap();
+    assert!(
+        after.starts_with("archgate scan: Tekton is not installed")
+            && after.contains("\r\nnamespace shop\r\n")
+            && !after.contains("scanning:"),
+        "{after:?}"
+    );
+    assert_eq!(out.status.code(), Some(1));
 }
 
 fn json_report(w: &World) {
@@ -471,6 +515,48 @@ fn policy_reports(w: &World) {
         &w.arm.reference(),
         Some("amd64"),
     ));
+}
+
+/// An image that does not exist, and a registry that cannot be asked (a closed port on
+/// 127.0.0.1): the first denies (or warns, as `--on-missing-image warn` makes the webhook do),
+/// the second is said and exits 2 when nothing else is wrong.
+fn registry_trouble(w: &World) {
+    w.apply(&namespace("gone", None));
+    let missing = format!("{}/team/never-pushed:v1", w.registry.host());
+    w.apply(&deployment("gone", "ghost", &missing, None));
+    let out = w.scan(&["-n", "gone"]);
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().nth(1),
+        Some(format!("  FAIL  Deployment ghost, container \"app\" image \"{missing}\" not found in registry").as_str()),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let out = w.scan(&["-n", "gone", "--on-missing-image", "warn"]);
+    let text = stdout(&out);
+    assert!(text.contains("\n  warn  Deployment ghost,"), "{text}");
+    assert!(
+        text.ends_with(": 0 would be denied, 0 pods running on the wrong platform\n"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    w.apply(&namespace("offline", None));
+    let unreachable = "127.0.0.1:1/team/app:v1";
+    w.apply(&deployment("offline", "cut-off", unreachable, None));
+    let out = w.scan(&["-n", "offline"]);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "namespace offline\n  ERROR Deployment cut-off, container \"app\" image \"{unreachable}\" was not checked: "
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("0 would be denied, 0 pods running on the wrong platform, 1 object could not be checked\n"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(2));
 }
 
 /// The Tekton CRDs (as tests/e2e.rs installs them), one active PipelineRun and a

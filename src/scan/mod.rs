@@ -306,7 +306,7 @@ impl Scanner {
                     reviewed
                         .notes
                         .iter()
-                        .map(|n| format!("{}/{}: {n}", id.namespace, label)),
+                        .map(|n| format!("{} {}/{}: {n}", id.kind, id.namespace, id.name)),
                 );
                 for reason in &reviewed.unchecked {
                     entries.push(Entry::new(Status::Error, format!("{label}: {reason}")));
