@@ -4,7 +4,8 @@
 //! its own line and the rest are still checked), `List`s are expanded, and all documents form one
 //! catalog, so a PipelineRun in one file finds its Pipeline in another. Each object goes through
 //! [`Pipeline::review`] as the webhook's would, Tekton bundles included; findings are worded by
-//! [`crate::policy`].
+//! [`crate::policy`]. Candidate platforms are the `--platform` list, or with `--platform auto` a
+//! live cluster's Nodes (`--kubeconfig`, `--context`): "would this pass in that cluster?".
 //!
 //! Exit codes (a contract other tools rely on): 0 all good; 1 some image lacks a platform or does
 //! not exist, even if something else could not be checked; 2 nothing was found wrong but

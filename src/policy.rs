@@ -611,6 +611,21 @@ mod tests {
     const REF: &str = "10.34.0.202:5000/cerebral/ai-base:cuda";
 
     #[test]
+    fn a_pod_on_the_wrong_node_leads_with_where_it_runs() {
+        let wrong = WrongNode {
+            at: "Pod web-1, container \"app\"".into(),
+            image: "r/app:v1".into(),
+            node: "arm-1".into(),
+            node_platform: p("linux/arm64"),
+            available: vec![p("linux/amd64"), p("linux/amd64/v3")],
+        };
+        assert_eq!(
+            wrong.to_string(),
+            "Pod web-1, container \"app\" image \"r/app:v1\" is running on node arm-1 (linux/arm64), which the image does not provide (available: linux/amd64, linux/amd64/v3)"
+        );
+    }
+
+    #[test]
     fn enforce_denies_with_the_contract_message_and_hint() {
         let arm = Platform::new("linux", "arm64", Some("v8"));
         let c = vec![

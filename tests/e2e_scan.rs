@@ -223,6 +223,7 @@ async fn scan_a_mixed_cluster() {
     progress_on_a_terminal(&w);
     policy_reports(&w);
     registry_trouble(&w);
+    many_objects_are_paged(&w);
     tekton_runs(&w);
     check_with_live_platforms(&w);
     shipped_rbac(&w);
@@ -557,6 +558,25 @@ fn registry_trouble(w: &World) {
         "{text}"
     );
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// More objects than one list page holds (`limit` 250): every page is read, through the
+/// continue token, and each object is counted once.
+fn many_objects_are_paged(w: &World) {
+    w.apply(&namespace("many", None));
+    let pods: Vec<Value> = (0..300)
+        .map(|i| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": format!("p{i:03}"), "namespace": "many"},
+                   "spec": pod_spec(&w.multi.reference())})
+        })
+        .collect();
+    w.apply(&json!({"apiVersion": "v1", "kind": "List", "items": pods}));
+    let out = w.scan(&["-n", "many", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["summary"]["objects"], 300);
+    assert_eq!(report["findings"], json!([]));
 }
 
 /// The Tekton CRDs (as tests/e2e.rs installs them), one active PipelineRun and a
