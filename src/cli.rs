@@ -1,5 +1,6 @@
-//! The command line: `serve`, `check`, `scan` and `certs`. Flags that the config file can also set are
-//! `Option`s here, so that "not given" is distinguishable from a default and the file can fill it.
+//! The command line: `serve`, `check`, `scan` and `certs`. Flags that the config file can also
+//! set are `Option`s here, so that "not given" is distinguishable from a default and the file can
+//! fill it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,8 +64,8 @@ pub const SCAN_EXIT_CODES: &str = "Exit status:
 /// Which cluster to read, as kubectl chooses it; shared by `scan` and `check --platform auto`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ClusterArgs {
-    /// Kubeconfig to read the cluster through [default: in-cluster when running in a pod, then
-    /// $KUBECONFIG or ~/.kube/config].
+    /// Kubeconfig to read the cluster through [default: $KUBECONFIG or ~/.kube/config, then
+    /// the in-cluster ServiceAccount when running in a pod].
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use [default: its current-context].

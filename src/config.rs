@@ -194,8 +194,8 @@ impl ClusterAccess {
 }
 
 /// The client configuration for a command run by hand (`scan`, `check --platform auto`), chosen
-/// as kubectl chooses it: `--kubeconfig` (with `--context`), else in a pod its ServiceAccount,
-/// else $KUBECONFIG or ~/.kube/config; `--context` picks another context of that file.
+/// as kubectl chooses it: `--kubeconfig`, else $KUBECONFIG or ~/.kube/config, else in a pod its
+/// ServiceAccount (kube's `Config::infer`); `--context` picks another context of the file.
 pub async fn kube_config(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
