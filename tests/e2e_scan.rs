@@ -227,6 +227,22 @@ async fn scan_a_mixed_cluster() {
     tekton_runs(&w);
     check_with_live_platforms(&w);
     shipped_rbac(&w);
+    lenient_namespace(&w);
+}
+
+/// A namespace in warn mode is scanned as enforce would see it, and its heading says so.
+fn lenient_namespace(w: &World) {
+    let arm = w.arm.reference();
+    w.apply(&namespace("lenient", Some("warn")));
+    w.apply(&deployment("lenient", "web", &arm, Some("amd64")));
+    let out = w.scan(&["-n", "lenient"]);
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().next(),
+        Some("namespace lenient (archgate.io/mode: warn: the webhook does not deny here)"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(1));
 }
 
 fn text_report(w: &World) {

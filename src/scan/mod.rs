@@ -250,7 +250,10 @@ impl Scanner {
                     uid: object.metadata.uid.clone(),
                 };
                 // Exempt namespaces and those labelled `archgate.io/mode: off`, as the webhook.
-                self.admission.mode_for(&id.namespace)?;
+                let mode = self.admission.mode_for(&id.namespace)?;
+                if mode != Mode::Enforce {
+                    report.lenient.insert(id.namespace.clone(), mode);
+                }
                 let subject = Subject {
                     kind: source.kind,
                     object: list::object_json(object),

@@ -130,6 +130,9 @@ pub struct Report {
     pub groups: Vec<Group>,
     /// Namespaces in which something was reviewed or checked.
     pub namespaces: BTreeSet<String>,
+    /// Namespaces whose `archgate.io/mode` label makes the webhook only warn or audit there: the
+    /// text says so in the namespace's heading, since enforce mode is what the lines describe.
+    pub lenient: BTreeMap<String, crate::policy::Mode>,
     /// Said once on stderr (Tekton not installed, ...).
     pub notes: Vec<String>,
 }
@@ -189,9 +192,12 @@ impl Report {
                 if current.is_some() {
                     out.push('\n');
                 }
-                match namespace {
-                    "" => out.push_str("cluster-scoped\n"),
-                    ns => out.push_str(&format!("namespace {ns}\n")),
+                match (namespace, self.lenient.get(namespace)) {
+                    ("", _) => out.push_str("cluster-scoped\n"),
+                    (ns, None) => out.push_str(&format!("namespace {ns}\n")),
+                    (ns, Some(mode)) => out.push_str(&format!(
+                        "namespace {ns} (archgate.io/mode: {mode}: the webhook does not deny here)\n"
+                    )),
                 }
                 current = Some(namespace);
             }
@@ -452,6 +458,7 @@ mod tests {
                 },
             ],
             namespaces: ["a", "b", "c"].into_iter().map(String::from).collect(),
+            lenient: [("b".to_string(), crate::policy::Mode::Warn)].into(),
             notes: vec![],
         }
     }
@@ -465,7 +472,7 @@ mod tests {
             "  FAIL  Deployment web, container \"app\" image \"r/arm:v1\" is missing linux/amd64 (available: linux/arm64)",
             "  hint  rebuild for every platform: docker buildx build --platform linux/amd64,linux/arm64 ...",
             "",
-            "namespace b",
+            "namespace b (archgate.io/mode: warn: the webhook does not deny here)",
             "  WRONG Pod web-1, container \"app\" image \"r/amd:v1\" is running on node arm-1 (linux/arm64), which the image does not provide (available: linux/amd64)",
             "",
             "scanned 2 objects in 3 namespaces: 1 would be denied, 1 pod running on the wrong platform",
@@ -483,6 +490,7 @@ mod tests {
                 entries: vec![],
             }],
             namespaces: ["a".to_string()].into(),
+            lenient: BTreeMap::new(),
             notes: vec![],
         };
         assert_eq!(
