@@ -14,6 +14,8 @@ pub const PAGE: u32 = 250;
 /// Pages of one kind read at most (two and a half million objects): a server that keeps handing
 /// out continue tokens cannot keep the scan listing forever.
 const MAX_PAGES: usize = 10_000;
+/// Expired snapshots resumed from, per page at most.
+const MAX_RESUMES: usize = 3;
 
 /// One kind `scan` lists.
 #[derive(Debug, Clone)]
@@ -65,6 +67,8 @@ pub struct Pager {
     token: Option<String>,
     pages: usize,
     done: bool,
+    /// The list's snapshot expired between two pages and the rest was read from a newer one.
+    pub resumed: bool,
 }
 
 impl Pager {
@@ -78,6 +82,7 @@ impl Pager {
             token: None,
             pages: 0,
             done: false,
+            resumed: false,
         }
     }
 
@@ -86,15 +91,45 @@ impl Pager {
         if self.done || self.pages >= MAX_PAGES {
             return Ok(None);
         }
-        let mut params = ListParams::default().limit(PAGE);
-        if let Some(token) = &self.token {
-            params = params.continue_token(token);
-        }
-        let list = self.api.list(&params).await?;
+        let mut resumes = 0;
+        let list = loop {
+            let mut params = ListParams::default().limit(PAGE);
+            if let Some(token) = &self.token {
+                params = params.continue_token(token);
+            }
+            match self.api.list(&params).await {
+                Ok(list) => break list,
+                // Reviewing a page can take longer than etcd keeps the list's snapshot (five
+                // minutes by default): go on from the same place in a newer one rather than
+                // start a large scan again; a few times per page at most.
+                Err(e) => match resume_token(&e) {
+                    Some(token) if resumes < MAX_RESUMES => {
+                        resumes += 1;
+                        self.resumed = true;
+                        self.token = Some(token);
+                    }
+                    _ => return Err(e),
+                },
+            }
+        };
         self.pages += 1;
         self.token = list.metadata.continue_.filter(|t| !t.is_empty());
         self.done = self.token.is_none();
         Ok(Some(list.items))
+    }
+}
+
+/// The continue token a 410 "the list's snapshot expired" answer carries, for going on from
+/// the same place in a newer snapshot (the API conventions' "inconsistent continuation").
+fn resume_token(error: &kube::Error) -> Option<String> {
+    match error {
+        kube::Error::Api(status) if status.code == 410 => status
+            .metadata
+            .as_ref()?
+            .continue_
+            .clone()
+            .filter(|t| !t.is_empty()),
+        _ => None,
     }
 }
 
@@ -182,6 +217,25 @@ mod tests {
         for (kind, object, want) in cases {
             assert_eq!(reviewed_on_its_own(kind, &object), want, "{kind} {object}");
         }
+    }
+
+    #[test]
+    fn an_expired_list_goes_on_from_the_token_it_is_given() {
+        let expired = |token: Option<&str>| {
+            let mut status = kube::core::Status::failure("too old", "Expired").with_code(410);
+            status.metadata = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta {
+                continue_: token.map(str::to_string),
+                ..Default::default()
+            });
+            kube::Error::Api(Box::new(status))
+        };
+        assert_eq!(resume_token(&expired(Some("abc"))).as_deref(), Some("abc"));
+        assert_eq!(resume_token(&expired(None)), None);
+        assert_eq!(resume_token(&expired(Some(""))), None);
+        let forbidden = kube::Error::Api(Box::new(
+            kube::core::Status::failure("no", "Forbidden").with_code(403),
+        ));
+        assert_eq!(resume_token(&forbidden), None);
     }
 
     #[test]

@@ -198,6 +198,7 @@ impl Scanner {
             args.namespaces.iter().map(|n| Some(n.as_str())).collect()
         };
         let mut tekton_missing = false;
+        let mut resumed_note = false;
         for source in Source::all() {
             for namespace in &namespaces {
                 let mut pager = Pager::new(&self.client, &source, *namespace);
@@ -226,6 +227,13 @@ impl Scanner {
                             });
                         }
                     };
+                    if pager.resumed && !resumed_note {
+                        report.notes.push(format!(
+                            "the list of {} outlived its snapshot and went on in a newer one: objects changed meanwhile may be missed",
+                            source.resource.plural
+                        ));
+                        resumed_note = true;
+                    }
                     let listed = page.len();
                     self.page(&source, page, &mut report).await;
                     progress.add(listed, source.kind);
