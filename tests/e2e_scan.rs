@@ -20,6 +20,10 @@ use common::{ImageSpec, PlatformSpec, PushedImage, Registry};
 struct World {
     plane: ControlPlane,
     registry: Registry,
+    /// TLS, and pulls only with the user `puller`.
+    private: Registry,
+    /// On the private registry: linux/arm64/v8 only.
+    private_arm: PushedImage,
     /// linux/arm64/v8 only.
     arm: PushedImage,
     /// linux/amd64 + linux/arm64/v8.
@@ -42,6 +46,8 @@ impl World {
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--insecure-registry", self.registry.host()])
+            .arg("--registry-ca")
+            .arg(self.private.ca_path())
             // Nothing here may leave the machine, not even through a proxy from the environment.
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
@@ -117,7 +123,11 @@ async fn world() -> Option<World> {
         }
     };
     common::install_crypto_provider();
-    let (plane, registry) = tokio::join!(ControlPlane::start(binaries), Registry::start());
+    let (plane, registry, private) = tokio::join!(
+        ControlPlane::start(binaries),
+        Registry::start(),
+        Registry::start_tls_auth("puller", "s3cret-pull"),
+    );
     let amd64 = PlatformSpec::new("linux", "amd64");
     let arm64 = PlatformSpec::new("linux", "arm64").variant("v8");
     let arm = ImageSpec::oci_index("team/arm-only", "v1", [arm64.clone()])
@@ -129,9 +139,18 @@ async fn world() -> Option<World> {
     let amd = ImageSpec::oci_index("team/amd-only", "v1", [amd64])
         .push(&registry)
         .await;
+    let private_arm = ImageSpec::oci_index(
+        "secret/arm-only",
+        "v1",
+        [PlatformSpec::new("linux", "arm64").variant("v8")],
+    )
+    .push(&private)
+    .await;
     Some(World {
         plane,
         registry,
+        private,
+        private_arm,
         arm,
         multi,
         amd,
@@ -224,6 +243,7 @@ async fn scan_a_mixed_cluster() {
     policy_reports(&w);
     registry_trouble(&w);
     many_objects_are_paged(&w);
+    pull_secrets(&w);
     tekton_runs(&w);
     check_with_live_platforms(&w);
     shipped_rbac(&w);
@@ -561,19 +581,26 @@ fn registry_trouble(w: &World) {
     w.apply(&namespace("offline", None));
     let unreachable = "127.0.0.1:1/team/app:v1";
     w.apply(&deployment("offline", "cut-off", unreachable, None));
-    let out = w.scan(&["-n", "offline"]);
-    let text = stdout(&out);
-    assert!(
-        text.starts_with(&format!(
-            "namespace offline\n  ERROR Deployment cut-off, container \"app\" image \"{unreachable}\" was not checked: "
-        )),
-        "{text}"
-    );
+    let text = scanned_not_checked(w, "offline", "cut-off", unreachable);
     assert!(
         text.ends_with("0 would be denied, 0 pods running on the wrong platform, 1 object could not be checked\n"),
         "{text}"
     );
-    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Scans `namespace`, whose one Deployment's image could not be checked: exit 2, and the line
+/// says so. Returns the text.
+fn scanned_not_checked(w: &World, namespace: &str, deployment: &str, image: &str) -> String {
+    let out = w.scan(&["-n", namespace]);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "namespace {namespace}\n  ERROR Deployment {deployment}, container \"app\" image \"{image}\" was not checked: "
+        )),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    text
 }
 
 /// More objects than one list page holds (`limit` 250): every page is read, through the
@@ -593,6 +620,41 @@ fn many_objects_are_paged(w: &World) {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["summary"]["objects"], 300);
     assert_eq!(report["findings"], json!([]));
+}
+
+/// A private image pulled with a ServiceAccount's pull secret: without `--pull-secrets` scan
+/// uses only the user's own credentials (none here) and says the image was not checked; with
+/// it, the kubelet's credentials, as the webhook's `--pull-secrets` does.
+fn pull_secrets(w: &World) {
+    use base64::Engine;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    w.apply(&namespace("private", None));
+    let config = json!({"auths": {w.private.host(): {"auth": b64("puller:s3cret-pull")}}});
+    w.apply(&json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": "sa-cred", "namespace": "private"},
+        "data": {".dockerconfigjson": b64(&config.to_string())},
+    }));
+    w.apply(&json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "builder", "namespace": "private"},
+        "imagePullSecrets": [{"name": "sa-cred"}],
+    }));
+    let image = w.private_arm.reference();
+    let mut vault = deployment("private", "vault", &image, Some("amd64"));
+    vault["spec"]["template"]["spec"]["serviceAccountName"] = json!("builder");
+    w.apply(&vault);
+
+    scanned_not_checked(w, "private", "vault", &image);
+    let out = w.scan(&["-n", "private", "--pull-secrets"]);
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().nth(1),
+        Some(format!("  FAIL  Deployment vault, container \"app\" image \"{image}\" is missing linux/amd64 (available: linux/arm64)").as_str()),
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(1));
 }
 
 /// The Tekton CRDs (as tests/e2e.rs installs them), one active PipelineRun and a
