@@ -4,7 +4,8 @@
 //! its own line and the rest are still checked), `List`s are expanded, and all documents form one
 //! catalog, so a PipelineRun in one file finds its Pipeline in another. Each object goes through
 //! [`Pipeline::review`] as the webhook's would, Tekton bundles included; findings are worded by
-//! [`crate::policy`].
+//! [`crate::policy`]. Candidate platforms are the `--platform` list, or with `--platform auto` a
+//! live cluster's Nodes (`--kubeconfig`, `--context`): "would this pass in that cluster?".
 //!
 //! Exit codes (a contract other tools rely on): 0 all good; 1 some image lacks a platform or does
 //! not exist, even if something else could not be checked; 2 nothing was found wrong but
@@ -21,7 +22,7 @@ use futures::future::join_all;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::{CheckArgs, Output};
+use crate::cli::{CheckArgs, ClusterArgs, Output, RegistryArgs, RuntimeArgs};
 use crate::cluster::ClusterView;
 use crate::config::{self, PlatformSource};
 use crate::metrics::Metrics;
@@ -69,14 +70,7 @@ pub struct Line {
 
 /// Runs the check and prints the report; returns the exit code.
 pub async fn run(args: CheckArgs) -> i32 {
-    // Warnings only (a credential helper that failed), as plain lines on stderr.
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::WARN)
-        .without_time()
-        .with_target(false)
-        .with_ansi(false)
-        .try_init();
+    cli_logging();
     match report(&args).await {
         Ok(lines) => {
             print(&lines, args.output);
@@ -87,6 +81,37 @@ pub async fn run(args: CheckArgs) -> i32 {
             EXIT_TROUBLE
         }
     }
+}
+
+/// Logging for a command run by hand (`check`, `scan`): warnings only (a credential helper that
+/// failed, a watch that was refused), as plain lines on stderr.
+pub(crate) fn cli_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .without_time()
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// The resolver and the user's own registry credentials, from the registry flags.
+pub(crate) fn registry_access(registry: &RegistryArgs) -> Result<(Resolver, Credentials), String> {
+    let ca_pem = match &registry.registry_ca {
+        Some(path) => Some(
+            std::fs::read(path).map_err(|e| format!("--registry-ca {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let options = RegistryOptions {
+        insecure: registry.insecure_registries.clone(),
+        ca_pem,
+        ..RegistryOptions::default()
+    };
+    let resolver = Resolver::new(options, Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
+    let credentials =
+        Credentials::load(registry.docker_config.as_deref()).map_err(|e| e.to_string())?;
+    Ok((resolver, credentials))
 }
 
 /// A finding anywhere outranks trouble elsewhere: CI must fail on what is known to be wrong.
@@ -106,6 +131,7 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
         platforms,
         files,
         runtime,
+        cluster,
         dockerfile,
         registry,
         output: _,
@@ -117,25 +143,15 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
                 .into(),
         );
     }
-    let runtime = runtime.runtime_matcher.unwrap_or_default();
-    let platforms: Vec<Platform> = parse_platforms(platforms)?
-        .into_iter()
-        .map(|p| p.pulled_with(runtime))
-        .collect();
-    let ca_pem = match &registry.registry_ca {
-        Some(path) => Some(
-            std::fs::read(path).map_err(|e| format!("--registry-ca {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
-    let options = RegistryOptions {
-        insecure: registry.insecure_registries.clone(),
-        ca_pem,
-        ..RegistryOptions::default()
-    };
-    let resolver = Resolver::new(options, Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
-    let credentials =
-        Credentials::load(registry.docker_config.as_deref()).map_err(|e| e.to_string())?;
+    let nodes = candidate_nodes(platforms, runtime, cluster).await?;
+    // The Dockerfile's pulls are for the build's platforms, whatever the nodes' runtimes.
+    let mut platforms: Vec<Platform> = Vec::new();
+    for node in nodes.iter() {
+        if !platforms.contains(&node.platform) {
+            platforms.push(node.platform.clone());
+        }
+    }
+    let (resolver, credentials) = registry_access(registry)?;
     let deadline = tokio::time::Instant::now() + CHECK_DEADLINE;
 
     let mut documents = Vec::new();
@@ -148,7 +164,7 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
             }
         }
     }
-    let cluster = Files::new(&platforms, credentials, &documents);
+    let cluster = Files::new(nodes, credentials, &documents);
     let subjects: Vec<Subject> = documents
         .into_iter()
         .filter_map(Subject::from_document)
@@ -214,12 +230,38 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     Ok(out)
 }
 
-/// The `serve` parsing (same spellings, same default), without `auto`: there is no cluster here.
-fn parse_platforms(values: &[String]) -> Result<Vec<Platform>, String> {
-    match config::parse_platforms(values).map_err(|e| e.to_string())? {
-        PlatformSource::Static(platforms) => Ok(platforms),
+/// The nodes pods may land on: one synthetic node per `--platform` (the `serve` parsing, same
+/// spellings, same default), or with `--platform auto` the live cluster's Nodes, each with its
+/// labels, taints and runtime, as the webhook sees them.
+async fn candidate_nodes(
+    values: &[String],
+    runtime: &RuntimeArgs,
+    cluster: &ClusterArgs,
+) -> Result<Vec<NodeView>, String> {
+    let source = config::parse_platforms(values).map_err(|e| e.to_string())?;
+    match config::pulled_with(source, runtime.runtime_matcher).map_err(|e| e.to_string())? {
+        PlatformSource::Static(platforms) => {
+            if cluster.kubeconfig.is_some() || cluster.context.is_some() {
+                return Err("--kubeconfig and --context name the cluster whose Nodes `--platform auto` reads: add --platform auto or remove them".into());
+            }
+            Ok(platforms.iter().map(NodeView::synthetic).collect())
+        }
         PlatformSource::Auto => {
-            Err("--platform auto reads a cluster's nodes; name platforms, e.g. linux/amd64".into())
+            let config =
+                config::kube_config(cluster.kubeconfig.as_deref(), cluster.context.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let client = kube::Client::try_from(config)
+                .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+            let nodes = crate::cluster::list_nodes(&client)
+                .await
+                .map_err(|e| format!("cannot list the cluster's Nodes for --platform auto: {e}"))?;
+            if nodes.is_empty() {
+                return Err(
+                    "--platform auto: the cluster has no Node with a known platform".into(),
+                );
+            }
+            Ok(nodes)
         }
     }
 }
@@ -312,7 +354,7 @@ struct Files {
 }
 
 impl Files {
-    fn new(platforms: &[Platform], own: Credentials, documents: &[Value]) -> Self {
+    fn new(nodes: Vec<NodeView>, own: Credentials, documents: &[Value]) -> Self {
         let key = |d: &Value| {
             let namespace = d["metadata"]["namespace"].as_str().unwrap_or("default");
             let name = d["metadata"]["name"].as_str().unwrap_or_default();
@@ -338,7 +380,7 @@ impl Files {
             })
             .collect();
         Self {
-            nodes: Arc::new(platforms.iter().map(NodeView::synthetic).collect()),
+            nodes: Arc::new(nodes),
             own: Arc::new(own),
             catalog: Arc::new(FileCatalog::new(documents)),
             secrets,

@@ -1,5 +1,6 @@
-//! The command line: `serve`, `check` and `certs`. Flags that the config file can also set are
-//! `Option`s here, so that "not given" is distinguishable from a default and the file can fill it.
+//! The command line: `serve`, `check`, `scan` and `certs`. Flags that the config file can also
+//! set are `Option`s here, so that "not given" is distinguishable from a default and the file can
+//! fill it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +30,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check images, or the pods in Kubernetes YAML, from the command line (for CI pre-flight).
     Check(CheckArgs),
+    /// Report what enforce mode would deny in a live cluster today, and pods running now on a
+    /// node whose platform their image lacks (read-only unless --apply).
+    Scan(ScanArgs),
     /// Write a CA and a serving certificate for the webhook's Service (the self-signed install).
     Certs(CertsArgs),
     /// Print a shell completion script: `archgate completions bash > /etc/bash_completion.d/archgate`.
@@ -48,6 +52,37 @@ pub const CHECK_EXIT_CODES: &str = "Exit status:
   1  an image lacks a platform or does not exist (even if something else could not be checked)
   2  nothing was found wrong, but something could not be checked: bad usage, an invalid
      reference or platform, an unreadable document, a registry or bundle that could not be asked";
+
+/// `archgate scan`'s exit codes, shown in its `--help`; the same meanings as `check`'s.
+pub const SCAN_EXIT_CODES: &str = "Exit status:
+  0  nothing would be denied and no pod runs on a platform its image lacks
+  1  something would be denied, or a pod runs on a platform its image lacks (even if something
+     else could not be checked)
+  2  nothing was found wrong, but something could not be scanned: bad usage, the cluster could
+     not be read, a registry that could not be asked, or --apply could not write a report";
+
+/// Which cluster to read, as kubectl chooses it; shared by `scan` and `check --platform auto`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ClusterArgs {
+    /// Kubeconfig to read the cluster through [default: $KUBECONFIG or ~/.kube/config, then
+    /// the in-cluster ServiceAccount when running in a pod].
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use [default: its current-context].
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// What is never checked; shared by `serve` and `scan`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ExemptArgs {
+    /// Namespace never checked (repeatable).
+    #[arg(long = "exempt-namespace", value_name = "NAME")]
+    pub exempt_namespaces: Vec<String>,
+    /// Image glob never checked, e.g. 'registry.k8s.io/*' (repeatable).
+    #[arg(long = "exempt-image", value_name = "GLOB")]
+    pub exempt_images: Vec<String>,
+}
 
 /// How to reach registries; shared by `serve` and `check`.
 #[derive(Debug, Args, Clone, Default)]
@@ -133,12 +168,8 @@ pub struct ServeArgs {
     /// Answer every review within this many seconds (under the webhook's timeoutSeconds) [default: 8].
     #[arg(long, value_name = "SECONDS")]
     pub review_deadline: Option<f64>,
-    /// Namespace never checked (repeatable).
-    #[arg(long = "exempt-namespace", value_name = "NAME")]
-    pub exempt_namespaces: Vec<String>,
-    /// Image glob never checked, e.g. 'registry.k8s.io/*' (repeatable).
-    #[arg(long = "exempt-image", value_name = "GLOB")]
-    pub exempt_images: Vec<String>,
+    #[command(flatten)]
+    pub exempt: ExemptArgs,
     /// Also use the pod's imagePullSecrets and its ServiceAccount's (needs Secret read access and
     /// a cluster: in-cluster or --kubeconfig).
     #[arg(long)]
@@ -166,7 +197,8 @@ pub struct ServeArgs {
 #[command(after_help = CHECK_EXIT_CODES)]
 pub struct CheckArgs {
     /// Platform every image must provide (repeatable; a Windows build as
-    /// windows(10.0.17763)/amd64) [default: linux/amd64].
+    /// windows(10.0.17763)/amd64), or `auto` for the platforms of a live cluster's Nodes
+    /// (--kubeconfig, --context) [default: linux/amd64].
     #[arg(short = 'p', long = "platform", value_name = "OS/ARCH[/VARIANT]")]
     pub platforms: Vec<String>,
     /// Kubernetes YAML or JSON (multi-document; `-` for stdin): checks every container of Pods,
@@ -175,6 +207,9 @@ pub struct CheckArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+    /// With `--platform auto`: the cluster whose Nodes give the platforms.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     #[command(flatten)]
     pub dockerfile: DockerfileArgs,
     #[command(flatten)]
@@ -185,6 +220,46 @@ pub struct CheckArgs {
     /// Images to check.
     #[arg(value_name = "IMAGE")]
     pub images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = SCAN_EXIT_CODES)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Only this namespace (repeatable) [default: every namespace].
+    #[arg(short = 'n', long = "namespace", value_name = "NAME")]
+    pub namespaces: Vec<String>,
+    /// As the webhook's: what is never checked.
+    #[command(flatten)]
+    pub exempt: ExemptArgs,
+    /// Also use the pods' imagePullSecrets and their ServiceAccounts' (reads Secrets), as the
+    /// webhook's --pull-secrets.
+    #[arg(long)]
+    pub pull_secrets: bool,
+    /// When an image does not exist [default: deny].
+    #[arg(long, value_enum)]
+    pub on_missing_image: Option<OnMissingImage>,
+    /// Objects reviewed at once (registry requests are bounded per registry host as well).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Output format: text, json, or wgpolicyk8s.io PolicyReports (as Kyverno and Policy
+    /// Reporter read them).
+    #[arg(short = 'o', long, value_enum, default_value_t = ScanOutput::Text)]
+    pub output: ScanOutput,
+    /// With `-o policyreport`: write the reports to the cluster (server-side apply) instead of
+    /// printing them.
+    #[arg(long)]
+    pub apply: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScanOutput {
+    Text,
+    Json,
+    Policyreport,
 }
 
 /// `check --dockerfile`: the images a build pulls, for the platforms it pulls them for.

@@ -193,6 +193,42 @@ impl ClusterAccess {
     }
 }
 
+/// The client configuration for a command run by hand (`scan`, `check --platform auto`), chosen
+/// as kubectl chooses it: `--kubeconfig`, else $KUBECONFIG or ~/.kube/config, else in a pod its
+/// ServiceAccount (kube's `Config::infer`); `--context` picks another context of the file.
+pub async fn kube_config(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<kube::Config, ConfigError> {
+    let access = match kubeconfig {
+        Some(path) => ClusterAccess::Kubeconfig(path.to_path_buf()),
+        None => ClusterAccess::Inferred,
+    };
+    let error = |reason: String| ConfigError::Cluster {
+        access: access.clone(),
+        reason,
+    };
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    match (kubeconfig, context) {
+        (Some(path), _) => {
+            let file =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| error(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| error(e.to_string()))
+        }
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| error(e.to_string())),
+        (None, None) => kube::Config::infer()
+            .await
+            .map_err(|e| error(e.to_string())),
+    }
+}
+
 impl std::fmt::Display for ClusterAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -492,8 +528,8 @@ impl Settings {
             cluster,
             tekton_controller: first(args.tekton_controller.clone(), controller_username)
                 .unwrap_or_else(|| crate::admission::DEFAULT_TEKTON_CONTROLLER.to_string()),
-            exempt_namespaces: list(&args.exempt_namespaces, exempt_namespaces),
-            exemptions: Exemptions::new(list(&args.exempt_images, exempt_images)),
+            exempt_namespaces: list(&args.exempt.exempt_namespaces, exempt_namespaces),
+            exemptions: Exemptions::new(list(&args.exempt.exempt_images, exempt_images)),
             log_format: first(args.log_format, log_format).unwrap_or(LogFormat::Plain),
             extract: ExtractOptions {
                 tekton_image_params: image_params,

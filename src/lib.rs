@@ -1,8 +1,8 @@
 //! archgate: an admission webhook that denies pods whose images lack a platform the pod could be
 //! scheduled on, so "exec format error" surfaces at `kubectl apply` instead of in a crash loop.
 //!
-//! One pipeline, two front doors. The webhook ([`admission`], served by [`server`] and [`serve`])
-//! and the CLI ([`check`]) each turn their input into a [`subject::Subject`] (the kind decided once,
+//! One pipeline, three front doors. The webhook ([`admission`], served by [`server`] and
+//! [`serve`]), the CLI ([`check`]) and the cluster scan ([`scan`]) each turn their input into a [`subject::Subject`] (the kind decided once,
 //! by API group and kind) and run [`pipeline::Pipeline::review`]: extraction ([`workload`]) →
 //! reference completion (the [`cluster`] catalog, [`bundles`]) → candidate platforms
 //! ([`scheduling`]) → resolution ([`resolver`], cached) → checked targets, on which [`policy`]
@@ -25,6 +25,7 @@ pub mod policy;
 pub mod preflight;
 pub mod reference;
 pub mod resolver;
+pub mod scan;
 pub mod scheduling;
 pub mod serve;
 pub mod server;

@@ -15,6 +15,7 @@ async fn main() -> std::process::ExitCode {
             }
         },
         Command::Check(args) => archgate::check::run(args).await,
+        Command::Scan(args) => archgate::scan::run(args).await,
         Command::Certs(args) => archgate::run_certs(&args),
         Command::Completions(args) => {
             let mut command = Cli::command();

@@ -203,6 +203,39 @@ impl fmt::Display for Unplaceable {
     }
 }
 
+/// A container running now on a node whose platform its image does not provide: what `archgate
+/// scan` finds in a pod's status (`imageID`), the pods failing with "exec format error".
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrongNode {
+    /// `Pod web-5d8f, container "app"`.
+    pub at: String,
+    /// The image as the pod spec writes it.
+    pub image: String,
+    pub node: String,
+    pub node_platform: Platform,
+    /// What the digest the node runs provides.
+    pub available: Vec<Platform>,
+}
+
+impl fmt::Display for WrongNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} image {:?} is running on node {} ({}), which the image does not provide (available: {})",
+            self.at,
+            self.image,
+            self.node,
+            self.node_platform.node_name(),
+            platform::node_list(&self.available)
+        )
+    }
+}
+
+/// A running container whose image could not be checked against its node.
+pub fn running_not_checked(at: &str, image: &str, why: &str) -> String {
+    format!("{at} image {image:?} running now was not checked: {why}")
+}
+
 /// The answer for one object.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Verdict {
@@ -576,6 +609,21 @@ mod tests {
     }
 
     const REF: &str = "10.34.0.202:5000/cerebral/ai-base:cuda";
+
+    #[test]
+    fn a_pod_on_the_wrong_node_leads_with_where_it_runs() {
+        let wrong = WrongNode {
+            at: "Pod web-1, container \"app\"".into(),
+            image: "r/app:v1".into(),
+            node: "arm-1".into(),
+            node_platform: p("linux/arm64"),
+            available: vec![p("linux/amd64"), p("linux/amd64/v3")],
+        };
+        assert_eq!(
+            wrong.to_string(),
+            "Pod web-1, container \"app\" image \"r/app:v1\" is running on node arm-1 (linux/arm64), which the image does not provide (available: linux/amd64, linux/amd64/v3)"
+        );
+    }
 
     #[test]
     fn enforce_denies_with_the_contract_message_and_hint() {

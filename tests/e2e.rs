@@ -503,43 +503,7 @@ async fn pull_secrets_of_pods_and_service_accounts(w: &World) {
 /// Minimal CRDs of our own making (any field accepted), served as Tekton serves them: v1 for
 /// runs, Pipelines and Tasks, v1beta1 for StepActions and ClusterTasks.
 fn install_tekton_crds(w: &World) {
-    let crds: Vec<Value> = [
-        ("pipelines", "Pipeline", "v1", "Namespaced"),
-        ("tasks", "Task", "v1", "Namespaced"),
-        ("pipelineruns", "PipelineRun", "v1", "Namespaced"),
-        ("taskruns", "TaskRun", "v1", "Namespaced"),
-        ("stepactions", "StepAction", "v1beta1", "Namespaced"),
-        ("clustertasks", "ClusterTask", "v1beta1", "Cluster"),
-    ]
-    .into_iter()
-    .map(|(plural, kind, version, scope)| {
-        json!({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("{plural}.tekton.dev")},
-            "spec": {
-                "group": "tekton.dev", "scope": scope,
-                "names": {"plural": plural, "kind": kind, "singular": kind.to_lowercase()},
-                "versions": [{"name": version, "served": true, "storage": true,
-                    "schema": {"openAPIV3Schema": {"type": "object",
-                        "x-kubernetes-preserve-unknown-fields": true}}}],
-            },
-        })
-    })
-    .collect();
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": crds});
-    w.plane.must(&["apply", "-f", "-"], Some(&list.to_string()));
-    w.plane.must(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "-l",
-            "!none",
-            "--all",
-        ],
-        None,
-    );
+    w.plane.install_crds(&common::apiserver::TEKTON_CRDS);
 }
 
 async fn tekton_runs(w: &World, archgate: &Archgate) {

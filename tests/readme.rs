@@ -32,13 +32,13 @@ fn section<'a>(readme: &'a str, name: &str) -> &'a str {
 fn readme_help_matches_the_cli() {
     let mut readme = std::fs::read_to_string("README.md").unwrap();
     if std::env::var_os("ARCHGATE_BLESS").is_some() {
-        for sub in ["serve", "check", "certs"] {
+        for sub in ["serve", "check", "scan", "certs"] {
             let old = section(&readme, sub).to_string();
             readme = readme.replacen(&old, &help(sub), 1);
         }
         std::fs::write("README.md", &readme).unwrap();
     }
-    for sub in ["serve", "check", "certs"] {
+    for sub in ["serve", "check", "scan", "certs"] {
         let want = help(sub);
         let have = section(&readme, sub);
         assert_eq!(

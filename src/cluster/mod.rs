@@ -48,6 +48,30 @@ pub fn pull_credentials<'a>(
     }
 }
 
+/// Nodes per list request when listing them once.
+const NODE_PAGE: u32 = 500;
+/// Pages of Nodes read at most (a million nodes): a server that keeps handing out continue
+/// tokens cannot keep the command listing forever.
+const MAX_NODE_PAGES: usize = 2000;
+
+/// The cluster's Nodes as scheduling sees them, listed once, page by page: for commands run by
+/// hand (`check --platform auto`); the webhook and `scan` watch them instead. Nodes whose
+/// platform nothing states are left out, as the watch leaves them out.
+pub async fn list_nodes(client: &kube::Client) -> Result<Vec<NodeView>, kube::Error> {
+    let api = kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
+    let mut params = kube::api::ListParams::default().limit(NODE_PAGE);
+    let mut nodes = Vec::new();
+    for _ in 0..MAX_NODE_PAGES {
+        let page = api.list(&params).await?;
+        nodes.extend(page.items.iter().filter_map(node_view));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    Ok(nodes)
+}
+
 /// The cluster state a review reads; cheap to call on every review.
 pub trait ClusterView: Send + Sync {
     /// Nodes (real or synthetic) that pods may be scheduled on.

@@ -284,6 +284,77 @@ impl ControlPlane {
     }
 }
 
+/// A CustomResourceDefinition to install with [`ControlPlane::install_crds`].
+pub struct Crd<'a> {
+    pub group: &'a str,
+    pub plural: &'a str,
+    pub kind: &'a str,
+    pub version: &'a str,
+    /// `Namespaced` or `Cluster`.
+    pub scope: &'a str,
+}
+
+/// Tekton's kinds, as the e2e tiers install them.
+pub const TEKTON_CRDS: [Crd<'static>; 6] = [
+    Crd::tekton("pipelines", "Pipeline", "v1", "Namespaced"),
+    Crd::tekton("tasks", "Task", "v1", "Namespaced"),
+    Crd::tekton("pipelineruns", "PipelineRun", "v1", "Namespaced"),
+    Crd::tekton("taskruns", "TaskRun", "v1", "Namespaced"),
+    Crd::tekton("stepactions", "StepAction", "v1beta1", "Namespaced"),
+    Crd::tekton("clustertasks", "ClusterTask", "v1beta1", "Cluster"),
+];
+
+impl Crd<'static> {
+    const fn tekton(
+        plural: &'static str,
+        kind: &'static str,
+        version: &'static str,
+        scope: &'static str,
+    ) -> Self {
+        Self {
+            group: "tekton.dev",
+            plural,
+            kind,
+            version,
+            scope,
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Installs `crds` with no schema beyond "an object" (what the API server needs to store
+    /// and serve them; tests check the fields they care about themselves), and waits until the
+    /// API server serves them.
+    pub fn install_crds(&self, crds: &[Crd<'_>]) {
+        let items: Vec<Value> = crds
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": format!("{}.{}", c.plural, c.group)},
+                    "spec": {
+                        "group": c.group, "scope": c.scope,
+                        "names": {"plural": c.plural, "kind": c.kind,
+                                  "singular": c.kind.to_lowercase()},
+                        "versions": [{"name": c.version, "served": true, "storage": true,
+                            "schema": {"openAPIV3Schema": {"type": "object",
+                                "x-kubernetes-preserve-unknown-fields": true}}}],
+                    },
+                })
+            })
+            .collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        self.must(&["apply", "-f", "-"], Some(&list.to_string()));
+        let names: Vec<String> = crds
+            .iter()
+            .map(|c| format!("crd/{}.{}", c.plural, c.group))
+            .collect();
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        args.extend(names.iter().map(String::as_str));
+        self.must(&args, None);
+    }
+}
+
 /// What one kubectl run printed.
 pub struct Kubectl(pub Output);
 
