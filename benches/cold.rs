@@ -140,7 +140,9 @@ async fn run(bench: bool) {
             "archgate check: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let first = proxy.first_request_at().expect("a request reached the proxy");
+        let first = proxy
+            .first_request_at()
+            .expect("a request reached the proxy");
         startups.push(first.saturating_duration_since(started));
         let seen = proxy.counts();
         if own_build() {
@@ -186,11 +188,16 @@ async fn run(bench: bool) {
             ImageSpec::oci_manifest("pod/single", &revision, PlatformSpec::new("linux", "amd64")),
         ] {
             let pushed = spec.with_revision(&revision).push(&registry).await;
-            three.push(format!("{}/{}:{}", proxy.host(), pushed.repository, pushed.tag));
+            three.push(format!(
+                "{}/{}:{}",
+                proxy.host(),
+                pushed.repository,
+                pushed.tag
+            ));
         }
         let three: [String; 3] = three.try_into().expect("three images");
-        let body = serde_json::to_vec(&common::webhook::three_container_pod(&three))
-            .expect("review JSON");
+        let body =
+            serde_json::to_vec(&common::webhook::three_container_pod(&three)).expect("review JSON");
         proxy.reset();
         let started = Instant::now();
         let answer = server.review(body).await;

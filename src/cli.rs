@@ -225,6 +225,11 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 #[command(after_help = SCAN_EXIT_CODES)]
 pub struct ScanArgs {
+    /// The webhook's YAML config file (its ConfigMap's `config.yaml`): registries, mirrors,
+    /// credentials, exemptions, Tekton parameters and platforms as the webhook has them; the
+    /// flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Only this namespace (repeatable) [default: every namespace].

@@ -248,6 +248,33 @@ async fn scan_a_mixed_cluster() {
     check_with_live_platforms(&w);
     shipped_rbac(&w);
     lenient_namespace(&w);
+    webhook_config_file(&w);
+}
+
+/// `--config` reads the webhook's own config file: an image it exempts is not reported, and a
+/// key it does not know is the error the webhook would give.
+fn webhook_config_file(w: &World) {
+    let arm = w.arm.reference();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, format!("exemptImages:\n  - \"{arm}\"\n")).unwrap();
+    let config = config.to_str().unwrap();
+    let before = stdout(&w.scan(&["-n", "shop"]));
+    assert!(
+        before.contains(&format!("image \"{arm}\" is missing")),
+        "{before}"
+    );
+    let out = w.scan(&["-n", "shop", "--config", config]);
+    let text = stdout(&out);
+    assert!(!text.contains(&format!("image \"{arm}\"")), "{text}");
+    assert!(text.contains("FAIL  CronJob nightly"), "{text}");
+    assert_eq!(out.status.code(), Some(1));
+
+    std::fs::write(dir.path().join("bad.yaml"), "exemptImage: [x]\n").unwrap();
+    let bad = dir.path().join("bad.yaml");
+    let out = w.scan(&["--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("exemptImage"), "{}", stderr(&out));
 }
 
 /// A namespace in warn mode is scanned as enforce would see it, and its heading says so.

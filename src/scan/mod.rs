@@ -26,17 +26,17 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::admission::{Admission, DEFAULT_TEKTON_CONTROLLER};
+use crate::admission::Admission;
 use crate::check::{EXIT_OK, EXIT_TROUBLE};
-use crate::cli::{ScanArgs, ScanOutput};
-use crate::config::{self, ConfigError, PlatformSource};
+use crate::cli::{RuntimeArgs, ScanArgs, ScanOutput, ServeArgs};
+use crate::config::{self, ConfigError};
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Exemptions, Pipeline};
+use crate::pipeline::{self, Pipeline};
 use crate::platform::Platform;
-use crate::policy::{self, Finding, Mode, OnMissingImage, OnRegistryError, Policy};
+use crate::policy::{self, Finding, Mode, OnRegistryError, Policy};
+use crate::resolver::{Credentials, Resolver};
 use crate::scheduling::NodeView;
 use crate::subject::{Kind, Subject};
-use crate::workload::ExtractOptions;
 
 use list::{Pager, Source};
 use report::{Entry, Group, ObjectId, Report, Status};
@@ -70,6 +70,48 @@ pub enum ScanError {
         #[source]
         source: kube::Error,
     },
+}
+
+/// The webhook's settings, resolved from its config file (`--config`) and scan's flags by the
+/// webhook's own code, so that a scan judges with the same registries, mirrors, credentials,
+/// exemptions, Tekton parameters and platforms. What enforce mode would do is the question, so
+/// `mode` and `onRegistryError` are not taken from the file; the platforms are the live Nodes'
+/// unless the file lists its own.
+fn webhook_settings(args: &ScanArgs) -> Result<config::Settings, ScanError> {
+    let file_platforms = match &args.config {
+        Some(path) => config::read_file(path)?.platforms,
+        None => Vec::new(),
+    };
+    let serve = ServeArgs {
+        config: args.config.clone(),
+        listen: None,
+        admin_listen: None,
+        tls_cert: None,
+        tls_key: None,
+        // A scan serves nothing: this only satisfies the TLS settings, which are not read.
+        self_signed: true,
+        self_signed_ca_out: None,
+        dns_names: Vec::new(),
+        platforms: if file_platforms.is_empty() {
+            vec!["auto".to_string()]
+        } else {
+            Vec::new()
+        },
+        mode: None,
+        on_registry_error: None,
+        on_missing_image: args.on_missing_image,
+        review_deadline: None,
+        exempt: args.exempt.clone(),
+        pull_secrets: args.pull_secrets,
+        // Scan reads the cluster through its own --kubeconfig/--context (`kube_config`); this
+        // only tells the settings that there is one, which pull secrets need.
+        kubeconfig: Some(args.cluster.kubeconfig.clone().unwrap_or_default()),
+        tekton_controller: None,
+        log_format: None,
+        runtime: RuntimeArgs::default(),
+        registry: args.registry.clone(),
+    };
+    Ok(config::Settings::resolve(&serve)?)
 }
 
 /// Runs the scan and writes the report; returns the exit code.
@@ -132,32 +174,25 @@ struct Scanner {
 impl Scanner {
     /// Connects, starts the cluster view and waits until it has listed everything once.
     async fn connect(args: &ScanArgs) -> Result<Self, ScanError> {
-        let ScanArgs {
-            cluster,
-            namespaces: _,
-            exempt,
-            pull_secrets,
-            on_missing_image,
-            concurrency,
-            registry,
-            output,
-            apply,
-        } = args;
-        if *apply && *output != ScanOutput::Policyreport {
+        if args.apply && args.output != ScanOutput::Policyreport {
             return Err(ScanError::ApplyNeedsPolicyReport);
         }
+        let settings = webhook_settings(args)?;
+        let cluster = &args.cluster;
         let config =
             config::kube_config(cluster.kubeconfig.as_deref(), cluster.context.as_deref()).await?;
         let client = Client::try_from(config).map_err(ScanError::Client)?;
-        let (resolver, credentials) =
-            crate::check::registry_access(registry).map_err(ScanError::Registry)?;
+        let resolver = Resolver::new(settings.registry.clone(), Arc::new(Metrics::new()))
+            .map_err(|e| ScanError::Registry(e.to_string()))?;
+        let credentials = Credentials::load(settings.docker_config.as_deref())
+            .map_err(|e| ScanError::Registry(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
         let view = crate::cluster::watch(
             client.clone(),
             credentials,
             metrics.clone(),
-            *pull_secrets,
-            &PlatformSource::Auto,
+            settings.pull_secrets,
+            &settings.platforms,
         );
         let started = Instant::now();
         while !view.ready() {
@@ -166,25 +201,24 @@ impl Scanner {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let exemptions = Exemptions::new(exempt.exempt_images.clone());
         let admission = Admission {
-            pipeline: Pipeline::new(Arc::new(resolver), exemptions, ExtractOptions::default()),
+            pipeline: Pipeline::new(Arc::new(resolver), settings.exemptions, settings.extract),
             cluster: view,
             // What enforce mode would do; a registry that cannot be asked is said, not denied.
             policy: Policy {
                 mode: Mode::Enforce,
                 on_registry_error: OnRegistryError::Allow,
-                on_missing_image: on_missing_image.unwrap_or(OnMissingImage::Deny),
+                on_missing_image: settings.policy.on_missing_image,
             },
             deadline: REVIEW_DEADLINE,
-            exempt_namespaces: exempt.exempt_namespaces.clone(),
-            tekton_controller: DEFAULT_TEKTON_CONTROLLER.to_string(),
+            exempt_namespaces: settings.exempt_namespaces,
+            tekton_controller: settings.tekton_controller,
             metrics,
         };
         Ok(Self {
             client,
             admission,
-            concurrency: usize::from(*concurrency),
+            concurrency: usize::from(args.concurrency),
         })
     }
 
