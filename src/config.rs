@@ -235,7 +235,7 @@ impl std::fmt::Display for ClusterAccess {
             Self::None => f.write_str("no cluster"),
             Self::InCluster => f.write_str("the in-cluster ServiceAccount"),
             Self::Kubeconfig(path) => write!(f, "--kubeconfig {}", path.display()),
-            Self::Inferred => f.write_str("$KUBECONFIG or ~/.kube/config (for --platform auto)"),
+            Self::Inferred => f.write_str("$KUBECONFIG or ~/.kube/config"),
         }
     }
 }
