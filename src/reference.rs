@@ -1,12 +1,15 @@
 //! Image references as written in a pod spec, normalised the way the container runtime reads them.
 //!
-//! Parsing is oci-spec's (the distribution reference grammar): `nginx` is
+//! Parsing is the distribution reference grammar, as oci-spec reads it (matched by hand in
+//! `grammar`, without oci-spec's regex): `nginx` is
 //! `docker.io/library/nginx:latest`, a port stays part of the host (`10.34.0.202:5000/team/app:cuda`),
 //! and when both a tag and a digest are given the runtime pulls the digest, so we resolve the digest.
 
 use std::fmt;
 
 use oci_client::Reference;
+
+pub mod grammar;
 
 /// An image reference: the text the user wrote and what it means.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,7 +39,7 @@ impl ImageRef {
         if trimmed.contains("$(") {
             return Err(fail("it still holds an unresolved $(...) variable".into()));
         }
-        let parsed = Reference::try_from(trimmed).map_err(|e| fail(e.to_string()))?;
+        let parsed = grammar::parse(trimmed).map_err(|e| fail(e.reason().to_string()))?;
         // The grammar lets `UPPER/case` through as a Docker Hub path; the runtime rejects it.
         if parsed.repository().chars().any(|c| c.is_ascii_uppercase()) {
             return Err(fail("repository name must be lowercase".into()));

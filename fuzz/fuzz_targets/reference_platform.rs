@@ -8,7 +8,7 @@
 #![no_main]
 
 use archgate::platform::Platform;
-use archgate::reference::ImageRef;
+use archgate::reference::{ImageRef, grammar};
 use libfuzzer_sys::fuzz_target;
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -18,6 +18,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (first, second) = text.split_once('\n').unwrap_or((text, ""));
+
+    // archgate's hand-written grammar accepts and builds exactly what oci-spec's regex does.
+    assert_eq!(
+        grammar::parse(first).map_err(|e| e.reason().to_string()),
+        oci_client::Reference::try_from(first).map_err(|e| e.to_string()),
+        "{first:?}"
+    );
 
     if let Ok(image) = ImageRef::parse(first) {
         assert_eq!(image.written(), first.trim());
