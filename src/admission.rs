@@ -507,6 +507,10 @@ mod tests {
             (("", "Pod"), r#"{"containers": [{"name": "a", "image": 7}]}"#.into()),
             (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x"}], "containers": [{"name": "b", "image": "y"}]}"#.into()),
             (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "image": "z"}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": 5}]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": {"name": "e"}}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": "{\"linux/arm64\": []}"}, {"name": "TEKTON_PLATFORM_COMMANDS", "value": "{\"linux/amd64\": []}"}, {"name": "OTHER", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": "not json"}]}]}"#.into()),
             (("", "Pod"), r#"{}"#.into()),
             (("", "Pod"), r#"[]"#.into()),
             (("", "Pod"), r#"[[{"name": "a", "image": "x"}]]"#.into()),
@@ -521,6 +525,14 @@ mod tests {
             trust_tekton_platforms: true,
             ..ExtractOptions::default()
         };
+        // The fixture's spec takes the cut-down path: what no extractor reads is gone.
+        let mut req = decode(&review_of(("", "Pod"), &pod_spec)).unwrap();
+        let (subject, _) = subjects(&mut req).unwrap();
+        let spec = &subject.object["spec"];
+        assert!(spec.get("volumes").is_none() && spec.get("restartPolicy").is_none());
+        assert!(spec["containers"][0].get("readinessProbe").is_none());
+        assert_eq!(spec["containers"][0]["env"], serde_json::json!([]));
+        assert_eq!(spec["serviceAccountName"], "default");
         for (kind, spec) in cases {
             let mut req = decode(&review_of(kind, &spec)).unwrap();
             let (subject, _) = subjects(&mut req).expect("reviewed");

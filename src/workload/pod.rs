@@ -134,8 +134,24 @@ struct SeenContainer {
     name: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     image: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "platform_env")]
     env: Option<Value>,
+}
+
+/// A container's env read as [`Container`] reads it (so an entry it would refuse is refused here
+/// too), keeping only the entries extraction looks at: [`PLATFORM_COMMANDS`].
+fn platform_env<'de, D: Deserializer<'de>>(from: D) -> Result<Option<Value>, D::Error> {
+    let env: Option<Vec<EnvVar>> = Option::deserialize(from)?;
+    let Some(env) = env else {
+        return Ok(Some(Value::Null));
+    };
+    let kept: Result<Vec<Value>, _> = env
+        .into_iter()
+        .filter(|e| e.name == PLATFORM_COMMANDS)
+        .map(serde_json::to_value)
+        .collect();
+    kept.map(|kept| Some(Value::Array(kept)))
+        .map_err(serde::de::Error::custom)
 }
 
 /// A struct read from a JSON object only: serde's derived structs also take an array of the
@@ -321,6 +337,9 @@ fn targets(spec: &PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Tar
     out
 }
 
+/// The env var of a TaskRun pod's step containers that names each platform the image provides.
+const PLATFORM_COMMANDS: &str = "TEKTON_PLATFORM_COMMANDS";
+
 /// Tekton's entrypoint resolution stores, in the step containers of a TaskRun's pod, a JSON map
 /// from each platform the image provides to its command (`TEKTON_PLATFORM_COMMANDS`). When present
 /// it is the registry's answer already, so no lookup is needed: but only when the Tekton controller
@@ -331,7 +350,7 @@ fn tekton_platforms(env: Option<&[EnvVar]>, trusted: bool) -> Option<Vec<Platfor
     }
     let value = env?
         .iter()
-        .find(|e| e.name == "TEKTON_PLATFORM_COMMANDS")?
+        .find(|e| e.name == PLATFORM_COMMANDS)?
         .value
         .as_deref()?;
     let map: serde_json::Map<String, Value> = serde_json::from_str(value).ok()?;
