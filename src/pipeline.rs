@@ -314,7 +314,8 @@ pub async fn resolve(
         }
         let pod = match by_pod
             .iter()
-            .position(|p| Arc::ptr_eq(&p.placement, &target.placement))
+            // From the end: a pod's targets come one after another.
+            .rposition(|p| Arc::ptr_eq(&p.placement, &target.placement))
         {
             Some(i) => &mut by_pod[i],
             None => {

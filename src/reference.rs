@@ -33,11 +33,12 @@ struct Parsed {
     reference: Reference,
 }
 
-/// Parse results by trimmed text, errors included (a bad reference is written again and again
-/// too, by every replica of a broken Deployment).
+/// Parse results by trimmed text, errors included as their reason only (a bad reference is
+/// written again and again too, by every replica of a broken Deployment; the text around it,
+/// which the error quotes, can be as long as a request body, so it is not kept).
 static PARSED: LazyLock<Mutex<ParseCache>> = LazyLock::new(Mutex::default);
 
-type ParseCache = HashMap<Box<str>, Result<ImageRef, ReferenceError>>;
+type ParseCache = HashMap<Box<str>, Result<ImageRef, String>>;
 
 /// A reference that the runtime could not pull either.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,10 +58,10 @@ impl ImageRef {
         if let Some(hit) = cache().get(trimmed) {
             return match hit {
                 Ok(image) => Ok(image.clone()),
-                // The error quotes the text as written, which may differ in surrounding space.
-                Err(e) => Err(ReferenceError {
+                // The error quotes the text as this caller wrote it, surrounding space included.
+                Err(reason) => Err(ReferenceError {
                     written: written.to_string(),
-                    reason: e.reason.clone(),
+                    reason: reason.clone(),
                 }),
             };
         }
@@ -69,7 +70,11 @@ impl ImageRef {
         if cache.len() >= PARSED_CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(trimmed.into(), parsed.clone());
+        let kept = match &parsed {
+            Ok(image) => Ok(image.clone()),
+            Err(e) => Err(e.reason.clone()),
+        };
+        cache.insert(trimmed.into(), kept);
         parsed
     }
 
@@ -286,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn cached_parses_answer_like_fresh_ones() {
+    fn cached_parses_answer_like_fresh_ones_and_the_cache_is_bounded() {
         for written in [
             "nginx:1.27",
             "  ghcr.io/org/app:v1 ",
@@ -304,10 +309,17 @@ mod tests {
         let err = ImageRef::parse(" UPPER/cached").unwrap_err();
         assert_eq!(err.written, " UPPER/cached");
         assert_eq!(err.reason, "repository name must be lowercase");
-    }
+        // The cache keeps the short key and the reason, never the (unbounded) text around it.
+        let padded = format!("UPPER/padded{}", " ".repeat(100_000));
+        assert_eq!(ImageRef::parse(&padded).unwrap_err().written, padded);
+        let cache = PARSED.lock().unwrap();
+        let (key, kept) = cache.get_key_value("UPPER/padded").expect("cached");
+        assert_eq!(key.len(), "UPPER/padded".len());
+        assert_eq!(kept, &Err("repository name must be lowercase".to_string()));
+        drop(cache);
 
-    #[test]
-    fn parse_cache_is_bounded() {
+        // Last, and in this test only: filling the cache empties it, which would race with
+        // the lookups above in a test of their own.
         for i in 0..PARSED_CACHE_ENTRIES + 100 {
             let image = ImageRef::parse(&format!("registry.example/bound/app-{i}:v1")).unwrap();
             assert_eq!(image.repository(), format!("bound/app-{i}"));
