@@ -37,42 +37,27 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener as StdListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::DefaultBodyLimit;
-use axum::http::header;
-use axum::routing::post;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use rustls::pki_types::pem::PemObject;
-use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tower::limit::ConcurrencyLimitLayer;
 
-use archgate::server::{self, MAX_BODY_BYTES, MAX_IN_FLIGHT, VALIDATE_PATH};
 use common::{Registry, push_standard_fixtures};
+use support::{Certs, Server, connect};
 
-const ROLE: &str = "ARCHGATE_LOAD_ROLE";
 const PINNED: &str = "ARCHGATE_LOAD_PINNED";
 
 fn main() {
-    let role = std::env::var(ROLE).unwrap_or_default();
-    if role == "null-server" {
-        return null_server();
+    if std::env::var_os(support::NULL_ROLE).is_some() {
+        return support::null_server();
     }
     let bench = std::env::args().any(|a| a == "--bench");
-    if bench && pin_wanted() && std::env::var_os(PINNED).is_none() {
+    if bench && support::pin_wanted() && std::env::var_os(PINNED).is_none() {
         // Re-execute this generator on CPU 1; servers are started on CPU 0.
         let status = Command::new("taskset")
             .args(["-c", "1"])
@@ -95,13 +80,6 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(run(plan));
-}
-
-fn pin_wanted() -> bool {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    std::env::var("ARCHGATE_LOAD_PIN").map_or(true, |v| v != "0")
-        && cpus >= 2
-        && Command::new("taskset").arg("-V").output().is_ok()
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -149,270 +127,16 @@ impl Plan {
     }
 }
 
-/// A server under test: a child process listening on 127.0.0.1 with its own CA.
-struct Server {
-    name: &'static str,
-    child: Child,
-    port: u16,
-    connector: TlsConnector,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn cpu_ticks(&self) -> u64 {
-        cpu_ticks(&format!("/proc/{}/stat", self.child.id()))
-    }
-
-    fn rss_kib(&self) -> u64 {
-        vm_rss_kib(&format!("/proc/{}/status", self.child.id()))
-    }
-}
-
-/// utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
-fn cpu_ticks(stat: &str) -> u64 {
-    let text = std::fs::read_to_string(stat).unwrap_or_default();
-    let after = text.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // After the command name, field 3 of the line is index 0 here.
-    let get = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
-    get(14).unwrap_or(0) + get(15).unwrap_or(0)
-}
-
-fn vm_rss_kib(status: &str) -> u64 {
-    std::fs::read_to_string(status)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn connector(ca_pem: &str) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.expect("CA PEM")).expect("CA certificate");
-    }
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    TlsConnector::from(Arc::new(config))
-}
-
-/// The review: the GKE Pod from the shared fixtures with three containers (app, sidecar, log
-/// shipper) whose images are a multi-arch OCI index, a Docker manifest list and a single-arch
-/// Docker manifest, all with linux/amd64.
-fn three_container_pod(images: [String; 3]) -> Vec<u8> {
-    serde_json::to_vec(&common::webhook::three_container_pod(&images)).expect("review JSON")
-}
-
-fn start_archgate(registry_host: &str, dir: &Path, pin: bool) -> Server {
-    let (port, admin) = (free_port(), free_port());
-    let ca_out = dir.join("archgate-ca.pem");
-    let docker_config = dir.join("docker");
-    std::fs::create_dir_all(&docker_config).expect("docker config dir");
-    let mut command = pinned(pin, env!("CARGO_BIN_EXE_archgate"));
-    command
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .args(["--self-signed", "--self-signed-ca-out"])
-        .arg(&ca_out)
-        .args(["--insecure-registry", registry_host, "-p", "linux/amd64"])
-        .env("DOCKER_CONFIG", &docker_config)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        // One info line per review, as in production; written to /dev/null here.
-        .stderr(Stdio::null());
-    let child = command.spawn().expect("start archgate serve");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ca = loop {
-        let ready = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        if ready && let Ok(ca) = std::fs::read_to_string(&ca_out) {
-            break ca;
-        }
-        assert!(Instant::now() < deadline, "archgate serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Server {
-        name: "archgate",
-        child,
-        port,
-        connector: connector(&ca),
-    }
-}
-
-fn start_null(answer: &[u8], dir: &Path, pin: bool) -> Server {
-    let answer_path = dir.join("null-answer.json");
-    std::fs::write(&answer_path, answer).expect("write answer");
-    let ca_out = dir.join("null-ca.pem");
-    let mut command = pinned(pin, std::env::current_exe().expect("current exe"));
-    let mut child = command
-        .env(ROLE, "null-server")
-        .env("ARCHGATE_LOAD_ANSWER", &answer_path)
-        .env("ARCHGATE_LOAD_CA_OUT", &ca_out)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start null server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("null server port");
-    let port = line.trim().parse().expect("null server printed its port");
-    let ca = std::fs::read_to_string(&ca_out).expect("null server CA");
-    Server {
-        name: "null",
-        child,
-        port,
-        connector: connector(&ca),
-    }
-}
-
-fn pinned(pin: bool, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-/// The null handler's process: same TLS stack, fixed answer. Stops when stdin closes.
-fn null_server() {
-    archgate::tls::install_crypto_provider();
-    let answer = Bytes::from(
-        std::fs::read(std::env::var("ARCHGATE_LOAD_ANSWER").expect("answer path")).expect("answer"),
-    );
-    let ca_out = std::env::var("ARCHGATE_LOAD_CA_OUT").expect("CA path");
-    // The same runtime archgate's `#[tokio::main]` builds: multi-threaded, one worker per CPU.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
-        let bundle = archgate::certs::generate(&["localhost".into(), "127.0.0.1".into()])
-            .expect("certificates");
-        let key = archgate::tls::certified_key(
-            bundle.cert_pem.as_bytes(),
-            bundle.key_pem.as_bytes(),
-            "null".as_ref(),
-            "null".as_ref(),
-        )
-        .expect("key");
-        let config =
-            archgate::tls::server_config(archgate::tls::CurrentKey::new(key)).expect("TLS config");
-        std::fs::write(&ca_out, &bundle.ca_pem).expect("write CA");
-        let listener = server::bind("127.0.0.1:0".parse().unwrap(), "the null handler")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let router = null_router(answer);
-        let stdin_closed = async {
-            tokio::task::spawn_blocking(|| {
-                let mut sink = Vec::new();
-                let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-            })
-            .await
-            .ok();
-        };
-        println!("{port}");
-        std::io::stdout().flush().expect("flush");
-        server::serve_tls(
-            listener,
-            tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            router,
-            stdin_closed,
-        )
-        .await;
-    });
-}
-
-/// `POST /validate` → a fixed AdmissionReview, behind the layers `server::router` uses.
-fn null_router(answer: Bytes) -> Router {
-    Router::new()
-        .route(
-            VALIDATE_PATH,
-            post(move |_body: Bytes| {
-                let answer = answer.clone();
-                async move { ([(header::CONTENT_TYPE, "application/json")], answer) }
-            }),
-        )
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(ConcurrencyLimitLayer::new(MAX_IN_FLIGHT))
-}
-
-/// One keep-alive HTTP/1.1 connection over TLS.
-async fn connect(server: &Server) -> SendRequest<Full<Bytes>> {
-    let tcp = TcpStream::connect(("127.0.0.1", server.port))
-        .await
-        .expect("connect");
-    tcp.set_nodelay(true).expect("nodelay");
-    let name = ServerName::try_from("localhost").expect("name");
-    let tls = server
-        .connector
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake");
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .expect("HTTP handshake");
-    tokio::spawn(connection);
-    sender
-}
-
 /// Sends the review; `Ok` only for a 200 whose body is exactly the expected answer.
 async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
     body: &Bytes,
     expected: &Bytes,
 ) -> Result<(), String> {
-    sender.ready().await.map_err(|e| e.to_string())?;
-    let request = hyper::Request::post(VALIDATE_PATH)
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body.clone()))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let answer = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    if status != 200 || answer != *expected {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&answer)));
+    match support::post(sender, body).await? {
+        (200, answer) if answer == *expected => Ok(()),
+        (status, answer) => Err(format!("{status}: {}", String::from_utf8_lossy(&answer))),
     }
-    Ok(())
 }
 
 /// What one phase against one server measured.
@@ -444,10 +168,10 @@ impl Outcome {
 
 /// Runs `phase`, recording the CPU both sides used while it ran.
 async fn measured<F: Future<Output = Outcome>>(server: &Server, phase: F) -> Outcome {
-    let tck = clock_ticks_per_second();
-    let (s0, g0) = (server.cpu_ticks(), cpu_ticks("/proc/self/stat"));
+    let tck = support::clock_ticks_per_second();
+    let (s0, g0) = (server.cpu_ticks(), support::cpu_ticks("/proc/self/stat"));
     let mut outcome = phase.await;
-    let (s1, g1) = (server.cpu_ticks(), cpu_ticks("/proc/self/stat"));
+    let (s1, g1) = (server.cpu_ticks(), support::cpu_ticks("/proc/self/stat"));
     let secs = outcome.elapsed.as_secs_f64();
     outcome.server_cpu = (s1 - s0) as f64 / tck / secs;
     outcome.generator_cpu = (g1 - g0) as f64 / tck / secs;
@@ -570,21 +294,20 @@ async fn run(plan: Plan) {
     let pin = std::env::var_os(PINNED).is_some();
     let registry = Registry::start().await;
     let fixtures = push_standard_fixtures(&registry).await;
-    let images = [
-        fixtures.multi.reference(),
-        fixtures.docker_list.reference(),
-        fixtures.single_amd64.reference(),
-    ];
-    let body = Bytes::from(three_container_pod(images));
+    let body = support::review_body(&fixtures);
     let dir = tempfile::tempdir().expect("tempdir");
-
-    let archgate = start_archgate(registry.host(), dir.path(), pin);
+    let certs = Certs::write(dir.path());
+    let cpu = pin.then_some(0);
+    let archgate = support::start_archgate(
+        env!("CARGO_BIN_EXE_archgate").as_ref(),
+        registry.host(),
+        dir.path(),
+        &certs,
+        cpu,
+    );
     // Warm the cache and learn the answer the null handler will give.
-    let mut sender = connect(&archgate).await;
-    let answer = warm_answer(&mut sender, &body).await;
-    let null = start_null(&answer, dir.path(), pin);
-    drop(sender);
-    let expected = Bytes::from(answer);
+    let expected = support::warm_answer(&archgate, &body).await;
+    let null = support::start_null(&expected, dir.path(), &certs, cpu);
     println!(
         "review body {} bytes, answer {} bytes: {}",
         body.len(),
@@ -677,33 +400,4 @@ async fn run(plan: Plan) {
         assert_eq!(failures, 0, "every review must be answered correctly");
         println!("load smoke test: ok");
     }
-}
-
-/// One review through archgate (a cold lookup), then one more (warm); returns the warm answer
-/// after checking that it allows the pod.
-async fn warm_answer(sender: &mut SendRequest<Full<Bytes>>, body: &Bytes) -> Vec<u8> {
-    let mut answer = Vec::new();
-    for _ in 0..2 {
-        sender.ready().await.expect("ready");
-        let request = hyper::Request::post(VALIDATE_PATH)
-            .header(header::HOST, "localhost")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body.clone()))
-            .expect("request");
-        let response = sender.send_request(request).await.expect("warm-up review");
-        assert_eq!(response.status(), 200);
-        answer = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-            .to_vec();
-    }
-    let review: Value = serde_json::from_slice(&answer).expect("answer JSON");
-    assert_eq!(
-        review["response"]["allowed"], true,
-        "the load review must be allowed: {review}"
-    );
-    answer
 }

@@ -6,12 +6,15 @@
 //! [`AdmissionResponse`].
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::{ApiResource, DynamicObject, DynamicResourceScope, ObjectMeta, Status};
-use serde_json::Value;
+use kube::core::{ApiResource, DynamicObject, DynamicResourceScope, ObjectMeta, Status, TypeMeta};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cluster::ClusterView;
@@ -19,6 +22,7 @@ use crate::metrics::{Decision, Metrics, ReviewLabels};
 use crate::pipeline::{self, Pipeline};
 use crate::policy::{self, Mode, Policy, Verdict};
 use crate::subject::{Kind, Subject};
+use crate::workload::pod;
 
 /// The identity the Tekton controller creates TaskRun pods with (its ServiceAccount in the
 /// default install).
@@ -51,14 +55,30 @@ pub enum ReviewError {
     Version(String),
 }
 
+/// The AdmissionReview envelope as it arrives. kube's `AdmissionReview` flattens its `TypeMeta`,
+/// which makes serde buffer the whole body into an intermediate tree and read it twice; this
+/// envelope names the same two fields, and the request inside stays kube's `AdmissionRequest`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    api_version: String,
+    kind: String,
+    request: Option<AdmissionRequest<ReviewObject>>,
+}
+
 /// Parses a request body.
 pub fn decode(body: &[u8]) -> Result<AdmissionRequest<ReviewObject>, ReviewError> {
-    let review: AdmissionReview<ReviewObject> =
-        serde_json::from_slice(body).map_err(|e| ReviewError::Decode(e.to_string()))?;
-    if review.types.api_version != "admission.k8s.io/v1" {
-        return Err(ReviewError::Version(review.types.api_version));
+    let Envelope {
+        api_version,
+        kind,
+        request,
+    } = serde_json::from_slice(body).map_err(|e| ReviewError::Decode(e.to_string()))?;
+    if api_version != "admission.k8s.io/v1" {
+        return Err(ReviewError::Version(api_version));
     }
-    review.try_into().map_err(|_| ReviewError::NoRequest)
+    let mut request = request.ok_or(ReviewError::NoRequest)?;
+    request.types = TypeMeta { api_version, kind };
+    Ok(request)
 }
 
 impl Admission {
@@ -219,7 +239,7 @@ pub fn subjects(req: &mut AdmissionRequest<ReviewObject>) -> Option<(Subject, Op
     };
     let subject = |object| Subject {
         kind,
-        object: object_json(object, &req.name, req.namespace.as_deref()),
+        object: object_json(kind, object, &req.name, req.namespace.as_deref()),
     };
     Some((subject(object), old.map(subject)))
 }
@@ -228,13 +248,69 @@ pub fn subjects(req: &mut AdmissionRequest<ReviewObject>) -> Option<(Subject, Op
 ///
 /// kube's `DynamicObject` would do, but it flattens twice (`types` and `data`), which makes serde
 /// buffer and parse the whole object twice; on the review hot path that was the largest cost.
-/// The envelope stays kube's `AdmissionReview`/`AdmissionRequest`.
+/// The request around it stays kube's `AdmissionRequest`.
+///
+/// Of the metadata only what archgate reads is decoded (see [`Metadata`]): `managedFields`
+/// alone is often larger than the spec and would be built as JSON values on every review.
+///
+/// The spec is kept as its JSON text: [`subjects`] reads of it what the kind's extractor needs
+/// (a Pod's containers and scheduling fields, not its probes, volumes and resources), and
+/// [`ReviewObject::spec_value`] reads all of it.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 pub struct ReviewObject {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "Metadata::read")]
     pub metadata: ObjectMeta,
     #[serde(default)]
-    pub spec: Value,
+    pub spec: Option<Box<RawValue>>,
+}
+
+impl ReviewObject {
+    /// The whole spec as a JSON value (`null` when absent).
+    pub fn spec_value(&self) -> Value {
+        whole(self.spec.as_deref())
+    }
+}
+
+/// JSON text already checked by the decoder as a value; it parses again.
+fn whole(spec: Option<&RawValue>) -> Value {
+    spec.and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default()
+}
+
+/// The metadata fields archgate reads: names for messages and logs, the namespace, labels and
+/// annotations for extractors, ownerReferences for placement mode. serde skips the rest
+/// (managedFields, timestamps, finalizers, ...) without building it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Metadata {
+    name: Option<String>,
+    generate_name: Option<String>,
+    namespace: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
+    owner_references: Option<Vec<OwnerReference>>,
+}
+
+impl Metadata {
+    fn read<'de, D: serde::Deserializer<'de>>(from: D) -> Result<ObjectMeta, D::Error> {
+        let Self {
+            name,
+            generate_name,
+            namespace,
+            labels,
+            annotations,
+            owner_references,
+        } = serde::Deserialize::deserialize(from)?;
+        Ok(ObjectMeta {
+            name,
+            generate_name,
+            namespace,
+            labels,
+            annotations,
+            owner_references,
+            ..ObjectMeta::default()
+        })
+    }
 }
 
 impl kube::Resource for ReviewObject {
@@ -264,24 +340,46 @@ impl kube::Resource for ReviewObject {
     }
 }
 
-/// The object as JSON for extractors: its spec (moved, not copied) plus the metadata they read
-/// (managedFields can be large and are never needed, so they are left behind).
-fn object_json(object: ReviewObject, name: &str, namespace: Option<&str>) -> Value {
+/// The object as JSON for extractors: the metadata they read and the spec, of which only the pod
+/// spec's fields archgate reads for the kinds with a pod spec ([`pod::spec_json`]).
+fn object_json(kind: Kind, object: ReviewObject, name: &str, namespace: Option<&str>) -> Value {
     let ReviewObject { metadata, spec } = object;
+    let below_spec = match kind {
+        Kind::Pod => Some(&[][..]),
+        // `spec_path` starts at the object's `spec`, which `spec` already is.
+        Kind::Workload(workload) => workload.spec_path().get(1..),
+        Kind::PipelineRun | Kind::TaskRun => None,
+    };
+    let spec = match (spec.as_deref(), below_spec) {
+        (Some(raw), Some(path)) => {
+            pod::spec_json(raw.get(), path).unwrap_or_else(|| whole(Some(raw)))
+        }
+        (raw, _) => whole(raw),
+    };
     let name = metadata
         .name
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| name.to_string());
-    serde_json::json!({
-        "metadata": {
-            "name": name,
-            "generateName": metadata.generate_name,
-            "namespace": metadata.namespace.or_else(|| namespace.map(str::to_string)),
-            "annotations": metadata.annotations,
-            "labels": metadata.labels,
-        },
-        "spec": spec,
-    })
+    let text = |s: Option<String>| s.map_or(Value::Null, Value::String);
+    let strings = |m: Option<BTreeMap<String, String>>| {
+        m.map_or(Value::Null, |m| {
+            Value::Object(m.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+        })
+    };
+    let meta = Map::from_iter([
+        ("name".to_string(), Value::String(name)),
+        ("generateName".to_string(), text(metadata.generate_name)),
+        (
+            "namespace".to_string(),
+            text(metadata.namespace.or_else(|| namespace.map(str::to_string))),
+        ),
+        ("annotations".to_string(), strings(metadata.annotations)),
+        ("labels".to_string(), strings(metadata.labels)),
+    ]);
+    Value::Object(Map::from_iter([
+        ("metadata".to_string(), Value::Object(meta)),
+        ("spec".to_string(), spec),
+    ]))
 }
 
 pub(crate) fn operation_label(op: &Operation) -> &'static str {
@@ -307,4 +405,149 @@ pub fn respond<T: kube::Resource>(
         response.warnings = Some(verdict.warnings.clone());
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD: &str = include_str!("../tests/data/admissionreview/pod-create.json");
+
+    #[test]
+    fn decode_keeps_what_archgate_reads() {
+        let req = decode(POD.as_bytes()).expect("the Pod review decodes");
+        assert_eq!(req.types.api_version, "admission.k8s.io/v1");
+        assert_eq!(req.types.kind, "AdmissionReview");
+        assert_eq!(req.kind.kind, "Pod");
+        assert_eq!(req.operation, Operation::Create);
+        assert_eq!(
+            req.user_info.username.as_deref(),
+            Some("system:serviceaccount:kube-system:replicaset-controller")
+        );
+        let object = req.object.as_ref().expect("object");
+        let meta = &object.metadata;
+        assert_eq!(meta.name.as_deref(), Some("echo-7d9c5b8f6-x2kqp"));
+        assert_eq!(meta.generate_name.as_deref(), Some("echo-7d9c5b8f6-"));
+        assert_eq!(meta.namespace.as_deref(), Some("shop"));
+        assert_eq!(meta.labels.as_ref().map(BTreeMap::len), Some(3));
+        assert_eq!(
+            meta.annotations.as_ref().unwrap()["prometheus.io/port"],
+            "8080"
+        );
+        assert_eq!(
+            meta.owner_references.as_ref().unwrap()[0].kind,
+            "ReplicaSet"
+        );
+        // Left unread on purpose: never needed, often the largest part of the object.
+        assert_eq!(meta.managed_fields, None);
+        assert_eq!(object.spec_value()["containers"][0]["name"], "echo-server");
+    }
+
+    #[test]
+    fn decode_refuses_what_is_not_a_v1_review() {
+        let mut review: Value = serde_json::from_str(POD).unwrap();
+        review["apiVersion"] = "admission.k8s.io/v1beta1".into();
+        let body = serde_json::to_vec(&review).unwrap();
+        assert!(
+            matches!(decode(&body), Err(ReviewError::Version(v)) if v == "admission.k8s.io/v1beta1")
+        );
+        review["apiVersion"] = "admission.k8s.io/v1".into();
+        review.as_object_mut().unwrap().remove("request");
+        let body = serde_json::to_vec(&review).unwrap();
+        assert!(matches!(decode(&body), Err(ReviewError::NoRequest)));
+        review.as_object_mut().unwrap().remove("apiVersion");
+        let body = serde_json::to_vec(&review).unwrap();
+        assert!(matches!(decode(&body), Err(ReviewError::Decode(_))));
+        for body in [&b"[]"[..], b"{", b"", b"{\"apiVersion\": 1}"] {
+            assert!(
+                matches!(decode(body), Err(ReviewError::Decode(_))),
+                "{body:?}"
+            );
+        }
+    }
+
+    /// The Pod review with its object's spec replaced by `spec` (JSON text), kind `kind`.
+    fn review_of(kind: (&str, &str), spec: &str) -> Vec<u8> {
+        let mut review: Value = serde_json::from_str(POD).unwrap();
+        review["request"]["kind"] =
+            serde_json::json!({"group": kind.0, "version": "v1", "kind": kind.1});
+        review["request"]["object"]["spec"] = serde_json::from_str(spec).unwrap();
+        serde_json::to_vec(&review).unwrap()
+    }
+
+    /// Extraction and placement read the same from the cut-down spec as from the whole one,
+    /// errors included, for every kind with a pod spec and for odd shapes.
+    #[test]
+    fn extractors_read_the_same_from_the_spec_they_are_given() {
+        use crate::workload::{EmptyCatalog, ExtractOptions, extract};
+        let pod: Value = serde_json::from_str(POD).unwrap();
+        let pod_spec = pod["request"]["object"]["spec"].to_string();
+        let template = format!(
+            r#"{{"replicas": 2, "template": {{"metadata": {{"labels": {{"a": "b"}}}}, "spec": {pod_spec}}}}}"#
+        );
+        let cron = format!(r#"{{"schedule": "* * * * *", "jobTemplate": {{"spec": {template}}}}}"#);
+        let with_scheduling = r#"{"nodeName": "n1", "nodeSelector": {"kubernetes.io/arch": "arm64"},
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]}}},
+            "tolerations": [{"key": "arch", "operator": "Exists"}], "imagePullSecrets": [{"name": "pull"}],
+            "serviceAccountName": "builder", "volumes": [{"name": "v", "emptyDir": {}}],
+            "initContainers": [{"name": "init", "image": "busybox", "resources": {}}],
+            "containers": [{"name": "app", "image": "nginx", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": "{}"}], "ports": [{"containerPort": 80}]}],
+            "ephemeralContainers": [{"name": "debug", "image": "alpine"}]}"#;
+        let cases: Vec<((&str, &str), String)> = vec![
+            (("", "Pod"), pod_spec.clone()),
+            (("", "Pod"), with_scheduling.to_string()),
+            (("apps", "Deployment"), template.clone()),
+            (("batch", "Job"), template.clone()),
+            (("batch", "CronJob"), cron),
+            // Odd shapes: each must end in the same error or the same targets.
+            (("", "Pod"), r#"{"containers": null}"#.into()),
+            (("", "Pod"), r#"{"containers": "nope"}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a"}, 7]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": 7}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x"}], "containers": [{"name": "b", "image": "y"}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "image": "z"}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": 5}]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": {"name": "e"}}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": "{\"linux/arm64\": []}"}, {"name": "TEKTON_PLATFORM_COMMANDS", "value": "{\"linux/amd64\": []}"}, {"name": "OTHER", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": "not json"}]}]}"#.into()),
+            (("", "Pod"), r#"{}"#.into()),
+            (("", "Pod"), r#"[]"#.into()),
+            (("", "Pod"), r#"[[{"name": "a", "image": "x"}]]"#.into()),
+            (("", "Pod"), r#"{"containers": [["a", "x", null]]}"#.into()),
+            (("", "Pod"), r#"{"nodeSelector": null, "containers": [{"name": "a", "image": null, "env": null}]}"#.into()),
+            (("apps", "Deployment"), r#"{"template": null}"#.into()),
+            (("apps", "Deployment"), r#"{"template": {"spec": 5}}"#.into()),
+            (("apps", "Deployment"), r#"{"template": {"metadata": {}}}"#.into()),
+            (("apps", "Deployment"), r#"{"template": {"spec": {"containers": []}}, "template": {"spec": {"containers": [{"name": "c", "image": "d"}]}}}"#.into()),
+        ];
+        let options = ExtractOptions {
+            trust_tekton_platforms: true,
+            ..ExtractOptions::default()
+        };
+        // The fixture's spec takes the cut-down path: what no extractor reads is gone.
+        let mut req = decode(&review_of(("", "Pod"), &pod_spec)).unwrap();
+        let (subject, _) = subjects(&mut req).unwrap();
+        let spec = &subject.object["spec"];
+        assert!(spec.get("volumes").is_none() && spec.get("restartPolicy").is_none());
+        assert!(spec["containers"][0].get("readinessProbe").is_none());
+        assert_eq!(spec["containers"][0]["env"], serde_json::json!([]));
+        assert_eq!(spec["serviceAccountName"], "default");
+        for (kind, spec) in cases {
+            let mut req = decode(&review_of(kind, &spec)).unwrap();
+            let (subject, _) = subjects(&mut req).expect("reviewed");
+            let mut whole = subject.object.clone();
+            whole["spec"] = serde_json::from_str(&spec).unwrap();
+            let seen = extract(subject.kind, &subject.object, &EmptyCatalog, &options);
+            let all = extract(subject.kind, &whole, &EmptyCatalog, &options);
+            assert_eq!(seen, all, "{kind:?} {spec}");
+            if subject.kind == Kind::Pod {
+                for field in ["nodeName", "nodeSelector", "affinity"] {
+                    assert_eq!(
+                        subject.object["spec"][field], whole["spec"][field],
+                        "{spec}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -89,7 +89,7 @@ impl Admission {
         }
         // Read before `subjects` keeps only what extraction needs (ownerReferences are dropped).
         if let Some(object) = &req.object
-            && let Some(why) = placement::never_steered(&object.metadata, &object.spec)
+            && let Some(why) = placement::never_steered(&object.metadata, &object.spec_value())
         {
             return Plan::Leave(why);
         }

@@ -251,6 +251,12 @@ impl Exemptions {
             .iter()
             .any(|p| glob(p, written) || canonical.is_some_and(|c| glob(p, c)))
     }
+
+    /// [`Self::covers`] for a parsed image; the canonical form is only built when some pattern
+    /// could match it.
+    fn covers_image(&self, image: &ImageRef) -> bool {
+        !self.patterns.is_empty() && self.covers(image.written(), Some(&image.canonical()))
+    }
 }
 
 /// `*` matches any run of characters (including `/`), `?` one character.
@@ -288,7 +294,8 @@ pub async fn resolve(
     deadline: Instant,
 ) -> Vec<Checked> {
     type Lookup = (Arc<Credentials>, Vec<Platform>);
-    let mut by_pod: Vec<(Arc<Placement>, Arc<Credentials>)> = Vec::new();
+    // What each pod's targets share, worked out once per pod (its targets share one placement).
+    let mut by_pod: Vec<Pod> = Vec::new();
     let mut images: HashMap<(ImageRef, Identity), Lookup> = HashMap::new();
     let mut pending = Vec::new();
     let mut targets = targets;
@@ -299,29 +306,39 @@ pub async fn resolve(
         None
     };
     for target in targets {
-        let candidates = scheduling::candidates(&target.placement, nodes);
-        let unplaceable = candidates
-            .is_empty()
-            .then(|| scheduling::unplaceable(&target.placement, nodes));
         let parsed = ImageRef::parse(&target.image);
         if let Ok(image) = &parsed
-            && exemptions.covers(image.written(), Some(&image.canonical()))
+            && exemptions.covers_image(image)
         {
             continue;
         }
+        let pod = match by_pod
+            .iter()
+            // From the end: a pod's targets come one after another.
+            .rposition(|p| Arc::ptr_eq(&p.placement, &target.placement))
+        {
+            Some(i) => &mut by_pod[i],
+            None => {
+                let candidates = scheduling::candidates(&target.placement, nodes);
+                let unplaceable = candidates
+                    .is_empty()
+                    .then(|| scheduling::unplaceable(&target.placement, nodes));
+                by_pod.push(Pod {
+                    placement: target.placement.clone(),
+                    candidates,
+                    unplaceable,
+                    credentials: None,
+                });
+                by_pod.last_mut().expect("just pushed")
+            }
+        };
+        let (candidates, unplaceable) = (pod.candidates.clone(), pod.unplaceable);
         let mut key = None;
         if let (Ok(image), None) = (&parsed, &target.known_platforms) {
-            let pulls_with = match by_pod
-                .iter()
-                .find(|(p, _)| Arc::ptr_eq(p, &target.placement))
-            {
-                Some((_, c)) => c.clone(),
-                None => {
-                    let c = credentials(&target.placement);
-                    by_pod.push((target.placement.clone(), c.clone()));
-                    c
-                }
-            };
+            let pulls_with = pod
+                .credentials
+                .get_or_insert_with(|| credentials(&target.placement))
+                .clone();
             let identity = pulls_with.identity_for(image.registry());
             let key_of = (image.clone(), identity);
             if images.len() < MAX_IMAGES_PER_REVIEW || images.contains_key(&key_of) {
@@ -408,6 +425,15 @@ pub async fn resolve(
         );
     }
     checked
+}
+
+/// One pod's share of [`resolve`]: where it may run, and what it pulls with (asked only when one
+/// of its images needs a lookup).
+struct Pod {
+    placement: Arc<Placement>,
+    candidates: Vec<Platform>,
+    unplaceable: Option<scheduling::Unplaceable>,
+    credentials: Option<Arc<Credentials>>,
 }
 
 /// One image: the cached answer, re-asked once if it would deny and is not fresh.

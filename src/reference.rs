@@ -4,19 +4,44 @@
 //! `grammar`, without oci-spec's regex): `nginx` is
 //! `docker.io/library/nginx:latest`, a port stays part of the host (`10.34.0.202:5000/team/app:cuda`),
 //! and when both a tag and a digest are given the runtime pulls the digest, so we resolve the digest.
+//!
+//! A parse builds four strings (registry, repository, tag or digest, the text); every review names
+//! the same few hundred images again and again, so parsed references are kept in a small bounded
+//! cache ([`PARSED_CACHE_ENTRIES`]) keyed by the trimmed text, and an [`ImageRef`] is an `Arc`: a
+//! hit costs a lock, a hash and a reference count. (oci-spec's regex, which `grammar` replaced,
+//! also cleared a backtracker's visited set per call: a few microseconds per reference.)
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use oci_client::Reference;
 
 pub mod grammar;
 
-/// An image reference: the text the user wrote and what it means.
+/// Distinct parsed references kept; when full, the cache is emptied and refills (a cluster
+/// names a few hundred images; a flood of distinct names costs parsing, never memory).
+pub const PARSED_CACHE_ENTRIES: usize = 4096;
+
+/// Longer texts are parsed every time rather than cached, so an entry stays under a few KiB.
+const CACHED_TEXT_BYTES: usize = 512;
+
+/// An image reference: the text the user wrote and what it means. Cheap to clone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ImageRef {
+pub struct ImageRef(Arc<Parsed>);
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Parsed {
     written: String,
     reference: Reference,
 }
+
+/// Parse results by trimmed text, errors included as their reason only (a bad reference is
+/// written again and again too, by every replica of a broken Deployment; the text around it,
+/// which the error quotes, can be as long as a request body, so it is not kept).
+static PARSED: LazyLock<Mutex<ParseCache>> = LazyLock::new(Mutex::default);
+
+type ParseCache = HashMap<Box<str>, Result<ImageRef, String>>;
 
 /// A reference that the runtime could not pull either.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,11 +53,39 @@ pub struct ReferenceError {
 
 impl ImageRef {
     pub fn parse(written: &str) -> Result<Self, ReferenceError> {
+        let trimmed = written.trim();
+        if trimmed.len() > CACHED_TEXT_BYTES {
+            return Self::parse_uncached(written, trimmed);
+        }
+        let cache = || PARSED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = cache().get(trimmed) {
+            return match hit {
+                Ok(image) => Ok(image.clone()),
+                // The error quotes the text as this caller wrote it, surrounding space included.
+                Err(reason) => Err(ReferenceError {
+                    written: written.to_string(),
+                    reason: reason.clone(),
+                }),
+            };
+        }
+        let parsed = Self::parse_uncached(written, trimmed);
+        let mut cache = cache();
+        if cache.len() >= PARSED_CACHE_ENTRIES {
+            cache.clear();
+        }
+        let kept = match &parsed {
+            Ok(image) => Ok(image.clone()),
+            Err(e) => Err(e.reason.clone()),
+        };
+        cache.insert(trimmed.into(), kept);
+        parsed
+    }
+
+    fn parse_uncached(written: &str, trimmed: &str) -> Result<Self, ReferenceError> {
         let fail = |reason: String| ReferenceError {
             written: written.to_string(),
             reason,
         };
-        let trimmed = written.trim();
         if trimmed.is_empty() {
             return Err(fail("the image is empty".into()));
         }
@@ -53,37 +106,37 @@ impl ImageRef {
             ),
             None => parsed,
         };
-        Ok(Self {
+        Ok(Self(Arc::new(Parsed {
             written: trimmed.to_string(),
             reference,
-        })
+        })))
     }
 
     /// The reference as the user wrote it; every message quotes this.
     pub fn written(&self) -> &str {
-        &self.written
+        &self.0.written
     }
 
     /// The normalised reference for registry calls.
     pub fn reference(&self) -> &Reference {
-        &self.reference
+        &self.0.reference
     }
 
     /// Registry host as written after normalisation (`docker.io`, `10.34.0.202:5000`).
     pub fn registry(&self) -> &str {
-        self.reference.registry()
+        self.0.reference.registry()
     }
 
     pub fn repository(&self) -> &str {
-        self.reference.repository()
+        self.0.reference.repository()
     }
 
     pub fn tag(&self) -> Option<&str> {
-        self.reference.tag()
+        self.0.reference.tag()
     }
 
     pub fn digest(&self) -> Option<&str> {
-        self.reference.digest()
+        self.0.reference.digest()
     }
 
     /// `registry/repository`, the unit registries grant access to.
@@ -102,13 +155,13 @@ impl ImageRef {
 
     /// Fully-qualified form, e.g. `docker.io/library/nginx:latest`.
     pub fn canonical(&self) -> String {
-        self.reference.whole()
+        self.0.reference.whole()
     }
 }
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.written)
+        f.write_str(&self.0.written)
     }
 }
 
@@ -238,5 +291,47 @@ mod tests {
                 .reason
                 .contains("unresolved"),
         );
+    }
+
+    #[test]
+    fn cached_parses_answer_like_fresh_ones_and_the_cache_is_bounded() {
+        for written in [
+            "nginx:1.27",
+            "  ghcr.io/org/app:v1 ",
+            "10.34.0.202:5000/team/app",
+        ] {
+            let first = ImageRef::parse(written).unwrap();
+            let again = ImageRef::parse(written).unwrap();
+            let fresh = ImageRef::parse_uncached(written, written.trim()).unwrap();
+            assert_eq!(first, fresh, "{written}");
+            assert_eq!(again, fresh, "{written}");
+            assert_eq!(again.canonical(), fresh.canonical());
+        }
+        // A cached error still quotes the text exactly as this caller wrote it.
+        let _ = ImageRef::parse("UPPER/cached");
+        let err = ImageRef::parse(" UPPER/cached").unwrap_err();
+        assert_eq!(err.written, " UPPER/cached");
+        assert_eq!(err.reason, "repository name must be lowercase");
+        // The cache keeps the short key and the reason, never the (unbounded) text around it.
+        let padded = format!("UPPER/padded{}", " ".repeat(100_000));
+        assert_eq!(ImageRef::parse(&padded).unwrap_err().written, padded);
+        let cache = PARSED.lock().unwrap();
+        let (key, kept) = cache.get_key_value("UPPER/padded").expect("cached");
+        assert_eq!(key.len(), "UPPER/padded".len());
+        assert_eq!(kept, &Err("repository name must be lowercase".to_string()));
+        drop(cache);
+
+        // Last, and in this test only: filling the cache empties it, which would race with
+        // the lookups above in a test of their own.
+        for i in 0..PARSED_CACHE_ENTRIES + 100 {
+            let image = ImageRef::parse(&format!("registry.example/bound/app-{i}:v1")).unwrap();
+            assert_eq!(image.repository(), format!("bound/app-{i}"));
+        }
+        assert!(PARSED.lock().unwrap().len() <= PARSED_CACHE_ENTRIES);
+        // Long texts are never kept.
+        let long = format!("{}.example/app:v1", "a".repeat(CACHED_TEXT_BYTES));
+        let image = ImageRef::parse(&long).expect("a long host is a valid reference");
+        assert_eq!(image.registry().len(), CACHED_TEXT_BYTES + ".example".len());
+        assert!(!PARSED.lock().unwrap().contains_key(long.as_str()));
     }
 }
