@@ -19,12 +19,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let (first, second) = text.split_once('\n').unwrap_or((text, ""));
 
-    // archgate's hand-written grammar accepts and builds exactly what oci-spec's regex does.
-    assert_eq!(
-        grammar::parse(first).map_err(|e| e.reason().to_string()),
-        oci_client::Reference::try_from(first).map_err(|e| e.to_string()),
-        "{first:?}"
-    );
+    // archgate's hand-written grammar accepts and builds what oci-spec's regex does; it refuses
+    // non-ASCII tags, which distribution's (ASCII) grammar and the runtime refuse too.
+    let ours = grammar::parse(first).map_err(|e| e.reason().to_string());
+    let theirs = oci_client::Reference::try_from(first).map_err(|e| e.to_string());
+    if first.is_ascii() {
+        assert_eq!(ours, theirs, "{first:?}");
+    } else if ours.is_ok() {
+        assert_eq!(ours, theirs, "{first:?}");
+    }
 
     if let Ok(image) = ImageRef::parse(first) {
         assert_eq!(image.written(), first.trim());
