@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
-use common::apiserver::{Archgate, Binaries, ControlPlane};
+use common::apiserver::{Archgate, Stage};
 use common::{ImageSpec, PlatformSpec, PushedImage, Registry};
 
 const HOOK: &str = "platforms.archgate.io";
@@ -29,20 +29,18 @@ fn b64(text: &str) -> String {
 
 /// What every scenario shares.
 struct World {
-    plane: ControlPlane,
-    registry: Registry,
-    private: Registry,
-    /// linux/arm64/v8 only (the Apple Silicon build).
-    arm: PushedImage,
-    /// linux/amd64 + linux/arm64/v8.
-    multi: PushedImage,
-    /// linux/amd64 only.
-    amd: PushedImage,
-    /// On the private registry: linux/arm64/v8 only.
-    private_arm: PushedImage,
+    stage: Stage,
     /// `archgate certs --ip 127.0.0.1` output.
     certs: std::path::PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// The stage's registries, images and control plane, as `w.plane`, `w.arm`, ...
+impl std::ops::Deref for World {
+    type Target = Stage;
+    fn deref(&self) -> &Stage {
+        &self.stage
+    }
 }
 
 impl World {
@@ -184,35 +182,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
 }
 
 async fn world() -> Option<World> {
-    let binaries = match Binaries::find() {
-        Ok(b) => b,
-        // `.ci/test` sets ARCHGATE_KUBE_BIN after installing: there, missing is a failure.
-        Err(why) if std::env::var_os("ARCHGATE_KUBE_BIN").is_some() => panic!("{why}"),
-        Err(why) => {
-            println!("e2e tier skipped: {why}");
-            return None;
-        }
-    };
-    common::install_crypto_provider();
-    let (plane, registry, private) = tokio::join!(
-        ControlPlane::start(binaries),
-        Registry::start(),
-        Registry::start_tls_auth("puller", "s3cret-pull"),
-    );
-    let amd64 = PlatformSpec::new("linux", "amd64");
-    let arm64 = PlatformSpec::new("linux", "arm64").variant("v8");
-    let arm = ImageSpec::oci_index("team/arm-only", "v1", [arm64.clone()])
-        .push(&registry)
-        .await;
-    let multi = ImageSpec::oci_index("team/multi", "v1", [amd64.clone(), arm64.clone()])
-        .push(&registry)
-        .await;
-    let amd = ImageSpec::oci_index("team/amd-only", "v1", [amd64])
-        .push(&registry)
-        .await;
-    let private_arm = ImageSpec::oci_index("secret/arm-only", "v1", [arm64])
-        .push(&private)
-        .await;
+    let stage = Stage::start("e2e tier").await?;
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_archgate"))
@@ -222,13 +192,7 @@ async fn world() -> Option<World> {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let world = World {
-        plane,
-        registry,
-        private,
-        arm,
-        multi,
-        amd,
-        private_arm,
+        stage,
         certs,
         _dir: dir,
     };

@@ -14,22 +14,16 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
-use common::apiserver::{Binaries, ControlPlane, Crd, TEKTON_CRDS};
-use common::{ImageSpec, PlatformSpec, PushedImage, Registry};
+use common::apiserver::{Crd, Stage, TEKTON_CRDS};
 
-struct World {
-    plane: ControlPlane,
-    registry: Registry,
-    /// TLS, and pulls only with the user `puller`.
-    private: Registry,
-    /// On the private registry: linux/arm64/v8 only.
-    private_arm: PushedImage,
-    /// linux/arm64/v8 only.
-    arm: PushedImage,
-    /// linux/amd64 + linux/arm64/v8.
-    multi: PushedImage,
-    /// linux/amd64 only.
-    amd: PushedImage,
+struct World(Stage);
+
+/// The stage's registries, images and control plane, as `w.plane`, `w.arm`, ...
+impl std::ops::Deref for World {
+    type Target = Stage;
+    fn deref(&self) -> &Stage {
+        &self.0
+    }
 }
 
 impl World {
@@ -113,48 +107,7 @@ fn deployment(namespace: &str, name: &str, image: &str, arch: Option<&str>) -> V
 }
 
 async fn world() -> Option<World> {
-    let binaries = match Binaries::find() {
-        Ok(b) => b,
-        // `.ci/test` sets ARCHGATE_KUBE_BIN after installing: there, missing is a failure.
-        Err(why) if std::env::var_os("ARCHGATE_KUBE_BIN").is_some() => panic!("{why}"),
-        Err(why) => {
-            eprintln!("e2e scan tier skipped: {why}");
-            return None;
-        }
-    };
-    common::install_crypto_provider();
-    let (plane, registry, private) = tokio::join!(
-        ControlPlane::start(binaries),
-        Registry::start(),
-        Registry::start_tls_auth("puller", "s3cret-pull"),
-    );
-    let amd64 = PlatformSpec::new("linux", "amd64");
-    let arm64 = PlatformSpec::new("linux", "arm64").variant("v8");
-    let arm = ImageSpec::oci_index("team/arm-only", "v1", [arm64.clone()])
-        .push(&registry)
-        .await;
-    let multi = ImageSpec::oci_index("team/multi", "v1", [amd64.clone(), arm64])
-        .push(&registry)
-        .await;
-    let amd = ImageSpec::oci_index("team/amd-only", "v1", [amd64])
-        .push(&registry)
-        .await;
-    let private_arm = ImageSpec::oci_index(
-        "secret/arm-only",
-        "v1",
-        [PlatformSpec::new("linux", "arm64").variant("v8")],
-    )
-    .push(&private)
-    .await;
-    Some(World {
-        plane,
-        registry,
-        private,
-        private_arm,
-        arm,
-        multi,
-        amd,
-    })
+    Stage::start("e2e scan tier").await.map(World)
 }
 
 /// The mixed cluster and its broken workloads; see each object for what it tests.

@@ -23,6 +23,8 @@ use base64::Engine;
 use serde_json::Value;
 use tempfile::TempDir;
 
+use super::{ImageSpec, PlatformSpec, PushedImage, Registry};
+
 /// The version `.ci/kube-apiserver` builds by default: where its cache puts the binaries.
 const DEFAULT_KUBE_VERSION: &str = "1.37.2";
 /// Both start in seconds here; generous for a machine busy compiling on two cores.
@@ -531,5 +533,67 @@ impl Archgate {
     /// Kills the process (the webhook is then unreachable), keeping the logs.
     pub fn stop(&mut self) {
         self.process.take();
+    }
+}
+
+/// What every e2e scenario starts from: a control plane, a public registry and a private one,
+/// holding the images the scenarios use.
+pub struct Stage {
+    pub plane: ControlPlane,
+    pub registry: Registry,
+    /// TLS, and pulls only with the user `puller`.
+    pub private: Registry,
+    /// linux/arm64/v8 only (the Apple Silicon build).
+    pub arm: PushedImage,
+    /// linux/amd64 + linux/arm64/v8.
+    pub multi: PushedImage,
+    /// linux/amd64 only.
+    pub amd: PushedImage,
+    /// On the private registry: linux/arm64/v8 only.
+    pub private_arm: PushedImage,
+}
+
+impl Stage {
+    /// The started stage, or `None` (saying so, with `tier`'s name) when the binaries are absent
+    /// outside CI: `.ci/test` sets ARCHGATE_KUBE_BIN after installing them, and there a missing
+    /// binary is a failure.
+    pub async fn start(tier: &str) -> Option<Self> {
+        let binaries = match Binaries::find() {
+            Ok(b) => b,
+            Err(why) if std::env::var_os("ARCHGATE_KUBE_BIN").is_some() => panic!("{why}"),
+            Err(why) => {
+                eprintln!("{tier} skipped: {why}");
+                return None;
+            }
+        };
+        super::install_crypto_provider();
+        let (plane, registry, private) = tokio::join!(
+            ControlPlane::start(binaries),
+            Registry::start(),
+            Registry::start_tls_auth("puller", "s3cret-pull"),
+        );
+        let amd64 = PlatformSpec::new("linux", "amd64");
+        let arm64 = PlatformSpec::new("linux", "arm64").variant("v8");
+        let arm = ImageSpec::oci_index("team/arm-only", "v1", [arm64.clone()])
+            .push(&registry)
+            .await;
+        let multi = ImageSpec::oci_index("team/multi", "v1", [amd64.clone(), arm64.clone()])
+            .push(&registry)
+            .await;
+        let amd = ImageSpec::oci_index("team/amd-only", "v1", [amd64])
+            .push(&registry)
+            .await;
+        let private_arm = ImageSpec::oci_index("secret/arm-only", "v1", [arm64])
+            .push(&private)
+            .await;
+        Some(Self {
+            plane,
+            registry,
+            private,
+            arm,
+            multi,
+            amd,
+            private_arm,
+        })
     }
 }
