@@ -759,12 +759,19 @@ mod hostile {
 }
 
 fn hostile_resolver(host: &str) -> archgate::resolver::Resolver {
+    hostile_resolver_counted(host, Arc::new(archgate::metrics::Metrics::new()))
+}
+
+fn hostile_resolver_counted(
+    host: &str,
+    metrics: Arc<archgate::metrics::Metrics>,
+) -> archgate::resolver::Resolver {
     common::install_crypto_provider();
     let options = archgate::resolver::RegistryOptions {
         insecure: vec![host.to_string()],
         ..Default::default()
     };
-    archgate::resolver::Resolver::new(options, Arc::new(archgate::metrics::Metrics::new())).unwrap()
+    archgate::resolver::Resolver::new(options, metrics).unwrap()
 }
 
 async fn resolve_at(
@@ -873,13 +880,8 @@ async fn a_token_realm_at_a_metadata_address_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_headers_become_gauges_and_every_request_is_counted() {
     let registry = hostile::start().await;
-    common::install_crypto_provider();
     let metrics = Arc::new(archgate::metrics::Metrics::new());
-    let options = archgate::resolver::RegistryOptions {
-        insecure: vec![registry.host.clone()],
-        ..Default::default()
-    };
-    let resolver = archgate::resolver::Resolver::new(options, metrics.clone()).unwrap();
+    let resolver = hostile_resolver_counted(&registry.host, metrics.clone());
     let resolution = resolve_at(&resolver, &registry.host, "counted")
         .await
         .unwrap();
