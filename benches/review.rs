@@ -23,6 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::Criterion;
+
+/// The allocator `archgate` itself runs with (src/main.rs), so the loop measures what it does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{Value, json};
 
 use archgate::admission::{Admission, decode};

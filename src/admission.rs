@@ -53,6 +53,14 @@ pub enum ReviewError {
         "unsupported AdmissionReview apiVersion {0:?}: register the webhook with admissionReviewVersions: [v1]"
     )]
     Version(String),
+    #[error(
+        "the object says it is a {declared} but the request's kind is {group:?} {kind:?}: not a review the API server sends"
+    )]
+    KindMismatch {
+        declared: Kind,
+        group: String,
+        kind: String,
+    },
 }
 
 /// The AdmissionReview envelope as it arrives. kube's `AdmissionReview` flattens its `TypeMeta`,
@@ -78,6 +86,19 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<ReviewObject>, ReviewError
     }
     let mut request = request.ok_or(ReviewError::NoRequest)?;
     request.types = TypeMeta { api_version, kind };
+    // The kind is the request's; an object's own kind only chose how its spec was read.
+    let reviewed = Kind::of(&request.kind.group, &request.kind.kind);
+    for object in [&request.object, &request.old_object].into_iter().flatten() {
+        if let Spec::Seen { declared, .. } = object.spec
+            && Some(declared) != reviewed
+        {
+            return Err(ReviewError::KindMismatch {
+                declared,
+                group: request.kind.group.clone(),
+                kind: request.kind.kind.clone(),
+            });
+        }
+    }
     Ok(request)
 }
 
@@ -102,17 +123,21 @@ impl Admission {
         );
         let (verdict, decision) = self.decide(&mut req).instrument(span.clone()).await;
         let took = started.elapsed();
-        span.record("decision", tracing::field::debug(&decision));
-        span.record("duration_ms", took.as_secs_f64() * 1000.0);
         // A clean allow is the common case on a busy cluster and is counted in metrics; log the
-        // decisions someone may need to find later.
-        span.in_scope(|| {
-            if decision == Decision::Allowed {
-                debug!("reviewed");
-            } else {
-                info!("reviewed");
-            }
-        });
+        // decisions someone may need to find later. The span's last fields are written only for
+        // a line that is logged: a formatting subscriber renders them on every record.
+        let allowed = decision == Decision::Allowed;
+        if !allowed || tracing::enabled!(tracing::Level::DEBUG) {
+            span.record("decision", tracing::field::debug(&decision));
+            span.record("duration_ms", took.as_secs_f64() * 1000.0);
+            span.in_scope(|| {
+                if allowed {
+                    debug!("reviewed");
+                } else {
+                    info!("reviewed");
+                }
+            });
+        }
         self.metrics
             .reviews
             .get_or_create(&ReviewLabels {
@@ -244,7 +269,7 @@ pub fn subjects(req: &mut AdmissionRequest<ReviewObject>) -> Option<(Subject, Op
     Some((subject(object), old.map(subject)))
 }
 
-/// The object under review as archgate reads it: typed metadata and the `spec` as JSON.
+/// The object under review as archgate reads it: typed metadata and the spec.
 ///
 /// kube's `DynamicObject` would do, but it flattens twice (`types` and `data`), which makes serde
 /// buffer and parse the whole object twice; on the review hot path that was the largest cost.
@@ -253,28 +278,122 @@ pub fn subjects(req: &mut AdmissionRequest<ReviewObject>) -> Option<(Subject, Op
 /// Of the metadata only what archgate reads is decoded (see [`Metadata`]): `managedFields`
 /// alone is often larger than the spec and would be built as JSON values on every review.
 ///
-/// The spec is kept as its JSON text: [`subjects`] reads of it what the kind's extractor needs
-/// (a Pod's containers and scheduling fields, not its probes, volumes and resources), and
-/// [`ReviewObject::spec_value`] reads all of it.
-#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+/// Of a Pod's or a workload's spec only what extraction reads is kept, read in the same pass
+/// ([`pod::SpecView`]), when the object says its kind before its spec, as the API server's
+/// encoding always does; [`decode`] then holds that kind to the request's. Any other spec is
+/// kept as its JSON text.
+#[derive(Debug, Clone, Default)]
 pub struct ReviewObject {
-    #[serde(default, deserialize_with = "Metadata::read")]
     pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: Option<Box<RawValue>>,
+    pub spec: Spec,
+}
+
+/// An object's spec as decoding left it.
+#[derive(Debug, Clone, Default)]
+pub enum Spec {
+    /// No spec, or `null`.
+    #[default]
+    Absent,
+    /// The view of a pod-spec kind's spec, and the kind the object declared, which chose it.
+    Seen { declared: Kind, view: Value },
+    /// Any other spec, as written.
+    Text(Box<RawValue>),
 }
 
 impl ReviewObject {
-    /// The whole spec as a JSON value (`null` when absent).
+    /// The spec as a JSON value (`null` when absent): the view, or all of a spec kept as text.
     pub fn spec_value(&self) -> Value {
-        whole(self.spec.as_deref())
+        match &self.spec {
+            Spec::Absent => Value::Null,
+            Spec::Seen { view, .. } => view.clone(),
+            Spec::Text(raw) => whole(raw),
+        }
     }
 }
 
 /// JSON text already checked by the decoder as a value; it parses again.
-fn whole(spec: Option<&RawValue>) -> Value {
-    spec.and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .unwrap_or_default()
+fn whole(spec: &RawValue) -> Value {
+    serde_json::from_str(spec.get()).unwrap_or_default()
+}
+
+/// Where a kind's pod spec sits below the object's `spec`, for the kinds that have one.
+fn pod_spec_below_spec(kind: Kind) -> Option<&'static [&'static str]> {
+    match kind {
+        Kind::Pod => Some(&[]),
+        // `spec_path` starts at the object's `spec`.
+        Kind::Workload(workload) => workload.spec_path().get(1..),
+        Kind::PipelineRun | Kind::TaskRun => None,
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ReviewObject {
+    fn deserialize<D: serde::Deserializer<'de>>(from: D) -> Result<Self, D::Error> {
+        from.deserialize_map(ObjectFields)
+    }
+}
+
+/// Reads an object's `apiVersion`, `kind`, `metadata` and `spec`, skipping the rest (`status`).
+struct ObjectFields;
+
+impl<'de> serde::de::Visitor<'de> for ObjectFields {
+    type Value = ReviewObject;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Kubernetes object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ReviewObject, A::Error> {
+        use serde::de::IgnoredAny;
+        let (mut api_version, mut kind) = (None::<Value>, None::<Value>);
+        let mut object = ReviewObject::default();
+        while let Some(key) = map.next_key::<ObjectKey>()? {
+            match key {
+                ObjectKey::ApiVersion => api_version = Some(map.next_value()?),
+                ObjectKey::Kind => kind = Some(map.next_value()?),
+                ObjectKey::Metadata => {
+                    object.metadata = map
+                        .next_value::<Option<Metadata>>()?
+                        .map(Metadata::into_meta)
+                        .unwrap_or_default();
+                }
+                ObjectKey::Spec => {
+                    let declared = match (&api_version, &kind) {
+                        (Some(Value::String(api_version)), Some(Value::String(kind))) => {
+                            Kind::of_api_version(api_version, kind)
+                        }
+                        _ => None,
+                    };
+                    object.spec = match declared.and_then(|k| Some((k, pod_spec_below_spec(k)?))) {
+                        Some((declared, path)) => {
+                            match map.next_value_seed(pod::SpecView { path })? {
+                                Value::Null => Spec::Absent,
+                                view => Spec::Seen { declared, view },
+                            }
+                        }
+                        None => map
+                            .next_value::<Option<Box<RawValue>>>()?
+                            .map_or(Spec::Absent, Spec::Text),
+                    };
+                }
+                ObjectKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(object)
+    }
+}
+
+/// The object fields [`ObjectFields`] reads; a key is matched without being copied.
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum ObjectKey {
+    ApiVersion,
+    Kind,
+    Metadata,
+    Spec,
+    #[serde(other)]
+    Other,
 }
 
 /// The metadata fields archgate reads: names for messages and logs, the namespace, labels and
@@ -292,7 +411,7 @@ struct Metadata {
 }
 
 impl Metadata {
-    fn read<'de, D: serde::Deserializer<'de>>(from: D) -> Result<ObjectMeta, D::Error> {
+    fn into_meta(self) -> ObjectMeta {
         let Self {
             name,
             generate_name,
@@ -300,8 +419,8 @@ impl Metadata {
             labels,
             annotations,
             owner_references,
-        } = serde::Deserialize::deserialize(from)?;
-        Ok(ObjectMeta {
+        } = self;
+        ObjectMeta {
             name,
             generate_name,
             namespace,
@@ -309,7 +428,7 @@ impl Metadata {
             annotations,
             owner_references,
             ..ObjectMeta::default()
-        })
+        }
     }
 }
 
@@ -344,17 +463,16 @@ impl kube::Resource for ReviewObject {
 /// spec's fields archgate reads for the kinds with a pod spec ([`pod::spec_json`]).
 fn object_json(kind: Kind, object: ReviewObject, name: &str, namespace: Option<&str>) -> Value {
     let ReviewObject { metadata, spec } = object;
-    let below_spec = match kind {
-        Kind::Pod => Some(&[][..]),
-        // `spec_path` starts at the object's `spec`, which `spec` already is.
-        Kind::Workload(workload) => workload.spec_path().get(1..),
-        Kind::PipelineRun | Kind::TaskRun => None,
-    };
-    let spec = match (spec.as_deref(), below_spec) {
-        (Some(raw), Some(path)) => {
-            pod::spec_json(raw.get(), path).unwrap_or_else(|| whole(Some(raw)))
-        }
-        (raw, _) => whole(raw),
+    let spec = match spec {
+        Spec::Absent => Value::Null,
+        // Read for the kind the object declared, which `decode` held to the request's.
+        Spec::Seen { view, .. } => view,
+        Spec::Text(raw) => match pod_spec_below_spec(kind) {
+            Some(path) => pod::SpecView { path }
+                .of_text(raw.get())
+                .unwrap_or_else(|_| whole(&raw)),
+            None => whole(&raw),
+        },
     };
     let name = metadata
         .name
@@ -466,13 +584,87 @@ mod tests {
         }
     }
 
-    /// The Pod review with its object's spec replaced by `spec` (JSON text), kind `kind`.
-    fn review_of(kind: (&str, &str), spec: &str) -> Vec<u8> {
+    /// The Pod review with its object's spec replaced by `spec` (JSON text), kind `kind`, said
+    /// in the request and in the object (before its spec, as the API server writes it) or, with
+    /// `declared` false, only in the request.
+    fn review_of(kind: (&str, &str), spec: &str, declared: bool) -> Vec<u8> {
         let mut review: Value = serde_json::from_str(POD).unwrap();
         review["request"]["kind"] =
             serde_json::json!({"group": kind.0, "version": "v1", "kind": kind.1});
-        review["request"]["object"]["spec"] = serde_json::from_str(spec).unwrap();
+        let object = &mut review["request"]["object"];
+        object["spec"] = serde_json::from_str(spec).unwrap();
+        let fields = object.as_object_mut().unwrap();
+        if declared {
+            let group = if kind.0.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", kind.0)
+            };
+            fields.insert("apiVersion".into(), format!("{group}v1").into());
+            fields.insert("kind".into(), kind.1.into());
+        } else {
+            fields.remove("kind");
+        }
         serde_json::to_vec(&review).unwrap()
+    }
+
+    #[test]
+    fn a_pod_spec_is_read_in_the_decoding_pass_when_the_object_says_its_kind_first() {
+        let req = decode(POD.as_bytes()).unwrap();
+        let object = req.object.as_ref().unwrap();
+        assert!(
+            matches!(&object.spec, Spec::Seen { declared: Kind::Pod, view } if view["containers"][0]["image"].is_string()),
+            "{:?}",
+            object.spec
+        );
+        // No kind before the spec: kept as text, and read for the request's kind later.
+        let body = review_of(
+            ("", "Pod"),
+            r#"{"containers": [{"name": "a", "image": "x"}]}"#,
+            false,
+        );
+        let mut req = decode(&body).unwrap();
+        assert!(matches!(req.object.as_ref().unwrap().spec, Spec::Text(_)));
+        let (subject, _) = subjects(&mut req).unwrap();
+        assert_eq!(subject.object["spec"]["containers"][0]["image"], "x");
+        // A Tekton run's spec is always kept whole.
+        let body = review_of(
+            ("tekton.dev", "TaskRun"),
+            r#"{"taskSpec": {"steps": []}}"#,
+            true,
+        );
+        let req = decode(&body).unwrap();
+        assert!(matches!(req.object.as_ref().unwrap().spec, Spec::Text(_)));
+    }
+
+    /// The request's kind decides; an object that says otherwise is not the API server's, and
+    /// its spec, read for the kind it claims, must not be read as another.
+    #[test]
+    fn an_object_whose_kind_disagrees_with_the_request_is_refused() {
+        let mut review: Value = serde_json::from_str(POD).unwrap();
+        review["request"]["kind"] =
+            serde_json::json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+        let body = serde_json::to_vec(&review).unwrap();
+        let err = decode(&body).unwrap_err();
+        assert!(
+            matches!(&err, ReviewError::KindMismatch { declared: Kind::Pod, kind, .. } if kind == "Deployment"),
+            "{err}"
+        );
+        // The same on UPDATE's old object.
+        let mut review: Value = serde_json::from_str(POD).unwrap();
+        review["request"]["operation"] = "UPDATE".into();
+        let mut old = review["request"]["object"].clone();
+        old["kind"] = "Deployment".into();
+        old["apiVersion"] = "apps/v1".into();
+        review["request"]["oldObject"] = old;
+        let body = serde_json::to_vec(&review).unwrap();
+        assert!(matches!(
+            decode(&body),
+            Err(ReviewError::KindMismatch {
+                declared: Kind::Workload(_),
+                ..
+            })
+        ));
     }
 
     /// Extraction and placement read the same from the cut-down spec as from the whole one,
@@ -510,6 +702,9 @@ mod tests {
             (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": {"name": "e"}}]}"#.into()),
             (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": "{\"linux/arm64\": []}"}, {"name": "TEKTON_PLATFORM_COMMANDS", "value": "{\"linux/amd64\": []}"}, {"name": "OTHER", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]}]}"#.into()),
             (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": "not json"}]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "E", "value": 5}]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "E", "valueFrom": 5}, "E=1"]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": {"name": "a", "image": "x"}, "tolerations": "all"}"#.into()),
             (("", "Pod"), r#"{}"#.into()),
             (("", "Pod"), r#"[]"#.into()),
             (("", "Pod"), r#"[[{"name": "a", "image": "x"}]]"#.into()),
@@ -525,18 +720,23 @@ mod tests {
             ..ExtractOptions::default()
         };
         // The fixture's spec takes the cut-down path: what no extractor reads is gone.
-        let mut req = decode(&review_of(("", "Pod"), &pod_spec)).unwrap();
+        let mut req = decode(&review_of(("", "Pod"), &pod_spec, true)).unwrap();
         let (subject, _) = subjects(&mut req).unwrap();
         let spec = &subject.object["spec"];
         assert!(spec.get("volumes").is_none() && spec.get("restartPolicy").is_none());
         assert!(spec["containers"][0].get("readinessProbe").is_none());
-        assert_eq!(spec["containers"][0]["env"], serde_json::json!([]));
+        assert_eq!(
+            spec["containers"][0]["env"],
+            serde_json::json!([{"name": "LOG_LEVEL", "value": "info"}, {"name": "POD_IP"}])
+        );
         assert_eq!(spec["serviceAccountName"], "default");
-        for (kind, spec) in cases {
-            let mut req = decode(&review_of(kind, &spec)).unwrap();
+        for ((kind, spec), declared) in cases.iter().flat_map(|case| [(case, true), (case, false)])
+        {
+            let (kind, spec) = (*kind, spec.as_str());
+            let mut req = decode(&review_of(kind, spec, declared)).unwrap();
             let (subject, _) = subjects(&mut req).expect("reviewed");
             let mut whole = subject.object.clone();
-            whole["spec"] = serde_json::from_str(&spec).unwrap();
+            whole["spec"] = serde_json::from_str(spec).unwrap();
             let seen = extract(subject.kind, &subject.object, &EmptyCatalog, &options);
             let all = extract(subject.kind, &whole, &EmptyCatalog, &options);
             assert_eq!(seen, all, "{kind:?} {spec}");

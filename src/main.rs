@@ -2,6 +2,11 @@ use clap::{CommandFactory, Parser};
 
 use archgate::cli::{Cli, Command};
 
+/// mimalloc, not the C library's malloc: a warm review is mostly small allocations, and the
+/// shipped image links musl, whose malloc is slow under them (BENCHMARKS.md, "Warm path").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     archgate::tls::install_crypto_provider();

@@ -293,7 +293,8 @@ pub async fn resolve(
     exemptions: &Exemptions,
     deadline: Instant,
 ) -> Vec<Checked> {
-    type Lookup = (Arc<Credentials>, Vec<Platform>);
+    /// What an image is pulled with, and the candidate platforms of each pod that runs it.
+    type Lookup = (Arc<Credentials>, Vec<Arc<[Platform]>>);
     // What each pod's targets share, worked out once per pod (its targets share one placement).
     let mut by_pod: Vec<Pod> = Vec::new();
     let mut images: HashMap<(ImageRef, Identity), Lookup> = HashMap::new();
@@ -319,7 +320,8 @@ pub async fn resolve(
         {
             Some(i) => &mut by_pod[i],
             None => {
-                let candidates = scheduling::candidates(&target.placement, nodes);
+                let candidates: Arc<[Platform]> =
+                    scheduling::candidates(&target.placement, nodes).into();
                 let unplaceable = candidates
                     .is_empty()
                     .then(|| scheduling::unplaceable(&target.placement, nodes));
@@ -342,11 +344,13 @@ pub async fn resolve(
             let identity = pulls_with.identity_for(image.registry());
             let key_of = (image.clone(), identity);
             if images.len() < MAX_IMAGES_PER_REVIEW || images.contains_key(&key_of) {
-                images
+                let needed = &mut images
                     .entry(key_of)
                     .or_insert_with(|| (pulls_with, Vec::new()))
-                    .1
-                    .extend(candidates.iter().cloned());
+                    .1;
+                if !needed.iter().any(|n| Arc::ptr_eq(n, &candidates)) {
+                    needed.push(candidates.clone());
+                }
                 key = Some(identity);
             }
         }
@@ -405,7 +409,7 @@ pub async fn resolve(
         })
         .collect();
     if let Some(target) = overflow {
-        let candidates = scheduling::candidates(&target.placement, nodes);
+        let candidates = scheduling::candidates(&target.placement, nodes).into();
         let registry = ImageRef::parse(&target.image)
             .map(|i| i.registry().to_string())
             .unwrap_or_default();
@@ -431,7 +435,7 @@ pub async fn resolve(
 /// of its images needs a lookup).
 struct Pod {
     placement: Arc<Placement>,
-    candidates: Vec<Platform>,
+    candidates: Arc<[Platform]>,
     unplaceable: Option<scheduling::Unplaceable>,
     credentials: Option<Arc<Credentials>>,
 }
@@ -439,7 +443,7 @@ struct Pod {
 /// One image: the cached answer, re-asked once if it would deny and is not fresh.
 async fn resolve_within(
     image: &ImageRef,
-    needed: &[Platform],
+    needed: &[Arc<[Platform]>],
     resolver: &Resolver,
     credentials: &Credentials,
     deadline: Instant,
@@ -453,6 +457,7 @@ async fn resolve_within(
     let would_deny = match &first {
         Ok(r) => needed
             .iter()
+            .flat_map(|pod| pod.iter())
             .any(|need| !r.platforms.iter().any(|have| have.satisfies(need))),
         Err(e) => e.is_not_found(),
     };

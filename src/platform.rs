@@ -227,6 +227,36 @@ impl Platform {
         }
     }
 
+    /// [`Self::normalized`] without a copy when the platform already is in normal form, as
+    /// parsed platforms and most registry entries are: a review compares them per image.
+    pub fn normal(&self) -> std::borrow::Cow<'_, Self> {
+        if self.is_normal() {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            std::borrow::Cow::Owned(self.normalized())
+        }
+    }
+
+    /// Whether [`Self::normalized`] would change nothing (`tests::normal_is_what_normalized_keeps`).
+    fn is_normal(&self) -> bool {
+        let lower = |s: &str| !s.bytes().any(|b| b.is_ascii_uppercase());
+        let renamed = matches!(
+            (self.architecture.as_str(), self.variant.as_deref()),
+            (
+                "i386" | "x86_64" | "x86-64" | "aarch64" | "armhf" | "armel",
+                _
+            ) | ("amd64", Some("v1"))
+                | ("arm64", Some("8" | "v8" | "v8.0" | "9" | "9.0" | "v9.0"))
+                | ("arm", None | Some("5" | "6" | "7" | "8"))
+        );
+        lower(&self.os)
+            && self.os != "macos"
+            && lower(&self.architecture)
+            && self.variant.as_deref().is_none_or(lower)
+            && !renamed
+            && self.os_features.windows(2).all(|w| w[0] < w[1])
+    }
+
     /// Would a node running `node` pull this (image) platform out of an index?
     ///
     /// `node.runtime` decides the fallbacks: strict tries only the node's own platform
@@ -234,19 +264,23 @@ impl Platform {
     /// list (`platformVector`). On Windows containerd's `Default()` is a plain
     /// `NewMatcher(DefaultSpec())` in every version (defaults_windows.go): no fallbacks.
     pub fn satisfies(&self, node: &Platform) -> bool {
-        let node = node.normalized();
+        let node = node.normal();
         // `windowsStripFeaturesMatcher`: win32k is on every Windows host, so it never excludes.
         let image = match self.os_features.iter().position(|f| f == "win32k") {
             Some(i) if node.os == "windows" => {
                 let mut stripped = self.clone();
                 stripped.os_features.remove(i);
-                stripped.normalized()
+                std::borrow::Cow::Owned(stripped.normalized())
             }
-            _ => self.normalized(),
+            _ => self.normal(),
         };
         let build = self.os_version.as_deref();
+        // The node's own platform heads every list below: the common answer, without building one.
+        if matches(&node, &image, build) {
+            return true;
+        }
         if node.runtime == RuntimeMatcher::Strict || node.os == "windows" {
-            return matches(&node, &image, build);
+            return false;
         }
         platform_vector(&node)
             .iter()

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +97,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
     pub target: Target,
-    pub candidates: Vec<Platform>,
+    /// Shared by the targets of one pod.
+    pub candidates: Arc<[Platform]>,
     /// Why `candidates` is empty, when it is (the warning names it).
     pub unplaceable: Option<Unplaceable>,
     pub outcome: Outcome,
@@ -855,7 +857,7 @@ mod tests {
         image_2022.os_version = Some("10.0.20348.2227".into());
         let c = vec![Checked {
             target: target("app", "x"),
-            candidates: vec![p("linux/amd64"), win2019, win2022],
+            candidates: vec![p("linux/amd64"), win2019, win2022].into(),
             unplaceable: None,
             outcome: resolved(&[Platform::new("linux", "arm64", Some("v8")), image_2022]),
         }];

@@ -16,6 +16,19 @@ fuzz_target!(|body: &[u8]| {
     let kind = req.kind.kind.clone();
     // The same subjects (kind decided by group and kind) the webhook hands its extractors.
     if let Some((subject, old)) = admission::subjects(&mut req) {
+        // What the decoder kept of the spec extracts exactly what the whole spec does.
+        if let Ok(whole) = serde_json::from_slice::<serde_json::Value>(body) {
+            let mut object = subject.object.clone();
+            object["spec"] = whole["request"]["object"]["spec"].clone();
+            let options = workload::ExtractOptions {
+                trust_tekton_platforms: true,
+                ..Default::default()
+            };
+            assert_eq!(
+                workload::extract(subject.kind, &subject.object, &EmptyCatalog, &options),
+                workload::extract(subject.kind, &object, &EmptyCatalog, &options),
+            );
+        }
         for subject in std::iter::once(&subject).chain(old.as_ref()) {
             match workload::extract(
                 subject.kind,

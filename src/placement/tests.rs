@@ -38,7 +38,7 @@ fn check(pod: &Value, nodes: &[NodeView], images: &HashMap<&str, Vec<&str>>) -> 
                 })
                 .collect();
             Checked {
-                candidates: scheduling::candidates(&target.placement, nodes),
+                candidates: scheduling::candidates(&target.placement, nodes).into(),
                 unplaceable: None,
                 target,
                 outcome: Outcome::Resolved(Resolution {

@@ -491,3 +491,60 @@ fn fuzz_invariants_on_seeds() {
         }
     }
 }
+
+/// `normal` skips the copy only when `normalized` would change nothing, and every normalised
+/// platform counts as normal (else `satisfies` would copy where it need not).
+#[test]
+fn normal_is_what_normalized_keeps() {
+    let arches = [
+        "amd64", "AMD64", "x86_64", "x86-64", "i386", "386", "arm64", "aarch64", "arm", "armhf",
+        "armel", "riscv64", "ppc64le", "s390x", "",
+    ];
+    let variants = [
+        None,
+        Some("v1"),
+        Some("v2"),
+        Some("V3"),
+        Some("5"),
+        Some("6"),
+        Some("7"),
+        Some("8"),
+        Some("v5"),
+        Some("v6"),
+        Some("v7"),
+        Some("v8"),
+        Some("v8.0"),
+        Some("v8.2"),
+        Some("9"),
+        Some("9.0"),
+        Some("v9.0"),
+        Some("v9"),
+        Some("v9.1"),
+    ];
+    let features: [&[&str]; 4] = [&[], &["win32k"], &["b", "a"], &["a", "a"]];
+    let mut seen = 0;
+    for os in ["linux", "Linux", "windows", "macos", "darwin", ""] {
+        for arch in arches {
+            for variant in variants {
+                for f in features {
+                    let platform = with_features(image(os, arch, variant), f);
+                    let normalized = platform.normalized();
+                    assert_eq!(
+                        *platform.normal(),
+                        normalized,
+                        "{platform:?} must read as {normalized:?}"
+                    );
+                    assert!(
+                        normalized.is_normal(),
+                        "{normalized:?} is normalised, so normal"
+                    );
+                    seen += usize::from(platform.is_normal());
+                }
+            }
+        }
+    }
+    assert!(
+        seen > 100,
+        "most registry platforms are already normal ({seen})"
+    );
+}

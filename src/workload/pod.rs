@@ -4,15 +4,17 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, NodeAffinity, Toleration};
+use k8s_openapi::api::core::v1::{LocalObjectReference, NodeAffinity, Toleration};
 use serde::Deserialize;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 use crate::platform::Platform;
 
 use super::{ExtractError, ExtractOptions, Extraction, Location, Placement, Target, object_name};
 use crate::subject::Kind;
+
+mod view;
+pub(crate) use view::SpecView;
 
 /// The parts of a pod spec archgate reads, with k8s-openapi types for each part. serde skips
 /// everything else (volumes, probes, resources, ...) without building it: on the review hot path
@@ -36,197 +38,22 @@ struct PodSpec {
 struct Container {
     name: String,
     image: Option<String>,
-    env: Option<Vec<EnvVar>>,
+    env: Option<Vec<EnvEntry>>,
+}
+
+/// An env entry as extraction reads it: the name and a literal value. Not k8s-openapi's
+/// `EnvVar`, whose `valueFrom` (field and resource references, often on every container) would be
+/// built on every review for nothing; the API server has checked its shape already.
+#[derive(Deserialize)]
+struct EnvEntry {
+    name: String,
+    value: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Affinity {
     node_affinity: Option<NodeAffinity>,
-}
-
-/// The pod spec at `path` (below the object's `spec`) in `spec`, the object's spec as JSON text,
-/// as a JSON value holding only what archgate reads of it: what [`PodSpec`] reads here, and
-/// `nodeSelector`, `affinity` and `nodeName`, which placement mode reads
-/// ([`crate::placement`]); every field kept is kept as written (`null` included), everything else
-/// at every level is skipped without being built. On a review's hot path the whole spec as a
-/// JSON tree cost more than the rest of the review.
-///
-/// `None` when the text does not have the shape this view expects (a field of the wrong type, a
-/// duplicate key): the caller then reads the whole spec, so that extraction reports exactly what
-/// it always did.
-pub(crate) fn spec_json(spec: &str, path: &[&str]) -> Option<Value> {
-    let mut from = serde_json::Deserializer::from_str(spec);
-    let value = DeserializeSeed::deserialize(Along(path), &mut from).ok()?;
-    from.end().ok()?;
-    Some(value)
-}
-
-/// Follows `path` through objects, keeping only that key at each level, then reads a [`SeenSpec`].
-struct Along<'a>(&'a [&'a str]);
-
-impl<'de> DeserializeSeed<'de> for Along<'_> {
-    type Value = Value;
-
-    fn deserialize<D: Deserializer<'de>>(self, from: D) -> Result<Value, D::Error> {
-        match self.0.split_first() {
-            None => MapOnly::<SeenSpec>::deserialize(from).map(|s| s.0.into_value()),
-            Some((key, rest)) => from.deserialize_map(Keep { key, rest }),
-        }
-    }
-}
-
-struct Keep<'a> {
-    key: &'a str,
-    rest: &'a [&'a str],
-}
-
-impl<'de> Visitor<'de> for Keep<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "an object with {:?}", self.key)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if key == self.key {
-                // A repeated key replaces the first, as in a JSON value.
-                let value = map.next_value_seed(Along(self.rest))?;
-                out.insert(key, value);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(Value::Object(out))
-    }
-}
-
-/// The fields of a pod spec archgate reads, as written. `null` is kept (as `Some(Null)`), so an
-/// extractor sees the same value it would in the whole spec.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SeenSpec {
-    #[serde(default, deserialize_with = "containers")]
-    containers: Option<Value>,
-    #[serde(default, deserialize_with = "containers")]
-    init_containers: Option<Value>,
-    #[serde(default, deserialize_with = "containers")]
-    ephemeral_containers: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    node_selector: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    affinity: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    tolerations: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    image_pull_secrets: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    service_account_name: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    node_name: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct SeenContainer {
-    #[serde(default, deserialize_with = "present")]
-    name: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    image: Option<Value>,
-    #[serde(default, deserialize_with = "platform_env")]
-    env: Option<Value>,
-}
-
-/// A container's env read as [`Container`] reads it (so an entry it would refuse is refused here
-/// too), keeping only the entries extraction looks at: [`PLATFORM_COMMANDS`].
-fn platform_env<'de, D: Deserializer<'de>>(from: D) -> Result<Option<Value>, D::Error> {
-    let env: Option<Vec<EnvVar>> = Option::deserialize(from)?;
-    let Some(env) = env else {
-        return Ok(Some(Value::Null));
-    };
-    let kept: Result<Vec<Value>, _> = env
-        .into_iter()
-        .filter(|e| e.name == PLATFORM_COMMANDS)
-        .map(serde_json::to_value)
-        .collect();
-    kept.map(|kept| Some(Value::Array(kept)))
-        .map_err(serde::de::Error::custom)
-}
-
-/// A struct read from a JSON object only: serde's derived structs also take an array of the
-/// fields in order, which the whole-spec path would read differently.
-struct MapOnly<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
-    fn deserialize<D: Deserializer<'de>>(from: D) -> Result<Self, D::Error> {
-        struct Fields<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-            }
-        }
-        from.deserialize_map(Fields(std::marker::PhantomData))
-            .map(MapOnly)
-    }
-}
-
-/// A field that is there, whatever its value (`null` too).
-fn present<'de, D: Deserializer<'de>>(from: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(from).map(Some)
-}
-
-/// A container list, each container cut down to what [`Container`] reads.
-fn containers<'de, D: Deserializer<'de>>(from: D) -> Result<Option<Value>, D::Error> {
-    let list: Option<Vec<MapOnly<SeenContainer>>> = Option::deserialize(from)?;
-    Ok(Some(list.map_or(Value::Null, |list| {
-        Value::Array(
-            list.into_iter()
-                .map(|MapOnly(c)| object([("name", c.name), ("image", c.image), ("env", c.env)]))
-                .collect(),
-        )
-    })))
-}
-
-impl SeenSpec {
-    fn into_value(self) -> Value {
-        let Self {
-            containers,
-            init_containers,
-            ephemeral_containers,
-            node_selector,
-            affinity,
-            tolerations,
-            image_pull_secrets,
-            service_account_name,
-            node_name,
-        } = self;
-        object([
-            ("containers", containers),
-            ("initContainers", init_containers),
-            ("ephemeralContainers", ephemeral_containers),
-            ("nodeSelector", node_selector),
-            ("affinity", affinity),
-            ("tolerations", tolerations),
-            ("imagePullSecrets", image_pull_secrets),
-            ("serviceAccountName", service_account_name),
-            ("nodeName", node_name),
-        ])
-    }
-}
-
-/// A JSON object of the fields that were present.
-fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
-    Value::Object(
-        fields
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v?)))
-            .collect(),
-    )
 }
 
 /// Targets for every container, init container and ephemeral container of the pod spec at `path`.
@@ -344,7 +171,7 @@ const PLATFORM_COMMANDS: &str = "TEKTON_PLATFORM_COMMANDS";
 /// from each platform the image provides to its command (`TEKTON_PLATFORM_COMMANDS`). When present
 /// it is the registry's answer already, so no lookup is needed: but only when the Tekton controller
 /// wrote it (`trusted`); in any other pod it is the author's claim, not a fact.
-fn tekton_platforms(env: Option<&[EnvVar]>, trusted: bool) -> Option<Vec<Platform>> {
+fn tekton_platforms(env: Option<&[EnvEntry]>, trusted: bool) -> Option<Vec<Platform>> {
     if !trusted {
         return None;
     }
