@@ -10,7 +10,9 @@
 //!    process each round: wall time from spawn to exit, requests, and the time from spawn to the
 //!    first request at the proxy (startup). The distribution API's minimum is one GET per index
 //!    and a GET plus a config blob per single manifest (12 requests), so in parallel one new
-//!    connection and two requests: 3 × [`LATENCY`].
+//!    connection and two requests: 3 × [`LATENCY`]. The proxy's timeline of the median run
+//!    (each connection accepted, request arrived and answer sent, in ms from spawn) is printed:
+//!    where the time goes, round trip by round trip.
 //! 2. The same images with skopeo (Debian's; `apt-get install skopeo`), one image at a time as
 //!    a script would: `skopeo inspect --raw` per image, plus `--config` for single manifests.
 //! 3. `archgate check` of an invalid reference: startup and exit without any request.
@@ -31,6 +33,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::proxy::{Event, EventKind};
 use common::{CountingProxy, ImageSpec, PlatformSpec, Registry, RequestKind};
 
 /// Added per new connection and per request by the proxy.
@@ -124,6 +127,7 @@ async fn run(bench: bool) {
     // 1. archgate check, a fresh (cold) process per round.
     let (mut walls, mut startups) = (Vec::new(), Vec::new());
     let mut counts = None;
+    let mut timeline = Vec::new();
     for _ in 0..rounds {
         proxy.reset();
         let started = Instant::now();
@@ -144,17 +148,19 @@ async fn run(bench: bool) {
             .first_request_at()
             .expect("a request reached the proxy");
         startups.push(first.saturating_duration_since(started));
+        timeline.push((walls[walls.len() - 1], started, proxy.timeline()));
         let seen = proxy.counts();
         if own_build() {
-            // The API's minimum (8 manifest GETs, 4 config blobs) plus the one version probe.
-            assert_eq!(seen.get("GET", RequestKind::Base), 1, "{seen:?}");
+            // The API's minimum (8 manifest GETs, 4 config blobs), and no version probe: the
+            // first requests are the probe.
+            assert_eq!(seen.get("GET", RequestKind::Base), 0, "{seen:?}");
             assert_eq!(seen.get("GET", RequestKind::Manifest), 8, "{seen:?}");
             assert_eq!(seen.get("GET", RequestKind::Blob), 4, "{seen:?}");
-            assert_eq!(seen.total(), 13, "{seen:?}");
+            assert_eq!(seen.total(), 12, "{seen:?}");
         }
         counts = Some(seen);
     }
-    let check_wall = median(walls);
+    let check_wall = median(walls.clone());
     let minimum = LATENCY * 3;
 
     // 3. An invalid reference: no request at all.
@@ -205,11 +211,11 @@ async fn run(bench: bool) {
         assert_eq!(answer["response"]["allowed"], true, "{answer}");
         let seen = proxy.counts();
         if own_build() {
-            // 3 manifest GETs and 1 config blob; the first review also probes the registry.
-            let probe = u64::from(round == 0);
-            assert_eq!(seen.get("GET", RequestKind::Base), probe, "{seen:?}");
+            // 3 manifest GETs and 1 config blob, the first review's too (no version probe).
+            assert_eq!(seen.get("GET", RequestKind::Base), 0, "{seen:?}");
             assert_eq!(seen.kind(RequestKind::Manifest), 3, "{seen:?}");
             assert_eq!(seen.kind(RequestKind::Blob), 1, "{seen:?}");
+            assert_eq!(seen.total(), 4, "{seen:?}");
         }
         review_counts.push(seen.total());
     }
@@ -228,12 +234,18 @@ async fn run(bench: bool) {
         "  archgate check, spawn to first request: median {}",
         ms(median(startups))
     );
+    if bench {
+        // The median round's timeline: where the wall time goes, round trip by round trip.
+        timeline.sort_by_key(|(wall, _, _)| *wall);
+        let (wall, started, events) = &timeline[timeline.len() / 2];
+        print_timeline(*started, *wall, events);
+    }
     println!(
         "  archgate check, invalid reference (spawn to exit, no request): median {}",
         ms(median(invalid))
     );
     println!(
-        "  cold review, 3 images (archgate serve): first (probe, new connections) {}, then median {} ({:.2}x the {} pooled minimum); requests per review {:?}",
+        "  cold review, 3 images (archgate serve): first (new connections) {}, then median {} ({:.2}x the {} pooled minimum); requests per review {:?}",
         ms(reviews[0]),
         ms(median(reviews[1..].to_vec())),
         median(reviews[1..].to_vec()).as_secs_f64() / (LATENCY * 2).as_secs_f64(),
@@ -285,6 +297,22 @@ async fn run(bench: bool) {
         skopeo_counts.as_ref().map_or(0, |c| c.total()),
         skopeo_counts.unwrap_or_default()
     );
+}
+
+/// Each proxy event of one `check` run, in milliseconds from the spawn of the process.
+fn print_timeline(started: Instant, wall: Duration, events: &[Event]) {
+    println!("  timeline of the median run (ms from spawn; connection numbers in accept order):");
+    let first = events.iter().map(|e| e.connection).min().unwrap_or(0);
+    for event in events {
+        let at = event.at.saturating_duration_since(started).as_secs_f64() * 1000.0;
+        let what = match &event.what {
+            EventKind::Connected => "connection accepted".to_string(),
+            EventKind::Arrived { method, kind, .. } => format!("{method} {kind:?} arrived"),
+            EventKind::Answered { status } => format!("answered {status}"),
+        };
+        println!("    {at:7.1}  #{:<2} {what}", event.connection - first);
+    }
+    println!("    {:7.1}  exit", wall.as_secs_f64() * 1000.0);
 }
 
 /// `archgate serve` as a child process, and an HTTPS client for it.

@@ -532,6 +532,53 @@ async fn after_a_429_lookups_fail_fast_without_requests_then_resume() {
     );
 }
 
+/// Issue 14: the first request to a registry is also what teaches archgate how to authenticate
+/// there (there is no version probe). A 503 or a 429 answering it is that lookup's answer, as
+/// for any request (a server fault; a rate limit that pauses the host), it teaches nothing, and
+/// the next lookup costs one GET, with no probe and no retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_or_a_429_on_first_contact_fails_only_that_lookup() {
+    let _serial = SERIAL.lock().await;
+    let world = World::new().await;
+    let multi = ImageRef::parse(&world.multi()).unwrap();
+    for (status, retry_after) in [(503, None), (429, Some(1))] {
+        let resolver = world.resolver(RegistryOptions::default());
+        world.proxy.set_fault(
+            FaultRule::new(Fault::Status {
+                status,
+                retry_after,
+            })
+            .times(1),
+        );
+        world.proxy.reset();
+        let error = resolver.resolve(&multi, &anonymous()).await.unwrap_err();
+        let paused_at = Instant::now();
+        match status {
+            503 => assert!(
+                matches!(error, ResolveError::ServerFault { status: 503, .. }),
+                "{error:?}"
+            ),
+            _ => assert!(
+                matches!(error, ResolveError::RateLimited { retry_in, .. } if retry_in == Duration::from_secs(1)),
+                "{error:?}"
+            ),
+        }
+        let counts = world.proxy.counts();
+        assert_eq!(counts.get("GET", RequestKind::Manifest), 1, "{counts:?}");
+        assert_eq!(counts.total(), 1, "{counts:?}");
+
+        if retry_after.is_some() {
+            tokio::time::sleep(Duration::from_secs(1).saturating_sub(paused_at.elapsed())).await;
+        }
+        world.proxy.reset();
+        let resolution = resolver.resolve(&multi, &anonymous()).await.unwrap();
+        assert_eq!(resolution.digest, world.fixtures.multi.digest);
+        let counts = world.proxy.counts();
+        assert_eq!(counts.get("GET", RequestKind::Manifest), 1, "{counts:?}");
+        assert_eq!(counts.total(), 1, "{counts:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_in_flight_to_one_registry_never_exceed_the_bound() {
     let _serial = SERIAL.lock().await;

@@ -4,8 +4,8 @@
 //!
 //! What each lookup costs is the distribution API's minimum, and the tests hold it to that: a
 //! cold tag is one manifest GET (plus the config blob for a single image), a tag past its TTL one
-//! HEAD, and a registry's version endpoint (`GET /v2/`, "Base") is probed once per resolver, on
-//! its first request to that registry.
+//! HEAD, and a registry's version endpoint (`GET /v2/`, "Base") is never asked: the first lookup's
+//! own request is the probe (it teaches how the registry wants to be authenticated).
 
 mod common;
 
@@ -21,6 +21,7 @@ use archgate::resolver::{Credentials, RegistryOptions, Resolution, ResolveError,
 use archgate::scheduling::NodeView;
 use archgate::workload::{Location, Placement, Target};
 use base64::Engine;
+use common::proxy::EventKind;
 use common::{
     CountingProxy, Counts, Fault, FaultRule, Fixtures, ImageSpec, PlatformSpec, PushedImage,
     Registry, RequestKind, push_standard_fixtures,
@@ -111,7 +112,7 @@ async fn every_fixture_shape_resolves_to_its_platforms_and_costs_what_it_should(
         // Windows keeps its os.version, which messages show.
         (&f.windows, &["windows/amd64 (10.0.17763.5329)"], false),
     ];
-    for (i, (image, platforms, via_config)) in cases.into_iter().enumerate() {
+    for (image, platforms, via_config) in cases {
         setup.proxy.reset();
         let reference = setup.tag_ref(image);
         let resolution = resolver
@@ -121,12 +122,11 @@ async fn every_fixture_shape_resolves_to_its_platforms_and_costs_what_it_should(
         assert_eq!(resolution.digest, image.digest, "{reference}");
         assert_eq!(names(&resolution), platforms, "{reference}");
         let blobs = u64::from(via_config);
-        // One GET of the tag (digest and content at once), the config GET when there is one,
-        // and the registry's version probe on the very first request only.
-        let probe = u64::from(i == 0);
+        // One GET of the tag (digest and content at once) and the config GET when there is
+        // one, the very first lookup's too: no version probe.
         assert_eq!(
             tally(&setup.proxy.counts()),
-            (probe, 0, 1, blobs, probe + 1 + blobs),
+            (0, 0, 1, blobs, 1 + blobs),
             "requests for {reference}: {:?}",
             setup.proxy.counts()
         );
@@ -296,8 +296,8 @@ async fn not_found_is_remembered_for_its_ttl_then_asked_again() {
         .await
         .unwrap_err();
     assert!(error.is_not_found(), "{error:?}");
-    // A missing tag: the probe, and one GET answered 404 (the status is the answer).
-    assert_eq!(tally(&setup.proxy.counts()), (1, 0, 1, 0, 2));
+    // A missing tag: one GET answered 404 (the status is the answer), no probe.
+    assert_eq!(tally(&setup.proxy.counts()), (0, 0, 1, 0, 1));
 
     // The tag appears now, but the not-found answer stands until its TTL ends.
     let late = ImageSpec::oci_index("fixtures/late", "v1", [("linux", "amd64", None)])
@@ -384,11 +384,10 @@ async fn registry_errors_are_not_cached() {
 async fn concurrent_cold_lookups_share_one_registry_round_trip() {
     let setup = Setup::start().await;
     let resolver = Arc::new(resolver(setup.options()));
-    // (image, config blob GETs)
-    // (image, config blob GETs, version probes: the first lookup's, shared by all 40)
-    for (image, blobs, probe) in [
-        (&setup.fixtures.single_arm64, 1, 1),
-        (&setup.fixtures.multi, 0, 0),
+    // (image, config blob GETs); no version probe, even for the 40 first contacts at once.
+    for (image, blobs) in [
+        (&setup.fixtures.single_arm64, 1),
+        (&setup.fixtures.multi, 0),
     ] {
         setup.proxy.reset();
         let reference = setup.tag_ref(image);
@@ -405,7 +404,7 @@ async fn concurrent_cold_lookups_share_one_registry_round_trip() {
         }
         assert_eq!(
             tally(&setup.proxy.counts()),
-            (probe, 0, 1, blobs, probe + 1 + blobs),
+            (0, 0, 1, blobs, 1 + blobs),
             "{reference}: {:?}",
             setup.proxy.counts()
         );
@@ -464,23 +463,25 @@ fn docker_config(dir: &tempfile::TempDir, host: &str, user: &str, password: &str
     path
 }
 
-#[tokio::test]
-async fn tls_registry_with_htpasswd_needs_the_ca_and_the_credentials() {
+/// A TLS registry that requires Basic auth (bcrypt htpasswd) with the standard fixtures, the
+/// right credentials for it, and options that trust its CA.
+async fn basic_auth_registry() -> (Registry, Fixtures, Credentials, RegistryOptions) {
     common::install_crypto_provider();
     let registry = Registry::start_tls_auth("ci", "s3cret-pw").await;
     let fixtures = push_standard_fixtures(&registry).await;
     let dir = tempfile::tempdir().unwrap();
-    let good = Credentials::load(Some(&docker_config(
-        &dir,
-        registry.host(),
-        "ci",
-        "s3cret-pw",
-    )))
-    .unwrap();
+    let config = docker_config(&dir, registry.host(), "ci", "s3cret-pw");
+    let good = Credentials::load(Some(&config)).unwrap();
     let options = RegistryOptions {
         ca_pem: Some(registry.ca_pem().as_bytes().to_vec()),
         ..RegistryOptions::default()
     };
+    (registry, fixtures, good, options)
+}
+
+#[tokio::test]
+async fn tls_registry_with_htpasswd_needs_the_ca_and_the_credentials() {
+    let (registry, fixtures, good, options) = basic_auth_registry().await;
     let resolver = resolver(options);
     let multi = ImageRef::parse(&fixtures.multi.reference()).unwrap();
     let single = ImageRef::parse(&fixtures.single_arm64.reference()).unwrap();
@@ -521,6 +522,86 @@ async fn tls_registry_with_htpasswd_needs_the_ca_and_the_credentials() {
         matches!(&error, ResolveError::Untrusted { reason, .. } if reason == "UnknownIssuer"),
         "{error:?}"
     );
+}
+
+/// `archgate_registry_requests_total` for one status class (`2xx`, `4xx`, ...).
+fn requests_answered(metrics: &Metrics, class: &str) -> u64 {
+    let line = format!("archgate_registry_requests_total{{status=\"{class}\"}} ");
+    metrics
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Issue 14: the first request to a registry goes out anonymously (it is the probe); only its
+/// 401 `Basic` challenge makes archgate send the credentials, and from then on they go with
+/// every request at once, without another 401.
+#[tokio::test]
+async fn basic_credentials_go_once_the_registry_asks_then_with_every_request() {
+    let (_registry, fixtures, good, options) = basic_auth_registry().await;
+    let metrics = Arc::new(Metrics::new());
+    let resolver = Resolver::new(options, metrics.clone()).unwrap();
+    let answered = || {
+        (
+            requests_answered(&metrics, "2xx"),
+            requests_answered(&metrics, "4xx"),
+        )
+    };
+
+    let multi = ImageRef::parse(&fixtures.multi.reference()).unwrap();
+    let resolution = resolver.resolve(&multi, &good).await.unwrap();
+    assert_eq!(resolution.digest, fixtures.multi.digest);
+    // The anonymous first GET refused (401 Basic), then the same GET with the credentials.
+    assert_eq!(answered(), (1, 1));
+
+    // The challenge is known: manifest and config blob go with the credentials at once.
+    let single = ImageRef::parse(&fixtures.single_arm64.reference()).unwrap();
+    let resolution = resolver.resolve(&single, &good).await.unwrap();
+    assert_eq!(names(&resolution), ["linux/arm64/v8"]);
+    assert_eq!(answered(), (3, 1));
+
+    // Without credentials the request is refused once: retrying it unchanged would be pointless.
+    let windows = ImageRef::parse(&fixtures.windows.reference()).unwrap();
+    let error = resolver.resolve(&windows, &anonymous()).await.unwrap_err();
+    assert!(
+        matches!(error, ResolveError::Unauthorized { .. }),
+        "{error:?}"
+    );
+    assert_eq!(answered(), (3, 2));
+}
+
+/// Credentials configured for a registry that lets anyone pull are never sent to it: the first
+/// (anonymous) answer says it does not ask for them.
+#[tokio::test]
+async fn credentials_for_a_registry_that_does_not_ask_are_never_sent() {
+    let setup = Setup::start().await;
+    let resolver = resolver(setup.options());
+    let dir = tempfile::tempdir().unwrap();
+    let config = docker_config(&dir, setup.proxy.host(), "ci", "s3cret-pw");
+    let credentials = Credentials::load(Some(&config)).unwrap();
+    for image in [&setup.fixtures.single_amd64, &setup.fixtures.multi] {
+        resolver
+            .resolve(&setup.tag_ref(image), &credentials)
+            .await
+            .unwrap();
+    }
+    let arrived: Vec<(String, RequestKind, Option<String>)> = setup
+        .proxy
+        .timeline()
+        .into_iter()
+        .filter_map(|event| match event.what {
+            EventKind::Arrived {
+                method,
+                kind,
+                authorization,
+            } => Some((method, kind, authorization)),
+            _ => None,
+        })
+        .collect();
+    // Two manifest GETs and a config blob, none with an Authorization header.
+    assert_eq!(arrived.len(), 3, "{arrived:?}");
+    assert!(arrived.iter().all(|(_, _, a)| a.is_none()), "{arrived:?}");
 }
 
 #[tokio::test]

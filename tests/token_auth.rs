@@ -18,6 +18,7 @@ use archgate::reference::ImageRef;
 use archgate::resolver::{Credentials, RegistryOptions, Resolution, ResolveError, Resolver};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::proxy::EventKind;
 use common::{
     Access, BearerChallenge, CountingProxy, Fixtures, ImageSpec, PlatformSpec, Presented,
     PushedImage, Registry, RequestKind, TokenPolicy, push_standard_fixtures,
@@ -170,7 +171,8 @@ async fn anonymous_lookup_of_a_public_image_follows_the_bearer_challenge() {
     assert_eq!(resolution.digest, multi.digest);
     assert_eq!(names(&resolution), ["linux/amd64", "linux/arm64/v8"]);
 
-    // Challenge (GET /v2/ at the registry), one anonymous token request, then the manifests.
+    // The first GET is the probe: answered 401 with the challenge, then one anonymous token
+    // request, then the same GET with the token. No `GET /v2/`.
     let requests = server.requests();
     assert_eq!(requests.len(), 1, "{requests:#?}");
     let request = &requests[0];
@@ -183,9 +185,10 @@ async fn anonymous_lookup_of_a_public_image_follows_the_bearer_challenge() {
         (200, &pull("fixtures/multi"))
     );
     let counts = setup.proxy.counts();
-    assert_eq!(counts.get("GET", RequestKind::Base), 1, "{counts:?}");
+    assert_eq!(counts.get("GET", RequestKind::Base), 0, "{counts:?}");
     assert_eq!(counts.get("HEAD", RequestKind::Manifest), 0, "{counts:?}");
-    assert_eq!(counts.get("GET", RequestKind::Manifest), 1, "{counts:?}");
+    assert_eq!(counts.get("GET", RequestKind::Manifest), 2, "{counts:?}");
+    assert_eq!(counts.total(), 2, "{counts:?}");
 
     // A single manifest: the config blob is fetched with the bearer token too.
     let single = &setup.fixtures.single_arm64;
@@ -212,6 +215,84 @@ async fn anonymous_lookup_of_a_public_image_follows_the_bearer_challenge() {
         "one anonymous token per repository: {}",
         setup.token_log()
     );
+}
+
+/// Issue 14: lookups that reach a token registry at the same moment, before any of them knows
+/// its challenge, are not held back by each other (there is no probe to wait for): each is
+/// answered 401 at most once, a token is bought once per repository, and lookups after that
+/// carry the token at once (no 401, no token request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_lookups_each_see_one_401_at_most_then_one_token_per_repository() {
+    let setup = Setup::start(policy()).await;
+    let server = setup.registry.token_server();
+    let amd64 = || PlatformSpec::new("linux", "amd64");
+    // Two tags of one repository, and two more public repositories.
+    let multi_v2 = ImageSpec::oci_index("fixtures/multi", "v2", [amd64()])
+        .with_revision("2")
+        .push(&setup.registry)
+        .await;
+    let f = &setup.fixtures;
+    let images = [&f.multi, &multi_v2, &f.docker_list, &f.single_arm64];
+    server.reset();
+    let resolver = Arc::new(setup.resolver());
+    // Every request waits at the proxy, so all four are sent before the first answer comes.
+    setup.proxy.set_latency(Duration::from_millis(100));
+    let lookups: Vec<_> = images
+        .iter()
+        .map(|image| {
+            let resolver = resolver.clone();
+            let reference = setup.tag_ref(image);
+            tokio::spawn(async move { resolver.resolve(&reference, &Credentials::default()).await })
+        })
+        .collect();
+    for (lookup, image) in lookups.into_iter().zip(images) {
+        let resolution = lookup.await.unwrap().unwrap();
+        assert_eq!(resolution.digest, image.digest);
+    }
+    let counts = setup.proxy.counts();
+    let refused = setup
+        .proxy
+        .timeline()
+        .iter()
+        .filter(|e| e.what == EventKind::Answered { status: 401 })
+        .count() as u64;
+    println!("{refused} of 4 first lookups answered 401 before the challenge was known");
+    assert!((1..=4).contains(&refused), "401s: {refused}, {counts:?}");
+    assert_eq!(counts.get("GET", RequestKind::Base), 0, "{counts:?}");
+    // Each lookup's manifest GET (a 401 refused some first), and the single image's config.
+    assert_eq!(
+        counts.get("GET", RequestKind::Manifest),
+        4 + refused,
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("GET", RequestKind::Blob), 1, "{counts:?}");
+    assert_eq!(counts.total(), 5 + refused, "{counts:?}");
+    let tokens = server.counts();
+    assert_eq!(
+        (tokens.anonymous, tokens.total()),
+        (3, 3),
+        "one token per repository: {}",
+        setup.token_log()
+    );
+
+    // The challenge is known now: a new tag of a repository with a token costs one GET.
+    let list_v2 = ImageSpec::docker_list("fixtures/dockerlist", "v2", [amd64()])
+        .with_revision("2")
+        .push(&setup.registry)
+        .await;
+    setup.proxy.reset();
+    server.reset();
+    resolver
+        .resolve(&setup.tag_ref(&list_v2), &Credentials::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        setup.proxy.counts().total(),
+        1,
+        "{:?}",
+        setup.proxy.counts()
+    );
+    assert_eq!(server.counts().total(), 0, "{}", setup.token_log());
 }
 
 #[tokio::test]

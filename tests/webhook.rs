@@ -285,11 +285,11 @@ async fn warm_reviews_make_no_registry_requests() {
     let mut review = load("pod-create.json");
     rewrite_images(&mut review, &world.multi());
     assert_eq!(hook.review(&review).await["allowed"], true);
-    // Cold: the version probe and one GET of the index, nothing more.
+    // Cold: one GET of the index, nothing more (no version probe).
     let cold = world.proxy.counts();
-    assert_eq!(cold.get("GET", RequestKind::Base), 1, "{cold:?}");
+    assert_eq!(cold.get("GET", RequestKind::Base), 0, "{cold:?}");
     assert_eq!(cold.get("GET", RequestKind::Manifest), 1, "{cold:?}");
-    assert_eq!(cold.total(), 2, "{cold:?}");
+    assert_eq!(cold.total(), 1, "{cold:?}");
     world.proxy.reset();
     for _ in 0..50 {
         assert_eq!(hook.review(&review).await["allowed"], true);
@@ -328,7 +328,7 @@ async fn concurrent_cold_reviews_share_one_lookup() {
         assert_eq!(t.await.unwrap(), Some(true));
     }
     let counts = world.proxy.counts();
-    assert_eq!(counts.get("GET", RequestKind::Base), 1, "{counts:?}");
+    assert_eq!(counts.get("GET", RequestKind::Base), 0, "{counts:?}");
     assert_eq!(counts.get("HEAD", RequestKind::Manifest), 0, "{counts:?}");
     assert_eq!(counts.get("GET", RequestKind::Manifest), 1, "{counts:?}");
     assert_eq!(

@@ -2,22 +2,33 @@
 //!
 //! Done the way the Docker client does it (distribution's `docs/spec/auth/token.md` and
 //! `oauth.md`), on archgate's one HTTP client so that every request is bounded and counted:
-//! - a registry host is probed with `GET /v2/` once per process; its answer (no challenge,
-//!   `Basic`, or `Bearer realm=…,service=…`) is remembered, and updated if a later request is
-//!   answered 401 with a different challenge;
+//! - there is no separate `GET /v2/` probe: the first request to a registry is the probe, as
+//!   the token spec's own flow has it ("attempt the operation; a registry that requires
+//!   authorization answers 401 with a `WWW-Authenticate` challenge"). While a registry's
+//!   challenge is not known, requests go anonymously at once (concurrent first lookups do not
+//!   wait for each other); a 401 teaches the challenge (`Basic`, or `Bearer
+//!   realm=…,service=…`), and the request is made once more with what it asks for; any other
+//!   answer but a 429 or 5xx teaches "anonymous". What was learned is remembered per registry
+//!   origin, and updated when a later request is answered 401 with a different challenge;
+//! - credentials go only where they were asked for: Basic credentials are sent only to a
+//!   registry whose challenge is `Basic`, and a token is bought only under a `Bearer` one;
 //! - under a Bearer challenge, a token is asked for per (credentials, host, repository) and kept
 //!   for its lifetime: `GET realm?service=S&scope=repository:R:pull` (anonymously or with Basic
 //!   credentials), or, for an `identitytoken` (an OAuth2 refresh token `docker login` stores),
 //!   `POST realm` with `grant_type=refresh_token` (oci-client has no such grant);
 //! - the realm is the registry's to choose, so it is held to the redirect rules: no metadata
 //!   address, no loopback from a remote registry, no https → http.
+//!
+//! Why no probe: every lookup of a first contact waited a whole round trip for it before
+//! sending anything, and all but one then opened their connection only after it (BENCHMARKS.md,
+//! "Cold path", has the timeline).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
-use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, Url};
 
 use super::credentials::Auth;
@@ -40,46 +51,62 @@ const MAX_TOKEN_BYTES: usize = 64 << 10;
 pub type TokenKey = (super::Identity, String, String);
 
 impl Fetcher {
-    /// The Authorization header for pulling from `target`'s repository.
-    pub(super) async fn authorization(&self, target: &Target<'_>) -> Result<Authorization> {
+    /// The Authorization header for pulling from `target`'s repository, given the challenge
+    /// its registry is known to send (`None`: not known yet, so the request goes anonymously
+    /// and its answer teaches it; see [`Fetcher::learn`]).
+    pub(super) async fn authorization(
+        &self,
+        target: &Target<'_>,
+        origin: &str,
+        known: Option<&Challenge>,
+    ) -> Result<Authorization> {
         if let Auth::Direct(RegistryAuth::Bearer(token)) = target.auth {
             return Ok(header(&format!("Bearer {token}")));
         }
-        let origin = self.origin(target.reference);
-        let challenge = self
-            .challenges
-            .try_get_with_by_ref(&origin, self.probe(target, &origin))
-            .await
-            .map_err(|e| (*e).clone())?;
-        self.answer(target, &origin, &challenge).await
+        match known {
+            Some(challenge) => self.answer(target, origin, challenge).await,
+            None => Ok(None),
+        }
     }
 
-    /// A 401 came back: remember the challenge it carried (the registry may have started
-    /// asking, or a token died early) and forget the token, so the next
-    /// [`Fetcher::authorization`] asks afresh.
-    pub(super) async fn challenged(&self, target: &Target<'_>, challenge: Challenge) {
-        let origin = self.origin(target.reference);
-        self.challenges.insert(origin.clone(), challenge).await;
-        self.tokens.invalidate(&token_key(target, origin)).await;
+    /// A 401 came back carrying `challenge`, not the one the request answered (`answered`):
+    /// remember it (this was the first contact, or the registry started asking, or moved its
+    /// realm). A token bought under the old Bearer challenge is forgotten, so the next
+    /// [`Fetcher::authorization`] asks afresh; otherwise no token was sent, and one that a
+    /// concurrent request has just bought under the new challenge stays.
+    pub(super) async fn challenged(
+        &self,
+        target: &Target<'_>,
+        origin: &str,
+        answered: Option<&Challenge>,
+        challenge: Challenge,
+    ) {
+        self.challenges.insert(origin.to_string(), challenge).await;
+        if let Some(Challenge::Bearer { .. }) = answered {
+            self.tokens
+                .invalidate(&token_key(target, origin.to_string()))
+                .await;
+        }
     }
 
-    /// `GET /v2/`: how the host wants to be authenticated.
-    async fn probe(&self, target: &Target<'_>, origin: &str) -> Result<Challenge> {
-        let url = format!("{origin}/v2/");
-        let challenge = match self.send(target.host, self.http()?.get(&url), &url).await {
-            Ok(response) => response
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(Challenge::parse),
-            // A 429 or 5xx says nothing about authentication: the lookup fails with it.
-            Err(failure) if matches!(failure.status(), Some(429 | 500..)) => return Err(failure),
-            Err(failure) if failure.status().is_some() => failure.challenge,
-            Err(failure) => return Err(failure),
+    /// What the answer to a request sent while `origin`'s challenge was unknown says about
+    /// authentication, other than a 401 (handled by [`Fetcher::challenged`]): an answer the
+    /// registry gave without asking for credentials (a 2xx, a 404, a 403...) means "anonymous".
+    /// A 429 or a 5xx, or no answer at all, says nothing: the next request is a first contact
+    /// again. Never overwrites a challenge a concurrent request has learned meanwhile.
+    pub(super) async fn learn(&self, origin: &str, answered: &Result<reqwest::Response>) {
+        let anonymous = match answered {
+            Ok(_) => true,
+            Err(failure) => failure
+                .status()
+                .is_some_and(|status| !matches!(status, 401 | 429 | 500..)),
         };
-        // Any answer without a challenge (200, or a 404 from a registry without the version
-        // check) means "ask without credentials"; a refusal then says what is wrong.
-        Ok(challenge.unwrap_or(Challenge::Anonymous))
+        if anonymous {
+            self.challenges
+                .entry_by_ref(origin)
+                .or_insert(Challenge::Anonymous)
+                .await;
+        }
     }
 
     /// What `challenge` asks for, with `target`'s credentials: nothing, Basic, or a token.
@@ -119,9 +146,9 @@ impl Fetcher {
                 "the registry's token realm {realm:?} is not a URL: {e}"
             ))
         })?;
-        let probe_url = Url::parse(&format!("{origin}/v2/"))
+        let registry_url = Url::parse(&format!("{origin}/v2/"))
             .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))?;
-        check_redirect(&probe_url, &realm_url, &[])
+        check_redirect(&registry_url, &realm_url, &[])
             .map_err(|refused| OciDistributionError::GenericError(Some(refused.to_string())))?;
         let scope = format!("repository:{}:pull", target.reference.repository());
         let http = self.http()?;
@@ -234,6 +261,67 @@ mod tests {
         let lifetime = jwt_lifetime(&format!("e30.{claims}.sig")).unwrap();
         assert!(lifetime <= Duration::from_secs(300) && lifetime >= Duration::from_secs(290));
         assert_eq!(jwt_lifetime("opaque"), None);
+    }
+
+    fn fetcher() -> Fetcher {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let options = super::super::fetch::FetchOptions {
+            insecure: &[],
+            ca_pem: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            manifest_redirect_hosts: &[],
+            concurrency: 1,
+        };
+        Fetcher::new(options, std::sync::Arc::new(crate::metrics::Metrics::new())).unwrap()
+    }
+
+    fn answered(status: u16) -> Result<reqwest::Response> {
+        if status < 300 {
+            let response = axum::http::Response::builder()
+                .status(status)
+                .body(Vec::<u8>::new())
+                .unwrap();
+            return Ok(response.into());
+        }
+        Err(Failure::from(OciDistributionError::ServerError {
+            code: status,
+            url: "https://r.example/v2/a/manifests/1".into(),
+            message: String::new(),
+        }))
+    }
+
+    /// A first contact's answer teaches "anonymous" only when the registry answered without
+    /// asking for credentials; a 429 or 5xx is about load, not authentication.
+    #[tokio::test]
+    async fn only_an_answer_given_without_asking_teaches_anonymous() {
+        let origin = "https://r.example";
+        for status in [200, 403, 404] {
+            let fetcher = fetcher();
+            fetcher.learn(origin, &answered(status)).await;
+            assert_eq!(
+                fetcher.challenges.get(origin).await,
+                Some(Challenge::Anonymous),
+                "{status}"
+            );
+        }
+        for status in [401, 429, 500, 503] {
+            let fetcher = fetcher();
+            fetcher.learn(origin, &answered(status)).await;
+            assert_eq!(fetcher.challenges.get(origin).await, None, "{status}");
+        }
+        // A challenge a concurrent first request learned stands.
+        let fetcher = fetcher();
+        let bearer = Challenge::Bearer {
+            realm: "https://auth.example/token".into(),
+            service: None,
+        };
+        fetcher
+            .challenges
+            .insert(origin.to_string(), bearer.clone())
+            .await;
+        fetcher.learn(origin, &answered(200)).await;
+        assert_eq!(fetcher.challenges.get(origin).await, Some(bearer));
     }
 
     #[test]

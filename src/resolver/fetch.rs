@@ -1,5 +1,5 @@
 //! Every request archgate sends to a registry or token endpoint: tag → digest, manifest, config
-//! blob, and (with `auth.rs`) the version probe and token requests, on one reqwest client.
+//! blob, and (with `auth.rs`) token requests, on one reqwest client.
 //!
 //! Why not oci-client's calls: `pull_manifest_raw` buffers the whole body (`bytes()`, a hostile
 //! 150 MiB manifest cost 312 MB); its reqwest client is built privately, so its requests could
@@ -176,7 +176,7 @@ impl reqwest::dns::Resolve for GuardedDns {
 
 /// A registry request that failed: oci-client's vocabulary for what went wrong (the
 /// classification in `errors.rs` speaks it), plus what the answer said about waiting and
-/// authenticating. Cloneable, so one failed probe or token request answers every lookup that
+/// authenticating. Cloneable, so one failed token request answers every lookup that
 /// was waiting on it.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -233,7 +233,7 @@ pub struct Fetcher {
     /// startup, and a run that sends nothing (a bad reference, a cached answer) skips it.
     http: OnceLock<reqwest::Client>,
     insecure: Vec<String>,
-    /// Registry origin → how it wants to be authenticated; probed once per process.
+    /// Registry origin → how it wants to be authenticated, learned from the first answer.
     pub(super) challenges: Cache<String, Challenge>,
     pub(super) tokens: Cache<TokenKey, (Authorization, Duration)>,
     metrics: Arc<Metrics>,
@@ -382,8 +382,9 @@ impl Fetcher {
         }
     }
 
-    /// An authorised request about `target`; a 401 carrying a challenge other than the one
-    /// archgate answered is learned from and the request made once more.
+    /// An authorised request about `target`. A 401 carrying a challenge other than the one
+    /// archgate answered (on first contact: any challenge) is learned from, and the request
+    /// made once more with what the challenge asks for, unless that is what was just refused.
     async fn request(
         &self,
         target: &Target<'_>,
@@ -391,28 +392,46 @@ impl Fetcher {
         url: &str,
         accept: &[&str],
     ) -> Result<reqwest::Response> {
+        let origin = self.origin(target.reference);
         let mut retried = false;
+        // The refused attempt's Authorization and answer, while its retry is prepared.
+        let mut refused: Option<(Authorization, Failure)> = None;
         loop {
-            let authorization = self.authorization(target).await?;
+            let known = self.challenges.get(&origin).await;
+            let authorization = self.authorization(target, &origin, known.as_ref()).await?;
+            // Learning the challenge changed nothing (a Basic challenge and no Basic
+            // credentials): the same request would be refused the same way.
+            if let Some((sent, failure)) = refused.take()
+                && sent == authorization
+            {
+                return Err(failure);
+            }
             let mut request = self.http()?.request(method.clone(), url);
             if !accept.is_empty() {
                 request = request.header(ACCEPT, accept.join(", "));
             }
-            if let Some(value) = authorization {
+            if let Some(value) = authorization.clone() {
                 request = request.header(AUTHORIZATION, value);
             }
-            match self.send(target.host, request, url).await {
+            let answered = self.send(target.host, request, url).await;
+            match answered {
                 Err(failure) if failure.status() == Some(401) && !retried => {
-                    let known = self.challenges.get(&self.origin(target.reference)).await;
                     match failure.challenge.clone() {
                         Some(challenge) if Some(&challenge) != known.as_ref() => {
-                            self.challenged(target, challenge).await;
+                            self.challenged(target, &origin, known.as_ref(), challenge)
+                                .await;
                             retried = true;
+                            refused = Some((authorization, failure));
                         }
                         _ => return Err(failure),
                     }
                 }
-                answered => return answered,
+                answered => {
+                    if known.is_none() {
+                        self.learn(&origin, &answered).await;
+                    }
+                    return answered;
+                }
             }
         }
     }

@@ -7,8 +7,8 @@
 
 use std::time::{Duration, SystemTime};
 
-/// How a registry wants requests authenticated, learned once per host from its answer to
-/// `GET /v2/` (or from a later 401).
+/// How a registry wants requests authenticated, learned once per host from the answer to the
+/// first request sent to it (or from a later 401).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     /// No challenge: requests go without credentials.

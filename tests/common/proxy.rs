@@ -168,8 +168,37 @@ struct Shared {
     /// Added before serving each new connection and before answering each request: a
     /// network's round trip, for benchmarks that count round trips.
     latency: Mutex<Option<Duration>>,
-    /// When the first request since the last reset arrived.
-    first_request: Mutex<Option<std::time::Instant>>,
+    /// What happened since the last reset, and when (at most [`MAX_EVENTS`]).
+    timeline: Mutex<Vec<Event>>,
+    /// Numbers connections in the order they were accepted.
+    next_connection: AtomicUsize,
+}
+
+/// Events kept per timeline, at most: a benchmark round sends a few dozen requests.
+const MAX_EVENTS: usize = 4096;
+
+/// One thing the proxy saw, for a benchmark's round-trip breakdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub at: std::time::Instant,
+    /// The connection, numbered from 0 in the order the proxy accepted them.
+    pub connection: usize,
+    pub what: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A new connection was accepted (its latency, if any, starts now).
+    Connected,
+    /// A request's head arrived (its latency, if any, starts now), with the scheme of its
+    /// `Authorization` header (`Basic`, `Bearer`), if it had one: never the credentials.
+    Arrived {
+        method: String,
+        kind: RequestKind,
+        authorization: Option<String>,
+    },
+    /// The response head is ready to go back, with this status.
+    Answered { status: u16 },
 }
 
 /// A counting, fault-injecting HTTP/1.1 + h2c reverse proxy on 127.0.0.1. Stops on drop.
@@ -202,7 +231,8 @@ impl CountingProxy {
             max_in_flight: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             latency: Mutex::default(),
-            first_request: Mutex::default(),
+            timeline: Mutex::default(),
+            next_connection: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         Self { shared, accept }
@@ -221,7 +251,7 @@ impl CountingProxy {
     /// Forgets the counts, e.g. after pushing fixtures or warming a cache.
     pub fn reset(&self) {
         *self.shared.counts.lock().unwrap() = Counts::default();
-        *self.shared.first_request.lock().unwrap() = None;
+        self.shared.timeline.lock().unwrap().clear();
     }
 
     /// Adds `latency` before serving each new connection and before answering each request,
@@ -232,7 +262,19 @@ impl CountingProxy {
 
     /// When the first request since the last [`CountingProxy::reset`] arrived.
     pub fn first_request_at(&self) -> Option<std::time::Instant> {
-        *self.shared.first_request.lock().unwrap()
+        self.shared
+            .timeline
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| matches!(e.what, EventKind::Arrived { .. }))
+            .map(|e| e.at)
+    }
+
+    /// Connections accepted, requests arrived and answers sent since the last
+    /// [`CountingProxy::reset`], in order (the first [`MAX_EVENTS`]).
+    pub fn timeline(&self) -> Vec<Event> {
+        self.shared.timeline.lock().unwrap().clone()
     }
 
     /// Replaces the active fault rule (a bare [`Fault`] hits every request until cleared).
@@ -289,6 +331,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let shared = shared.clone();
+                let connection = shared.next_connection.fetch_add(1, Ordering::SeqCst);
+                shared.note(connection, EventKind::Connected);
                 connections.spawn(async move {
                     let _open = Held::enter(&shared.connections);
                     let latency = *shared.latency.lock().unwrap();
@@ -296,7 +340,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         tokio::time::sleep(latency).await;
                     }
                     let shared = shared.clone();
-                    let service = service_fn(move |request| handle(shared.clone(), request));
+                    let service =
+                        service_fn(move |request| handle(shared.clone(), connection, request));
                     // Errors here are clients going away or injected resets: nothing to report.
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -320,16 +365,52 @@ impl std::fmt::Display for InjectedReset {
 
 impl std::error::Error for InjectedReset {}
 
+impl Shared {
+    fn note(&self, connection: usize, what: EventKind) {
+        let mut timeline = self.timeline.lock().unwrap();
+        if timeline.len() < MAX_EVENTS {
+            timeline.push(Event {
+                at: std::time::Instant::now(),
+                connection,
+                what,
+            });
+        }
+    }
+}
+
 async fn handle(
     shared: Arc<Shared>,
+    connection: usize,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, InjectedReset> {
+    let answer = respond(&shared, connection, request).await;
+    if let Ok(response) = &answer {
+        let status = response.status().as_u16();
+        shared.note(connection, EventKind::Answered { status });
+    }
+    answer
+}
+
+async fn respond(
+    shared: &Shared,
+    connection: usize,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, InjectedReset> {
     let kind = RequestKind::of(request.uri().path());
-    shared
-        .first_request
-        .lock()
-        .unwrap()
-        .get_or_insert_with(std::time::Instant::now);
+    let method = request.method().to_string();
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .and_then(|v| v.split_whitespace().next().map(str::to_owned));
+    shared.note(
+        connection,
+        EventKind::Arrived {
+            method,
+            kind,
+            authorization,
+        },
+    );
     let latency = *shared.latency.lock().unwrap();
     if let Some(latency) = latency {
         tokio::time::sleep(latency).await;
@@ -341,7 +422,7 @@ async fn handle(
         .lock()
         .unwrap()
         .record(request.method().as_str(), kind);
-    let fault = take_fault(&shared, kind);
+    let fault = take_fault(shared, kind);
     match fault {
         Some(Fault::Reset) => return Err(InjectedReset),
         Some(Fault::Status {
@@ -351,7 +432,7 @@ async fn handle(
         Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
         Some(Fault::Truncate) | None => {}
     }
-    let response = forward(&shared, request).await;
+    let response = forward(shared, request).await;
     Ok(match fault {
         Some(Fault::Truncate) => truncate(response),
         _ => response,
