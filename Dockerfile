@@ -33,7 +33,7 @@ RUN apk add --no-cache clang lld ca-certificates
 WORKDIR /src
 COPY . .
 ARG TARGETPLATFORM
-# Target-platform C runtime (ring compiles C and assembly for the target), then the build.
+# Target-platform C runtime (ring compiles C and assembly, mimalloc C, for the target), then the build.
 # The *-unknown-linux-musl targets link statically; xx-verify fails the build otherwise.
 # The caches survive between builds; `locked` serialises the two platforms' builds, which
 # share the build-platform artefacts (build scripts, proc macros) in one target directory.

@@ -142,7 +142,7 @@ impl Admission {
             .reviews
             .get_or_create(&ReviewLabels {
                 decision,
-                operation: operation_label(&req.operation).to_string(),
+                operation: operation_label(&req.operation),
             })
             .inc();
         self.metrics.review_seconds.observe(took.as_secs_f64());

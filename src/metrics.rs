@@ -25,7 +25,7 @@ pub enum Decision {
 pub struct ReviewLabels {
     pub decision: Decision,
     /// CREATE, UPDATE, DELETE, CONNECT: a closed set from the API server.
-    pub operation: String,
+    pub operation: &'static str,
 }
 
 /// What the mutating webhook did with a Pod: `steered`, or why it was left alone

@@ -16,6 +16,9 @@ use crate::reference::ImageRef;
 #[derive(Debug, Clone)]
 pub(super) struct TagEntry {
     pub(super) digest: Option<Digest>,
+    /// The digest's platforms, when this answer read them (a GET of the tag): a warm lookup by
+    /// tag is then one cache read, not two. What a digest names never changes.
+    pub(super) platforms: Option<Arc<[Platform]>>,
     pub(super) checked: Instant,
 }
 

@@ -277,10 +277,17 @@ impl Resolver {
     ) -> Option<Result<Resolution, ResolveError>> {
         let digest = match image.digest() {
             Some(digest) => digest.to_string(),
-            None => match self.tags.get(&tag_key(identity, image)).await?.digest {
-                Some(digest) => digest.to_string(),
-                None => return Some(Err(not_found(image))),
-            },
+            None => {
+                let entry = self.tags.get(&tag_key(identity, image)).await?;
+                let Some(digest) = entry.digest else {
+                    return Some(Err(not_found(image)));
+                };
+                if let Some(platforms) = entry.platforms {
+                    let digest = digest.to_string();
+                    return Some(Ok(Resolution { digest, platforms }));
+                }
+                digest.to_string()
+            }
         };
         let key = digest_key(identity, image, &digest);
         let entry = self.digests.get(&key).await?;
@@ -403,27 +410,31 @@ impl Resolver {
         let reference = hop.reference(image.reference());
         let target = hop.target(&reference);
         let result = if revalidate {
-            self.ask(hop.host, self.fetcher.digest(&target)).await
+            let digest = self.ask(hop.host, self.fetcher.digest(&target)).await;
+            digest.map(|digest| (digest, None))
         } else {
             match self.ask(hop.host, self.fetcher.manifest(&target)).await {
                 Ok((digest, body)) => {
                     let with_digest = hop.reference(&image.with_digest(&digest));
                     let platforms = self.platforms_in(&body, &hop.target(&with_digest)).await?;
                     let key = digest_key(route.identity, image, &digest);
-                    self.digests.insert(key, DigestEntry(Some(platforms))).await;
-                    Ok(digest)
+                    let entry = DigestEntry(Some(platforms.clone()));
+                    self.digests.insert(key, entry).await;
+                    Ok((digest, Some(platforms)))
                 }
                 Err(e) => Err(e),
             }
         };
         let checked = Instant::now();
         match result {
-            Ok(digest) => Ok(TagEntry {
+            Ok((digest, platforms)) => Ok(TagEntry {
                 digest: Some(Digest::new(&digest)),
+                platforms,
                 checked,
             }),
             Err(ResolveError::NotFound { .. }) => Ok(TagEntry {
                 digest: None,
+                platforms: None,
                 checked,
             }),
             Err(e) => Err(e),
