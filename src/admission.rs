@@ -460,7 +460,7 @@ impl kube::Resource for ReviewObject {
 }
 
 /// The object as JSON for extractors: the metadata they read and the spec, of which only the pod
-/// spec's fields archgate reads for the kinds with a pod spec ([`pod::spec_json`]).
+/// spec's fields archgate reads for the kinds with a pod spec ([`pod::SpecView`]).
 fn object_json(kind: Kind, object: ReviewObject, name: &str, namespace: Option<&str>) -> Value {
     let ReviewObject { metadata, spec } = object;
     let spec = match spec {

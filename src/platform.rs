@@ -24,6 +24,7 @@
 //! what `docker buildx imagetools inspect` shows; [`Platform::node_name`] is the same platform as
 //! the node's containerd names it, used in findings.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -229,11 +230,11 @@ impl Platform {
 
     /// [`Self::normalized`] without a copy when the platform already is in normal form, as
     /// parsed platforms and most registry entries are: a review compares them per image.
-    pub fn normal(&self) -> std::borrow::Cow<'_, Self> {
+    pub fn normal(&self) -> Cow<'_, Self> {
         if self.is_normal() {
-            std::borrow::Cow::Borrowed(self)
+            Cow::Borrowed(self)
         } else {
-            std::borrow::Cow::Owned(self.normalized())
+            Cow::Owned(self.normalized())
         }
     }
 
@@ -270,7 +271,7 @@ impl Platform {
             Some(i) if node.os == "windows" => {
                 let mut stripped = self.clone();
                 stripped.os_features.remove(i);
-                std::borrow::Cow::Owned(stripped.normalized())
+                Cow::Owned(stripped.normalized())
             }
             _ => self.normal(),
         };
