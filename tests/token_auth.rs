@@ -467,6 +467,41 @@ async fn an_expired_token_is_asked_for_again() {
     assert_eq!(server.counts().anonymous, 2, "{}", setup.token_log());
 }
 
+/// A token the registry refuses under the very challenge that asked for it (its grant revoked,
+/// or its signing key rotated) is bought afresh once, not kept: kept, it failed every lookup of
+/// the repository until it expired.
+#[tokio::test]
+async fn a_token_refused_under_the_same_challenge_is_bought_again() {
+    let setup = Setup::start(policy()).await;
+    let server = setup.registry.token_server();
+    let resolver = setup.resolver();
+    let anonymous = Credentials::default();
+    let multi = setup.tag_ref(&setup.fixtures.multi);
+
+    // Tokens grant nothing: the registry refuses the one bought, so the lookup fails, and no
+    // second token is asked for within one request.
+    server.set_granting(false);
+    let refused = resolver.resolve(&multi, &anonymous).await.unwrap_err();
+    assert_eq!(refused, setup.unauthorized(), "{}", setup.token_log());
+    assert_eq!(server.counts().anonymous, 1, "{}", setup.token_log());
+
+    // Grants are back. The token still cached is refused under the same challenge; a new one
+    // is asked for once, and the lookup succeeds.
+    server.set_granting(true);
+    server.reset();
+    setup.proxy.reset();
+    let resolution = resolver.resolve(&multi, &anonymous).await.unwrap();
+    assert_eq!(names(&resolution), ["linux/amd64", "linux/arm64/v8"]);
+    assert_eq!(server.counts().anonymous, 1, "{}", setup.token_log());
+    // The refused GET and its retry with the new token: two manifest requests, no more.
+    assert_eq!(
+        setup.proxy.counts().kind(RequestKind::Manifest),
+        2,
+        "{:?}",
+        setup.proxy.counts()
+    );
+}
+
 /// The harness's stand-in against the spec, with no archgate involved: tokens are ES256 JWTs
 /// with an x5c chain that the real registry accepts, and an identity token is exchanged through
 /// the OAuth2 refresh-token grant, not as a Basic password.

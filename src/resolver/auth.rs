@@ -89,6 +89,27 @@ impl Fetcher {
         }
     }
 
+    /// The registry refused `sent`, a token its current challenge asked for: forget it, unless
+    /// a concurrent request has already replaced it (that token is not the refused one).
+    pub(super) async fn refused_token(
+        &self,
+        target: &Target<'_>,
+        origin: &str,
+        sent: &Authorization,
+    ) {
+        use moka::ops::compute::Op;
+        self.tokens
+            .entry(token_key(target, origin.to_string()))
+            .and_compute_with(|cached| {
+                let op = match cached {
+                    Some(entry) if entry.value().0 == *sent => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+    }
+
     /// What the answer to a request sent while `origin`'s challenge was unknown says about
     /// authentication, other than a 401 (handled by [`Fetcher::challenged`]): an answer the
     /// registry gave without asking for credentials (a 2xx, a 404, a 403...) means "anonymous".

@@ -420,11 +420,17 @@ impl Fetcher {
                         Some(challenge) if Some(&challenge) != known.as_ref() => {
                             self.challenged(target, &origin, known.as_ref(), challenge)
                                 .await;
-                            retried = true;
-                            refused = Some((authorization, failure));
+                        }
+                        // The same Bearer challenge refused the token it asked for (revoked,
+                        // or signed with a key the registry has since rotated): kept, it would
+                        // fail every lookup until it expired. Bought afresh, once.
+                        Some(Challenge::Bearer { .. }) if authorization.is_some() => {
+                            self.refused_token(target, &origin, &authorization).await;
                         }
                         _ => return Err(failure),
                     }
+                    retried = true;
+                    refused = Some((authorization, failure));
                 }
                 answered => {
                     if known.is_none() {

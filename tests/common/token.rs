@@ -69,6 +69,8 @@ pub struct TokenPolicy {
     /// Identity (refresh) token → the user it stands for.
     identity_tokens: BTreeMap<String, String>,
     lifetime: Duration,
+    /// Tokens grant nothing ([`TokenServer::set_granting`]).
+    withheld: bool,
 }
 
 #[derive(Clone)]
@@ -99,6 +101,7 @@ impl fmt::Debug for TokenPolicy {
             .field("users", &self.users)
             .field("identity_tokens", &self.identity_tokens.len())
             .field("lifetime", &self.lifetime)
+            .field("withheld", &self.withheld)
             .finish()
     }
 }
@@ -110,6 +113,7 @@ impl Default for TokenPolicy {
             users: BTreeMap::new(),
             identity_tokens: BTreeMap::new(),
             lifetime: DEFAULT_LIFETIME,
+            withheld: false,
         }
     }
 }
@@ -458,6 +462,13 @@ impl TokenServer {
         self.shared.policy.lock().unwrap().lifetime = lifetime;
     }
 
+    /// Whether tokens issued from now on grant what the policy allows (`true`, the default) or
+    /// nothing, as after a grant was revoked: the registry refuses such a token under the same
+    /// challenge that asked for it.
+    pub fn set_granting(&self, granting: bool) {
+        self.shared.policy.lock().unwrap().withheld = !granting;
+    }
+
     /// Every request answered so far, oldest first.
     pub fn requests(&self) -> Vec<TokenRequest> {
         self.shared.log.lock().unwrap().clone()
@@ -752,6 +763,7 @@ fn issue(
         .expect("clock after 1970")
         .as_secs();
     let lifetime = policy.lifetime.as_secs().max(1);
+    let granted = if policy.withheld { &[] } else { granted };
     let claims = json!({
         "iss": ISSUER,
         "sub": subject,
