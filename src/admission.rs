@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -15,6 +16,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::core::{ApiResource, DynamicObject, DynamicResourceScope, ObjectMeta, Status, TypeMeta};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use tracing::field::Empty;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::cluster::ClusterView;
@@ -111,26 +113,38 @@ impl Admission {
     ) -> AdmissionReview<DynamicObject> {
         let started = Instant::now();
         // `object`, not `name`: JSON logs nest the span with its own `name` ("review").
-        let span = info_span!(
-            "review",
-            uid = %req.uid,
-            kind = %req.kind.kind,
-            namespace = req.namespace.as_deref().unwrap_or(""),
-            object = %object_name(&req),
-            operation = ?req.operation,
-            decision = tracing::field::Empty,
-            duration_ms = tracing::field::Empty,
-        );
-        let (verdict, decision) = self.decide(&mut req).instrument(span.clone()).await;
+        let span = ReviewSpan {
+            span: info_span!(
+                "review",
+                uid = Empty,
+                kind = Empty,
+                namespace = Empty,
+                object = Empty,
+                operation = Empty,
+                decision = Empty,
+                duration_ms = Empty,
+            ),
+            object: object_name(&req),
+            identified: AtomicBool::new(false),
+        };
+        let verbose = tracing::enabled!(tracing::Level::DEBUG);
+        if verbose {
+            span.identify(&req);
+        }
+        let (verdict, decision) = self
+            .decide(&mut req, &span)
+            .instrument(span.span.clone())
+            .await;
         let took = started.elapsed();
         // A clean allow is the common case on a busy cluster and is counted in metrics; log the
-        // decisions someone may need to find later. The span's last fields are written only for
-        // a line that is logged: a formatting subscriber renders them on every record.
+        // decisions someone may need to find later.
         let allowed = decision == Decision::Allowed;
-        if !allowed || tracing::enabled!(tracing::Level::DEBUG) {
-            span.record("decision", tracing::field::debug(&decision));
-            span.record("duration_ms", took.as_secs_f64() * 1000.0);
-            span.in_scope(|| {
+        if !allowed || verbose {
+            span.identify(&req);
+            span.span
+                .record("decision", tracing::field::debug(&decision));
+            span.span.record("duration_ms", took.as_secs_f64() * 1000.0);
+            span.span.in_scope(|| {
                 if allowed {
                     debug!("reviewed");
                 } else {
@@ -149,7 +163,11 @@ impl Admission {
         respond(&req, &verdict).into_review()
     }
 
-    async fn decide(&self, req: &mut AdmissionRequest<ReviewObject>) -> (Verdict, Decision) {
+    async fn decide(
+        &self,
+        req: &mut AdmissionRequest<ReviewObject>,
+        span: &ReviewSpan,
+    ) -> (Verdict, Decision) {
         let allow = |warnings: Vec<String>| Verdict {
             allowed: true,
             warnings,
@@ -165,6 +183,7 @@ impl Admission {
         let reviewed = match self.pipeline.review(request).await {
             Ok(reviewed) => reviewed,
             Err(e) => {
+                span.identify(req);
                 warn!(error = %e, "object not readable; allowed");
                 return (allow(vec![policy::unreadable(&e)]), Decision::Error);
             }
@@ -175,6 +194,9 @@ impl Admission {
         };
         let notes = [reviewed.unchecked, reviewed.notes].concat();
         let verdict = policy::decide(&reviewed.checked, &notes, &policy);
+        if !verdict.findings.is_empty() {
+            span.identify(req);
+        }
         for finding in &verdict.findings {
             info!(%finding, detail = ?finding, "finding");
         }
@@ -185,6 +207,35 @@ impl Admission {
             (true, false, _) => Decision::Warned,
         };
         (verdict, decision)
+    }
+}
+
+/// A review's span. Which review it is (uid, kind, namespace, object, operation) is written into
+/// it before the first line logged in it, not when it is created: a formatting subscriber
+/// renders a span's fields as they are written, and a clean allow, the common case, logs
+/// nothing at the default level (that rendering was a tenth of a warm review).
+struct ReviewSpan {
+    span: tracing::Span,
+    /// Taken before the object leaves the request.
+    object: String,
+    identified: AtomicBool,
+}
+
+impl ReviewSpan {
+    /// Writes which review this is, once.
+    fn identify<T: kube::Resource>(&self, req: &AdmissionRequest<T>) {
+        if self.identified.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.span.record("uid", tracing::field::display(&req.uid));
+        self.span
+            .record("kind", tracing::field::display(&req.kind.kind));
+        self.span
+            .record("namespace", req.namespace.as_deref().unwrap_or(""));
+        self.span
+            .record("object", tracing::field::display(&self.object));
+        self.span
+            .record("operation", tracing::field::debug(&req.operation));
     }
 }
 

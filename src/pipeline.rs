@@ -293,11 +293,12 @@ pub async fn resolve(
     exemptions: &Exemptions,
     deadline: Instant,
 ) -> Vec<Checked> {
-    /// What an image is pulled with, and the candidate platforms of each pod that runs it.
-    type Lookup = (Arc<Credentials>, Vec<Arc<[Platform]>>);
     // What each pod's targets share, worked out once per pod (its targets share one placement).
     let mut by_pod: Vec<Pod> = Vec::new();
-    let mut images: HashMap<(ImageRef, Identity), Lookup> = HashMap::new();
+    // Each distinct (image, identity) once, in first-seen order; targets refer to it by index.
+    let mut lookups: Vec<Lookup> = Vec::new();
+    let mut index: HashMap<(ImageRef, Identity), usize, foldhash::fast::RandomState> =
+        HashMap::default();
     let mut pending = Vec::new();
     let mut targets = targets;
     let overflow = if targets.len() > MAX_TARGETS_PER_REVIEW {
@@ -335,70 +336,83 @@ pub async fn resolve(
             }
         };
         let (candidates, unplaceable) = (pod.candidates.clone(), pod.unplaceable);
-        let mut key = None;
+        let mut slot = None;
         if let (Ok(image), None) = (&parsed, &target.known_platforms) {
             let pulls_with = pod
                 .credentials
                 .get_or_insert_with(|| credentials(&target.placement))
                 .clone();
             let identity = pulls_with.identity_for(image.registry());
-            let key_of = (image.clone(), identity);
-            if images.len() < MAX_IMAGES_PER_REVIEW || images.contains_key(&key_of) {
-                let needed = &mut images
-                    .entry(key_of)
-                    .or_insert_with(|| (pulls_with, Vec::new()))
-                    .1;
+            let key = (image.clone(), identity);
+            let found = match index.get(&key) {
+                Some(&i) => Some(i),
+                None if lookups.len() < MAX_IMAGES_PER_REVIEW => {
+                    index.insert(key, lookups.len());
+                    lookups.push(Lookup {
+                        image: image.clone(),
+                        credentials: pulls_with,
+                        needed: Vec::new(),
+                    });
+                    Some(lookups.len() - 1)
+                }
+                None => None,
+            };
+            if let Some(i) = found {
+                let needed = &mut lookups[i].needed;
                 if !needed.iter().any(|n| Arc::ptr_eq(n, &candidates)) {
                     needed.push(candidates.clone());
                 }
-                key = Some(identity);
+                slot = Some(i);
             }
         }
-        pending.push((target, candidates, unplaceable, parsed, key));
+        pending.push((target, candidates, unplaceable, parsed, slot));
     }
 
     // Collected first: a stream holding the mapping closure trips the compiler's `Send`
     // inference (rust-lang/rust#102211) once the handler is spawned. The futures are lazy;
     // at most `LOOKUPS_PER_REVIEW` run (and hold requests) at once.
-    let lookups: Vec<BoxFuture<'_, _>> = images
+    let futures: Vec<BoxFuture<'_, _>> = lookups
         .iter()
-        .map(
-            |((image, identity), (credentials, needed))| -> BoxFuture<'_, _> {
-                Box::pin(async move {
-                    let outcome =
-                        resolve_within(image, needed, resolver, credentials, deadline).await;
-                    ((image.clone(), *identity), outcome)
-                })
-            },
-        )
+        .enumerate()
+        .map(|(i, lookup)| -> BoxFuture<'_, _> {
+            Box::pin(async move {
+                let outcome = resolve_within(
+                    &lookup.image,
+                    &lookup.needed,
+                    resolver,
+                    &lookup.credentials,
+                    deadline,
+                )
+                .await;
+                (i, outcome)
+            })
+        })
         .collect();
-    let resolved: HashMap<(ImageRef, Identity), Result<Resolution, ResolveError>> =
-        futures::stream::iter(lookups)
-            .buffer_unordered(LOOKUPS_PER_REVIEW)
-            .collect()
-            .await;
+    let mut resolved: Vec<Option<Result<Resolution, ResolveError>>> = vec![None; lookups.len()];
+    let mut answers = futures::stream::iter(futures).buffer_unordered(LOOKUPS_PER_REVIEW);
+    while let Some((i, outcome)) = answers.next().await {
+        resolved[i] = Some(outcome);
+    }
+    drop(answers);
 
     let mut checked: Vec<Checked> = pending
         .into_iter()
-        .map(|(target, candidates, unplaceable, parsed, identity)| {
+        .map(|(target, candidates, unplaceable, parsed, slot)| {
             let outcome = match (parsed, &target.known_platforms) {
                 (Err(e), _) => Outcome::Invalid(e),
                 (Ok(_), Some(known)) => Outcome::Resolved(Resolution {
                     digest: String::new(),
                     platforms: known.clone().into(),
                 }),
-                (Ok(image), None) => {
-                    let registry = image.registry().to_string();
-                    match identity.and_then(|id| resolved.get(&(image, id))) {
-                        Some(Ok(r)) => Outcome::Resolved(r.clone()),
-                        Some(Err(e)) => Outcome::Failed(e.clone()),
-                        None => Outcome::Failed(ResolveError::TooLarge {
-                            registry,
-                            limit: MAX_IMAGES_PER_REVIEW,
-                            counted: "distinct images",
-                        }),
-                    }
-                }
+                (Ok(image), None) => match slot.and_then(|i| resolved[i].as_ref()) {
+                    Some(Ok(r)) => Outcome::Resolved(r.clone()),
+                    Some(Err(e)) => Outcome::Failed(e.clone()),
+                    None => Outcome::Failed(ResolveError::TooLarge {
+                        registry: image.registry().to_string(),
+                        limit: MAX_IMAGES_PER_REVIEW,
+                        counted: "distinct images",
+                    }),
+                },
             };
             Checked {
                 target,
@@ -429,6 +443,14 @@ pub async fn resolve(
         );
     }
     checked
+}
+
+/// One distinct image of [`resolve`]: what it is pulled with, and the candidate platforms of
+/// each pod that runs it.
+struct Lookup {
+    image: ImageRef,
+    credentials: Arc<Credentials>,
+    needed: Vec<Arc<[Platform]>>,
 }
 
 /// One pod's share of [`resolve`]: where it may run, and what it pulls with (asked only when one

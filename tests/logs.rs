@@ -132,6 +132,16 @@ async fn json_logs_name_each_thing_once() {
     let mut served = Served::start("json");
     let answer = served.review().await;
     assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    // The first line logged in the review's span already says which review it is: the span's
+    // fields are written when a line is due, not when the span is created.
+    let finding = served.wait_for("\"finding\"");
+    let finding: Value =
+        serde_json::from_str(&finding).unwrap_or_else(|e| panic!("{e}: {finding}"));
+    assert_eq!(
+        finding["span"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "{finding}"
+    );
+    assert_eq!(finding["span"]["object"], "web", "{finding}");
     let line = served.wait_for("\"reviewed\"");
     let parsed: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(
