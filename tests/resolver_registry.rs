@@ -281,6 +281,42 @@ async fn a_tag_past_its_ttl_costs_one_head_and_nothing_more_when_the_digest_is_k
     }
 }
 
+/// A stale tag is revalidated once however many lookups want it at that moment, and the HEAD
+/// that finds the digest unchanged leaves the tag as warm as a GET did: the next lookups send
+/// nothing.
+#[tokio::test]
+async fn concurrent_lookups_of_a_stale_tag_share_one_head() {
+    let setup = Setup::start().await;
+    let ttl = Duration::from_millis(300);
+    let resolver = resolver(RegistryOptions {
+        tag_ttl: ttl,
+        ..setup.options()
+    });
+    let reference = setup.tag_ref(&setup.fixtures.single_amd64);
+    let first = resolver.resolve(&reference, &anonymous()).await.unwrap();
+
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    setup.proxy.reset();
+    let credentials = anonymous();
+    let lookups = (0..8).map(|_| resolver.resolve(&reference, &credentials));
+    for again in futures::future::join_all(lookups).await {
+        assert_eq!(again.unwrap(), first);
+    }
+    assert_eq!(
+        tally(&setup.proxy.counts()),
+        (0, 1, 0, 0, 1),
+        "{:?}",
+        setup.proxy.counts()
+    );
+
+    setup.proxy.reset();
+    assert_eq!(
+        resolver.resolve(&reference, &anonymous()).await.unwrap(),
+        first
+    );
+    assert_eq!(setup.proxy.counts(), Counts::default());
+}
+
 #[tokio::test]
 async fn not_found_is_remembered_for_its_ttl_then_asked_again() {
     let setup = Setup::start().await;

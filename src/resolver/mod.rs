@@ -47,7 +47,7 @@ pub use credentials::{Auth, Credentials, CredentialsError, Identity};
 use manifest::{Document, ManifestError};
 pub use throttle::Throttle;
 
-use cache::{Digest, DigestEntry, DigestExpiry, Key, TagEntry, TagExpiry, digest_key, tag_key};
+use cache::{Digest, DigestEntry, DigestExpiry, Key, TagEntry, TagLifetime, digest_key, tag_key};
 pub use errors::{ResolveError, SetupError};
 use errors::{classify, is_rate_limit, not_found};
 use route::{Hop, Route};
@@ -105,10 +105,9 @@ pub struct Resolution {
 
 /// Resolves images to platforms; cheap to share (`Arc`) across requests.
 pub struct Resolver {
+    /// Tag → digest. Entries outlive their [`TagLifetime`]: a stale one is what to check.
     tags: Cache<Key, TagEntry>,
-    /// The digest each tag last had, kept past `tags`' lifetime: a tag found here whose
-    /// digest is still cached is checked with a HEAD instead of read again.
-    last_digests: Cache<Key, Digest>,
+    tag_lifetime: TagLifetime,
     digests: Cache<Key, DigestEntry>,
     /// `options.mirrors` with registry keys normalised (`index.docker.io` is `docker.io`).
     mirrors: BTreeMap<String, Vec<String>>,
@@ -128,13 +127,11 @@ impl Resolver {
         {
             return Err(SetupError::Ca("the file holds no PEM certificate".into()));
         }
-        let tags = Cache::builder()
-            .max_capacity(options.max_images)
-            .expire_after(TagExpiry {
-                found: options.tag_ttl,
-                missing: options.not_found_ttl,
-            })
-            .build();
+        let tags = Cache::new(options.max_images);
+        let tag_lifetime = TagLifetime {
+            found: options.tag_ttl,
+            missing: options.not_found_ttl,
+        };
         let digests = Cache::builder()
             .max_capacity(options.max_images)
             .expire_after(DigestExpiry {
@@ -162,8 +159,8 @@ impl Resolver {
         )
         .map_err(|e| SetupError::Ca(e.to_string()))?;
         Ok(Self {
-            last_digests: Cache::new(options.max_images),
             tags,
+            tag_lifetime,
             digests,
             mirrors,
             throttle,
@@ -279,6 +276,9 @@ impl Resolver {
             Some(digest) => digest.to_string(),
             None => {
                 let entry = self.tags.get(&tag_key(identity, image)).await?;
+                if !self.tag_lifetime.is_fresh(&entry) {
+                    return None;
+                }
                 let Some(digest) = entry.digest else {
                     return Some(Err(not_found(image)));
                 };
@@ -304,8 +304,15 @@ impl Resolver {
         image: &ImageRef,
         credentials: &Credentials,
     ) -> Result<Resolution, ResolveError> {
-        let identity = self.cache_identity(image, credentials);
-        self.tags.invalidate(&tag_key(identity, image)).await;
+        let key = tag_key(self.cache_identity(image, credentials), image);
+        // Marked, not dropped: its digest is what the HEAD checks.
+        if let Some(entry) = self.tags.get(&key).await {
+            let stale = TagEntry {
+                stale: true,
+                ..entry
+            };
+            self.tags.insert(key, stale).await;
+        }
         self.resolve(image, credentials).await
     }
 
@@ -329,14 +336,7 @@ impl Resolver {
         let digest = match image.digest() {
             Some(digest) => digest.to_string(),
             None => {
-                let entry = self
-                    .tags
-                    .try_get_with(tag_key(route.identity, image), async {
-                        cold.store(true, Ordering::Relaxed);
-                        self.tag(image, route).await
-                    })
-                    .await
-                    .map_err(|e| (*e).clone())?;
+                let entry = self.fresh_tag(image, route, cold).await?;
                 let Some(digest) = entry.digest else {
                     return Err(not_found(image));
                 };
@@ -359,16 +359,59 @@ impl Resolver {
         }
     }
 
-    /// Tag → digest, and the digest's platforms on the way when they are not cached: a tag
-    /// whose last digest is still cached is checked with a HEAD; otherwise one GET of the tag
-    /// reads the manifest, whose digest and platforms both go in the caches.
-    async fn tag(&self, image: &ImageRef, route: &Route<'_>) -> Result<TagEntry, ResolveError> {
+    /// The tag's entry, read or revalidated when missing or stale. Concurrent lookups of one
+    /// tag wait for one answer: the entry's computation runs once per key at a time, and the
+    /// lookups queued behind it find it fresh.
+    async fn fresh_tag(
+        &self,
+        image: &ImageRef,
+        route: &Route<'_>,
+        cold: &AtomicBool,
+    ) -> Result<TagEntry, ResolveError> {
+        use moka::ops::compute::Op;
         let key = tag_key(route.identity, image);
-        let revalidate = match self.last_digests.get(&key).await {
-            Some(last) => {
-                let last = last.to_string();
+        if let Some(entry) = self.tags.get(&key).await
+            && self.tag_lifetime.is_fresh(&entry)
+        {
+            return Ok(entry);
+        }
+        let computed = self
+            .tags
+            .entry(key)
+            .and_try_compute_with(|current| async move {
+                let last = match current {
+                    Some(entry) if self.tag_lifetime.is_fresh(entry.value()) => {
+                        return Ok(Op::Nop);
+                    }
+                    current => current.map(|entry| entry.into_value()),
+                };
+                cold.store(true, Ordering::Relaxed);
+                self.tag(image, route, last).await.map(Op::Put)
+            })
+            .await?;
+        match computed.into_entry() {
+            Some(entry) => Ok(entry.into_value()),
+            // Not reached: the computation above never removes the entry nor leaves it empty.
+            // Should it, the tag is read without the cache.
+            None => self.tag(image, route, None).await,
+        }
+    }
+
+    /// Tag → digest, and the digest's platforms on the way when they are not cached: a tag
+    /// whose `last` digest is still cached is checked with a HEAD (and keeps its platforms if
+    /// the digest is unchanged); otherwise one GET of the tag reads the manifest, whose digest
+    /// and platforms both go in the caches.
+    async fn tag(
+        &self,
+        image: &ImageRef,
+        route: &Route<'_>,
+        last: Option<TagEntry>,
+    ) -> Result<TagEntry, ResolveError> {
+        let last = last.and_then(|entry| Some((entry.digest?, entry.platforms)));
+        let revalidate = match &last {
+            Some((digest, _)) => {
                 self.digests
-                    .contains_key(&digest_key(route.identity, image, &last))
+                    .contains_key(&digest_key(route.identity, image, &digest.to_string()))
             }
             None => false,
         };
@@ -392,10 +435,15 @@ impl Resolver {
                     .await?
             }
         };
-        if let Some(digest) = &entry.digest {
-            self.last_digests.insert(key, digest.clone()).await;
-        }
-        Ok(entry)
+        Ok(match (entry, last) {
+            // The HEAD found the digest the tag had: its platforms are the ones known.
+            (entry, Some((digest, platforms)))
+                if entry.platforms.is_none() && entry.digest.as_ref() == Some(&digest) =>
+            {
+                TagEntry { platforms, ..entry }
+            }
+            (entry, _) => entry,
+        })
     }
 
     /// The tag at one host: a HEAD when `revalidate`, else a GET whose manifest's platforms
@@ -431,11 +479,13 @@ impl Resolver {
                 digest: Some(Digest::new(&digest)),
                 platforms,
                 checked,
+                stale: false,
             }),
             Err(ResolveError::NotFound { .. }) => Ok(TagEntry {
                 digest: None,
                 platforms: None,
                 checked,
+                stale: false,
             }),
             Err(e) => Err(e),
         }
