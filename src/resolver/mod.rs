@@ -1,12 +1,14 @@
 //! Resolution: which platforms an image provides, asked of its registry once and then cached.
 //!
-//! Knows registries and caches, nothing of Kubernetes objects. Two moka caches make the hot path a
-//! pair of hash lookups:
-//! - tag → digest, for a short TTL (a tag moves when someone pushes); not-found kept briefly;
+//! Knows registries and caches, nothing of Kubernetes objects. Two moka caches make the hot path
+//! one hash lookup (a tag read with a GET carries its platforms) or two:
+//! - tag → digest, trusted for a short TTL (a tag moves when someone pushes), not-found more
+//!   briefly; past that the entry stays, size-bounded, as the digest a HEAD checks;
 //! - digest → platforms, size-bounded and never stale (a digest names immutable content).
 //!
-//! moka's `try_get_with` runs one initialiser per key, so concurrent reviews of one cold image share
-//! a single registry round trip; errors are returned to every waiter and not cached.
+//! One computation per key at a time (moka's entry compute for tags, `try_get_with` for
+//! digests), so concurrent reviews of one cold or stale image share a single registry round
+//! trip; errors are returned to every waiter and not cached.
 //!
 //! Every request to a registry host passes its [`Throttle`]: at most `concurrency` in flight, none
 //! while the host is paused after a 429. Mirrors (containerd's hosts.toml idea) are asked in order
@@ -14,8 +16,8 @@
 //!
 //! A cold tag costs what the distribution API needs: one GET answers both "which digest" and
 //! "which platforms" (an index lists them; a single image adds its config blob). A tag whose
-//! answer has aged past `tag_ttl` is checked with one HEAD, and its platforms come from the
-//! digest cache.
+//! answer has aged past `tag_ttl` is checked with one HEAD; an unchanged digest keeps the
+//! platforms the entry had.
 //!
 //! By concern: `cache` (entries, keys, expiry), `route` (mirrors then origin, with credentials),
 //! `errors` (what went wrong, classified), `fetch` (every request, bounded and counted), `auth`
