@@ -579,6 +579,7 @@ pub fn respond<T: kube::Resource>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const POD: &str = include_str!("../tests/data/admissionreview/pod-create.json");
 
@@ -686,6 +687,42 @@ mod tests {
         );
         let req = decode(&body).unwrap();
         assert!(matches!(req.object.as_ref().unwrap().spec, Spec::Text(_)));
+    }
+
+    /// Deeply nested JSON never overflows the stack (an abort would be a webhook that fails
+    /// open): where archgate keeps the value (`affinity`), serde_json's recursion limit makes it a
+    /// bad body; where it skips it (a volume, an unknown request field), the skip walks it without
+    /// recursing and the review decodes.
+    #[test]
+    fn deep_nesting_is_a_bad_body_or_skipped_never_a_crash() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let placed: [(fn(&mut Value), bool); 3] = [
+            (
+                |r| r["request"]["object"]["spec"]["affinity"] = json!({"nodeAffinity": "DEEP"}),
+                false,
+            ),
+            (
+                |r| r["request"]["object"]["spec"]["volumes"][0]["extra"] = json!("DEEP"),
+                true,
+            ),
+            (|r| r["request"]["extra"] = json!("DEEP"), true),
+        ];
+        for (i, (place, decodes)) in placed.iter().enumerate() {
+            let mut review: Value = serde_json::from_str(POD).unwrap();
+            place(&mut review);
+            let body = serde_json::to_string(&review)
+                .unwrap()
+                .replacen("\"DEEP\"", &deep, 1);
+            assert!(body.len() > 200_000, "placement {i}");
+            match decode(body.as_bytes()) {
+                Ok(req) => assert!(*decodes && req.object.is_some(), "placement {i}"),
+                Err(e) => assert!(
+                    !decodes
+                        && matches!(&e, ReviewError::Decode(m) if m.contains("recursion limit")),
+                    "placement {i}: {e}"
+                ),
+            }
+        }
     }
 
     /// The request's kind decides; an object that says otherwise is not the API server's, and
