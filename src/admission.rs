@@ -696,7 +696,9 @@ mod tests {
     #[test]
     fn deep_nesting_is_a_bad_body_or_skipped_never_a_crash() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        let placed: [(fn(&mut Value), bool); 3] = [
+        /// Where the nesting goes, and whether the review still decodes.
+        type Placed = (fn(&mut Value), bool);
+        let placed: [Placed; 3] = [
             (
                 |r| r["request"]["object"]["spec"]["affinity"] = json!({"nodeAffinity": "DEEP"}),
                 false,
