@@ -342,10 +342,15 @@ impl Resolver {
                 let Some(digest) = entry.digest else {
                     return Err(not_found(image));
                 };
-                digest.to_string()
+                let digest = digest.to_string();
+                // Read with the tag, or kept by a HEAD that found the digest unchanged.
+                if let Some(platforms) = entry.platforms {
+                    return Ok(Resolution { digest, platforms });
+                }
+                digest
             }
         };
-        // Usually a hit: reading the tag filled it, or a HEAD found a digest it holds.
+        // Usually a hit: a HEAD found a digest it holds.
         let key = digest_key(route.identity, image, &digest);
         let entry = self
             .digests
