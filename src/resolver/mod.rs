@@ -281,22 +281,15 @@ impl Resolver {
                 if !self.tag_lifetime.is_fresh(&entry) {
                     return None;
                 }
-                let Some(digest) = entry.digest else {
-                    return Some(Err(not_found(image)));
-                };
-                if let Some(platforms) = entry.platforms {
-                    let digest = digest.to_string();
-                    return Some(Ok(Resolution { digest, platforms }));
+                match by_tag(entry, image) {
+                    ByTag::Answer(answer) => return Some(answer),
+                    ByTag::Digest(digest) => digest,
                 }
-                digest.to_string()
             }
         };
         let key = digest_key(identity, image, &digest);
         let entry = self.digests.get(&key).await?;
-        Some(match entry.0 {
-            Some(platforms) => Ok(Resolution { digest, platforms }),
-            None => Err(not_found(image)),
-        })
+        Some(by_digest(entry, digest, image))
     }
 
     /// Forgets what the tag pointed to and asks again: used before denying on a cached answer,
@@ -337,18 +330,10 @@ impl Resolver {
     ) -> Result<Resolution, ResolveError> {
         let digest = match image.digest() {
             Some(digest) => digest.to_string(),
-            None => {
-                let entry = self.fresh_tag(image, route, cold).await?;
-                let Some(digest) = entry.digest else {
-                    return Err(not_found(image));
-                };
-                let digest = digest.to_string();
-                // Read with the tag, or kept by a HEAD that found the digest unchanged.
-                if let Some(platforms) = entry.platforms {
-                    return Ok(Resolution { digest, platforms });
-                }
-                digest
-            }
+            None => match by_tag(self.fresh_tag(image, route, cold).await?, image) {
+                ByTag::Answer(answer) => return answer,
+                ByTag::Digest(digest) => digest,
+            },
         };
         // Usually a hit: a HEAD found a digest it holds.
         let key = digest_key(route.identity, image, &digest);
@@ -360,10 +345,7 @@ impl Resolver {
             })
             .await
             .map_err(|e| (*e).clone())?;
-        match entry.0 {
-            Some(platforms) => Ok(Resolution { digest, platforms }),
-            None => Err(not_found(image)),
-        }
+        by_digest(entry, digest, image)
     }
 
     /// The tag's entry, read or revalidated when missing or stale. Concurrent lookups of one
@@ -618,6 +600,37 @@ impl Resolver {
     pub async fn cached_images(&self) -> u64 {
         self.digests.run_pending_tasks().await;
         self.digests.entry_count()
+    }
+}
+
+/// What a tag's entry answers by itself, or the digest whose platforms to look up.
+enum ByTag {
+    /// The tag does not exist, or its entry carries the platforms (read with the tag, or kept
+    /// by a HEAD that found the digest unchanged).
+    Answer(Result<Resolution, ResolveError>),
+    Digest(String),
+}
+
+fn by_tag(entry: TagEntry, image: &ImageRef) -> ByTag {
+    match (entry.digest, entry.platforms) {
+        (None, _) => ByTag::Answer(Err(not_found(image))),
+        (Some(digest), Some(platforms)) => ByTag::Answer(Ok(Resolution {
+            digest: digest.to_string(),
+            platforms,
+        })),
+        (Some(digest), None) => ByTag::Digest(digest.to_string()),
+    }
+}
+
+/// A digest's entry as the answer for `image`.
+fn by_digest(
+    entry: DigestEntry,
+    digest: String,
+    image: &ImageRef,
+) -> Result<Resolution, ResolveError> {
+    match entry.0 {
+        Some(platforms) => Ok(Resolution { digest, platforms }),
+        None => Err(not_found(image)),
     }
 }
 
