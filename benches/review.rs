@@ -29,13 +29,14 @@ use criterion::Criterion;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{Value, json};
 
-use archgate::admission::{Admission, decode};
+use archgate::admission::{Admission, decode, subjects};
 use archgate::cluster::StaticCluster;
 use archgate::metrics::Metrics;
 use archgate::pipeline::{Exemptions, Pipeline};
 use archgate::platform::Platform;
 use archgate::policy::Policy;
 use archgate::resolver::{Credentials, RegistryOptions, Resolver};
+use archgate::workload::EmptyCatalog;
 use archgate::workload::ExtractOptions;
 use common::webhook::{load, rewrite_images, three_container_pod};
 use common::{CountingProxy, Counts, Registry, push_standard_fixtures};
@@ -211,10 +212,12 @@ fn review_path(c: &mut Criterion, runtime: &tokio::runtime::Runtime, warm: &Warm
     );
 }
 
-/// The pieces around the review for the Pod: decoding the request and encoding the answer.
+/// The pieces of the review for the Pod: decoding the request, reading the object, encoding the
+/// answer.
 fn pieces(c: &mut Criterion, runtime: &tokio::runtime::Runtime, warm: &Warm) {
     let (_, body) = &warm.reviews[0];
     let answer = runtime.block_on(warm.admission.review(decode(body).expect("decode")));
+    let options = ExtractOptions::default();
     let mut group = c.benchmark_group("review pieces (Pod)");
     // The floor for this body with serde_json: every byte scanned, nothing kept.
     group.bench_function("scan only (IgnoredAny)", |b| {
@@ -222,6 +225,16 @@ fn pieces(c: &mut Criterion, runtime: &tokio::runtime::Runtime, warm: &Warm) {
     });
     group.bench_function("decode", |b| {
         b.iter(|| decode(black_box(body)).expect("decode"))
+    });
+    // How much of the review is turning the request into what the extractor reads, and
+    // reading it: the rest is lookups, the decision and the answer.
+    group.bench_function("decode + subjects + extract", |b| {
+        b.iter(|| {
+            let mut req = decode(black_box(body)).expect("decode");
+            let (subject, _) = subjects(&mut req).expect("a Pod");
+            archgate::workload::extract(subject.kind, &subject.object, &EmptyCatalog, &options)
+                .expect("extract")
+        })
     });
     group.bench_function("encode answer", |b| {
         b.iter(|| serde_json::to_vec(black_box(&answer)).expect("encode"))

@@ -1,8 +1,8 @@
 //! Pods and the pod templates of the built-in workload kinds.
 
-use std::sync::Arc;
-
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{LocalObjectReference, NodeAffinity, Toleration};
 use serde::Deserialize;
@@ -18,13 +18,17 @@ pub(crate) use view::SpecView;
 
 /// The parts of a pod spec archgate reads, with k8s-openapi types for each part. serde skips
 /// everything else (volumes, probes, resources, ...) without building it: on the review hot path
-/// a whole `PodSpec` cost more than the rest of the review together.
+/// a whole `PodSpec` cost more than the rest of the review together. Names, images and env
+/// entries are borrowed from the object they are read from; a target copies what it keeps.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct PodSpec {
-    containers: Vec<Container>,
-    init_containers: Option<Vec<Container>>,
-    ephemeral_containers: Option<Vec<Container>>,
+struct PodSpec<'a> {
+    #[serde(borrow)]
+    containers: Vec<Container<'a>>,
+    #[serde(borrow)]
+    init_containers: Option<Vec<Container<'a>>>,
+    #[serde(borrow)]
+    ephemeral_containers: Option<Vec<Container<'a>>>,
     node_selector: Option<BTreeMap<String, String>>,
     affinity: Option<Affinity>,
     tolerations: Option<Vec<Toleration>>,
@@ -35,19 +39,24 @@ struct PodSpec {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Container {
-    name: String,
-    image: Option<String>,
-    env: Option<Vec<EnvEntry>>,
+struct Container<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    image: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    env: Option<Vec<EnvEntry<'a>>>,
 }
 
 /// An env entry as extraction reads it: the name and a literal value. Not k8s-openapi's
 /// `EnvVar`, whose `valueFrom` (field and resource references, often on every container) would be
 /// built on every review for nothing; the API server has checked its shape already.
 #[derive(Deserialize)]
-struct EnvEntry {
-    name: String,
-    value: Option<String>,
+struct EnvEntry<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    value: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -117,7 +126,7 @@ fn targets(spec: &PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Tar
     // `container "x"`, or `init container "x"`: the kubelet's own words for where it failed.
     let mut push = |init: bool,
                     name: &str,
-                    image: Option<&String>,
+                    image: Option<&Cow<'_, str>>,
                     placement: &Arc<Placement>,
                     known: Option<Vec<Platform>>| {
         if let Some(image) = image {
@@ -127,7 +136,7 @@ fn targets(spec: &PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Tar
             }
             out.push(Target {
                 location,
-                image: image.clone(),
+                image: image.to_string(),
                 placement: placement.clone(),
                 known_platforms: known,
             });
