@@ -813,6 +813,10 @@ mod tests {
             (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": "not json"}]}]}"#.into()),
             (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "E", "value": 5}]}]}"#.into()),
             (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "E", "valueFrom": 5}, "E=1"]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"value": "v"}, {"name": null}, {"name": "E", "value": null}, {"name": "E", "value": {}}, {"name": "E", "value": ["v"]}]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "E", "value": "v", "name": "TEKTON_PLATFORM_COMMANDS"}, {"name": "TEKTON_PLATFORM_COMMANDS", "name": "E", "value": "{\"linux/s390x\": []}"}]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [{"name": "TEKTON\u005fPLATFORM_COMMANDS", "value": "{\"linux\/riscv64\": []}"}, {"name": "E\n", "value": "\u00e9"}]}]}"#.into()),
+            (("", "Pod"), r#"{"containers": [{"name": "a", "image": "x", "env": [true, 1.5, -3, null, [], {}]}]}"#.into()),
             (("", "Pod"), r#"{"containers": {"name": "a", "image": "x"}, "tolerations": "all"}"#.into()),
             (("", "Pod"), r#"{}"#.into()),
             (("", "Pod"), r#"[]"#.into()),
@@ -834,10 +838,8 @@ mod tests {
         let spec = &subject.object["spec"];
         assert!(spec.get("volumes").is_none() && spec.get("restartPolicy").is_none());
         assert!(spec["containers"][0].get("readinessProbe").is_none());
-        assert_eq!(
-            spec["containers"][0]["env"],
-            serde_json::json!([{"name": "LOG_LEVEL", "value": "info"}, {"name": "POD_IP"}])
-        );
+        // Only TEKTON_PLATFORM_COMMANDS is ever read of an env.
+        assert_eq!(spec["containers"][0]["env"], serde_json::json!([]));
         assert_eq!(spec["serviceAccountName"], "default");
         for ((kind, spec), declared) in cases.iter().flat_map(|case| [(case, true), (case, false)])
         {

@@ -12,29 +12,38 @@
 //! the view exactly what it would from the whole spec
 //! (`admission::tests::extractors_read_the_same_from_the_spec_they_are_given`).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+/// The non-string scalars of a visitor that keeps any JSON value as `serde_json::Value` reads it,
+/// each wrapped by `$wrap` into the visitor's `$out`.
+macro_rules! non_strings {
+    ($out:ty, $wrap:expr) => {
+        fn visit_unit<E: serde::de::Error>(self) -> Result<$out, E> {
+            Ok($wrap(Value::Null))
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<$out, E> {
+            Ok($wrap(Value::Bool(v)))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$out, E> {
+            Ok($wrap(Value::from(v)))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$out, E> {
+            Ok($wrap(Value::from(v)))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<$out, E> {
+            Ok($wrap(Value::from(v)))
+        }
+    };
+}
+
 /// The scalar half of a visitor that keeps any JSON value, as `serde_json::Value` reads it.
 macro_rules! scalars {
     () => {
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
-            Ok(Value::Null)
-        }
-        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
-            Ok(Value::Bool(v))
-        }
-        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
-            Ok(Value::from(v))
-        }
-        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
-            Ok(Value::from(v))
-        }
-        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
-            Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-        }
+        non_strings!(Value, std::convert::identity);
         fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
             Ok(Value::String(v.to_string()))
         }
@@ -53,16 +62,17 @@ enum Keep {
     Fields(&'static [(&'static str, Keep)]),
     /// Of a list, each element so. Anything else is kept whole.
     Each(&'static Keep),
+    /// Of a list of env entries, the name and value of those named so, and any entry
+    /// [`super::EnvEntry`] would refuse. Anything else is kept whole.
+    Named(&'static str),
 }
 
-/// An env entry: `valueFrom` is the kubelet's business ([`super::EnvEntry`]).
-const ENV: Keep = Keep::Fields(&[("name", Keep::Whole), ("value", Keep::Whole)]);
-
-/// What [`super::Container`] reads.
+/// What [`super::Container`] reads. Of its env, only `TEKTON_PLATFORM_COMMANDS` is ever read:
+/// the other entries (often a dozen per container) are dropped while decoding.
 const CONTAINER: Keep = Keep::Fields(&[
     ("name", Keep::Whole),
     ("image", Keep::Whole),
-    ("env", Keep::Each(&ENV)),
+    ("env", Keep::Named(super::PLATFORM_COMMANDS)),
 ]);
 
 /// What [`super::PodSpec`] reads, and `nodeName`, `nodeSelector` and `affinity`, which placement
@@ -187,17 +197,158 @@ impl<'de> Visitor<'de> for TrimVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let Keep::Each(element) = self.0 else {
-            return whole_seq(seq);
-        };
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-        while let Some(value) = seq.next_element_seed(Trim(*element))? {
-            out.push(value);
+        match self.0 {
+            Keep::Each(element) => {
+                while let Some(value) = seq.next_element_seed(Trim(*element))? {
+                    out.push(value);
+                }
+            }
+            Keep::Named(wanted) => {
+                while let Some(entry) = seq.next_element_seed(EnvEntry)? {
+                    out.extend(entry.kept(wanted));
+                }
+            }
+            _ => return whole_seq(seq),
         }
         Ok(Value::Array(out))
     }
 
     scalars!();
+}
+
+/// One element of an env list, its name and value borrowed from the body where they can be.
+enum Entry<'de> {
+    /// Not an object: kept whole.
+    Whole(Value),
+    /// An object's `name` and `value` (anything else in it is never read).
+    Fields {
+        name: Option<Piece<'de>>,
+        value: Option<Piece<'de>>,
+    },
+}
+
+impl Entry<'_> {
+    /// The entry as the view keeps it: `None` when extraction could not tell it was there (a
+    /// string name other than `wanted`, and a string or null value, or none).
+    fn kept(self, wanted: &str) -> Option<Value> {
+        let (name, value) = match self {
+            Self::Whole(value) => return Some(value),
+            Self::Fields { name, value } => (name, value),
+        };
+        let other_name = matches!(&name, Some(Piece::Text(n)) if n != wanted);
+        let plain_value = matches!(
+            value,
+            None | Some(Piece::Text(_) | Piece::Other(Value::Null))
+        );
+        if other_name && plain_value {
+            return None;
+        }
+        let mut out = Map::new();
+        for (key, piece) in [("name", name), ("value", value)] {
+            if let Some(piece) = piece {
+                out.insert(key.to_string(), piece.into_value());
+            }
+        }
+        Some(Value::Object(out))
+    }
+}
+
+/// A JSON value that is most often a string: the string borrowed, anything else whole.
+enum Piece<'de> {
+    Text(Cow<'de, str>),
+    Other(Value),
+}
+
+impl Piece<'_> {
+    fn into_value(self) -> Value {
+        match self {
+            Self::Text(text) => Value::String(text.into_owned()),
+            Self::Other(value) => value,
+        }
+    }
+}
+
+/// Reads an [`Entry`].
+struct EnvEntry;
+
+impl<'de> DeserializeSeed<'de> for EnvEntry {
+    type Value = Entry<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, from: D) -> Result<Entry<'de>, D::Error> {
+        from.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvEntry {
+    type Value = Entry<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry<'de>, A::Error> {
+        const FIELDS: &[(&str, Keep)] = &[("name", Keep::Whole), ("value", Keep::Whole)];
+        let (mut name, mut value) = (None, None);
+        while let Some(found) = map.next_key_seed(Field::Of(FIELDS))? {
+            match found {
+                // A repeated key replaces the first, as in a JSON value.
+                Some(0) => name = Some(map.next_value_seed(PieceSeed)?),
+                Some(_) => value = Some(map.next_value_seed(PieceSeed)?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Entry::Fields { name, value })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Entry<'de>, A::Error> {
+        whole_seq(seq).map(Entry::Whole)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Entry<'de>, E> {
+        Ok(Entry::Whole(Value::String(v.to_string())))
+    }
+
+    non_strings!(Entry<'de>, Entry::Whole);
+}
+
+/// Reads a [`Piece`].
+struct PieceSeed;
+
+impl<'de> DeserializeSeed<'de> for PieceSeed {
+    type Value = Piece<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, from: D) -> Result<Piece<'de>, D::Error> {
+        from.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PieceSeed {
+    type Value = Piece<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Piece<'de>, E> {
+        Ok(Piece::Text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Piece<'de>, E> {
+        Ok(Piece::Text(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Piece<'de>, A::Error> {
+        whole_map(map).map(Piece::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Piece<'de>, A::Error> {
+        whole_seq(seq).map(Piece::Other)
+    }
+
+    non_strings!(Piece<'de>, Piece::Other);
 }
 
 /// A map key: the index of the field it names, or `None`. Read without allocating (most keys of
