@@ -2,9 +2,9 @@
 //! checked with a HEAD) and digest → platforms (for good), keyed by who asked and a hash of the
 //! reference.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -36,11 +36,22 @@ pub(super) struct DigestEntry(pub(super) Option<Arc<[Platform]>>);
 /// even millions of keys is out of reach.
 pub(super) type Key = (Identity, u128);
 
+/// The secret of every hash that keys a cache (references here, credential identities), drawn
+/// once per process. SipHash resists collisions only while its key is unknown: with a fixed key
+/// (`DefaultHasher::new()`) anyone could search offline for an arm64-only image whose key equals
+/// a multi-platform one's, and be answered from its entry.
+static SECRET: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+/// A hasher keyed with this process's secret.
+pub(super) fn hasher() -> impl Hasher {
+    SECRET.build_hasher()
+}
+
 pub(super) fn key(identity: Identity, parts: &[&str]) -> Key {
     // Hashing the parts (each `str` hash ends with a separator byte) avoids building the
     // reference string on the warm path.
     let half = |salt: u8| {
-        let mut h = DefaultHasher::new();
+        let mut h = hasher();
         salt.hash(&mut h);
         parts.iter().for_each(|p| p.hash(&mut h));
         h.finish()
@@ -137,5 +148,32 @@ pub(super) struct DigestExpiry {
 impl Expiry<Key, DigestEntry> for DigestExpiry {
     fn expire_after_create(&self, _: &Key, value: &DigestEntry, _: Instant) -> Option<Duration> {
         value.0.is_none().then_some(self.missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::hash_map::DefaultHasher;
+
+    /// The key of a reference cannot be worked out from the reference alone: it is not the
+    /// fixed-key SipHash of its parts, and it is the same for every lookup in this process.
+    #[test]
+    fn keys_are_hashed_with_a_secret() {
+        let parts = ["registry.example", "team/app", ":", "1.0"];
+        let fixed = |salt: u8| {
+            let mut h = DefaultHasher::new();
+            salt.hash(&mut h);
+            parts.iter().for_each(|p| p.hash(&mut h));
+            h.finish()
+        };
+        let public = (u128::from(fixed(0)) << 64) | u128::from(fixed(1));
+        let (identity, hashed) = key(Identity::default(), &parts);
+        assert_ne!(hashed, public);
+        assert_eq!(key(identity, &parts), (identity, hashed));
+        assert_ne!(
+            key(identity, &["registry.example", "team/app", ":", "1.1"]).1,
+            hashed
+        );
     }
 }

@@ -2,7 +2,6 @@
 //!
 //! Never log or display a secret: `Debug` on [`RegistryAuth`] redacts, and identities are hashes.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::io::Read;
@@ -376,7 +375,7 @@ impl AuthEntry {
 }
 
 fn identity(registry: &str, auth: &Auth) -> Identity {
-    let mut h = DefaultHasher::new();
+    let mut h = super::cache::hasher();
     normalize_host(registry).hash(&mut h);
     match auth {
         Auth::Direct(RegistryAuth::Anonymous) => return 0,

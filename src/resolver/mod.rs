@@ -36,7 +36,6 @@ mod route;
 pub mod throttle;
 
 use std::collections::BTreeMap;
-use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,7 +194,7 @@ impl Resolver {
         let identity = if hops.iter().all(|h| !h.mirror || h.identity == 0) {
             origin_identity
         } else {
-            let mut hasher = DefaultHasher::new();
+            let mut hasher = cache::hasher();
             for hop in &hops {
                 (hop.host, hop.identity).hash(&mut hasher);
             }
