@@ -105,7 +105,11 @@ pub struct Metrics {
     pub review_seconds: Histogram,
     /// Pods reviewed by `POST /mutate` (placement mode), by outcome.
     pub mutations: Family<MutationLabels, Counter>,
-    pub lookups: Family<LookupLabels, Counter>,
+    /// `lookups{cache="hit"}` and `lookups{cache="miss"}`, taken out of their family once: a
+    /// review counts three lookups or so, and the family's lock and label hash were a visible
+    /// part of a warm one.
+    lookup_hits: Counter,
+    lookup_misses: Counter,
     pub registry_requests: Family<RegistryLabels, Counter>,
     pub registry_seconds: Histogram,
     /// 1 while the cluster view (nodes, namespaces, ...) is being served from a lost watch.
@@ -197,7 +201,14 @@ impl Metrics {
             reviews,
             review_seconds,
             mutations,
-            lookups,
+            // `_owned`: the guard `get_or_create` returns would hold the family's lock to the
+            // end of this statement, and the second call would wait on it for ever.
+            lookup_hits: lookups.get_or_create_owned(&LookupLabels {
+                cache: CacheResult::Hit,
+            }),
+            lookup_misses: lookups.get_or_create_owned(&LookupLabels {
+                cache: CacheResult::Miss,
+            }),
             registry_requests,
             registry_seconds,
             cluster_stale,
@@ -243,7 +254,10 @@ impl Metrics {
     }
 
     pub fn observe_lookup(&self, cache: CacheResult) {
-        self.lookups.get_or_create(&LookupLabels { cache }).inc();
+        match cache {
+            CacheResult::Hit => self.lookup_hits.inc(),
+            CacheResult::Miss => self.lookup_misses.inc(),
+        };
     }
 
     /// Prometheus text exposition.

@@ -86,41 +86,39 @@ pub fn extract(
     // Findings in a Pod say `container "x"`; in a workload they name the template's owner.
     let owner = (kind != Kind::Pod).then(|| format!("{kind} {name}"));
     Ok(Extraction {
-        targets: targets(&spec, owner, options.trust_tekton_platforms),
+        targets: targets(spec, owner, options.trust_tekton_platforms),
         ..Extraction::default()
     })
 }
 
-/// The scheduling part of a pod spec.
-fn placement(spec: &PodSpec) -> Placement {
+/// The scheduling part of a pod spec, moved out of it (the spec is read once per extraction).
+fn placement(spec: &mut PodSpec) -> Placement {
     Placement {
-        node_selector: spec.node_selector.clone().unwrap_or_default(),
+        node_selector: spec.node_selector.take().unwrap_or_default(),
         required_affinity: spec
             .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|n| {
-                n.required_during_scheduling_ignored_during_execution
-                    .clone()
-            }),
-        tolerations: spec.tolerations.clone().unwrap_or_default(),
+            .take()
+            .and_then(|a| a.node_affinity)
+            .and_then(|n| n.required_during_scheduling_ignored_during_execution),
+        tolerations: spec.tolerations.take().unwrap_or_default(),
         node_name: None,
         pull_secrets: spec
             .image_pull_secrets
-            .iter()
+            .take()
+            .into_iter()
             .flatten()
-            .map(|s| s.name.clone())
+            .map(|s| s.name)
             .filter(|n| !n.is_empty())
             .collect(),
-        service_account: spec.service_account_name.clone().filter(|n| !n.is_empty()),
+        service_account: spec.service_account_name.take().filter(|n| !n.is_empty()),
         pin_at: Vec::new(),
         platforms: None,
     }
 }
 
 /// One target per container image of a pod spec, in the order the kubelet starts them.
-fn targets(spec: &PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Target> {
-    let placement = Arc::new(placement(spec));
+fn targets(mut spec: PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Target> {
+    let placement = Arc::new(placement(&mut spec));
     let mut on_node = None;
     let mut out = Vec::new();
     // `container "x"`, or `init container "x"`: the kubelet's own words for where it failed.
