@@ -247,7 +247,10 @@ impl Resolver {
         }
         let route = self.route(image, credentials);
         let cold = AtomicBool::new(false);
-        let result = self.lookup(image, &route, &cold).await;
+        // Boxed: the registry path's state (clients, token exchange, streamed bodies) is ~30 KB,
+        // and unboxed it would size every lookup's future, warm ones included, which the
+        // pipeline allocates and moves per image (BENCHMARKS.md, "Warm path", fourth pass).
+        let result = Box::pin(self.lookup(image, &route, &cold)).await;
         let cache = if cold.load(Ordering::Relaxed) {
             CacheResult::Miss
         } else {
@@ -696,6 +699,26 @@ mod tests {
         assert!(e.to_string().contains("429") && !e.is_not_found());
     }
 
+    /// A lookup's future is allocated per distinct image of a review (up to
+    /// `MAX_IMAGES_PER_REVIEW` at once) and moved around on the warm path: the registry path's
+    /// ~30 KB of state must stay behind a box, not inline in every lookup.
+    #[test]
+    fn a_lookups_future_is_small_whatever_the_registry_path_holds() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let resolver = Resolver::new(RegistryOptions::default(), Arc::new(Metrics::new())).unwrap();
+        let image = ImageRef::parse("nginx:1.27").unwrap();
+        let anonymous = Credentials::default();
+        let route = resolver.route(&image, &anonymous);
+        let cold = AtomicBool::new(false);
+        let registry_path = std::mem::size_of_val(&resolver.lookup(&image, &route, &cold));
+        let lookup = std::mem::size_of_val(&resolver.resolve(&image, &anonymous));
+        let refresh = std::mem::size_of_val(&resolver.refresh(&image, &anonymous));
+        assert!(lookup < 4096 && refresh < 4096, "{lookup}, {refresh} bytes");
+        assert!(
+            registry_path > 4 * lookup,
+            "{registry_path} bytes: nothing to box any more?"
+        );
+    }
     #[test]
     fn mirrors_come_first_and_credentials_for_them_split_the_cache() {
         let _ = rustls::crypto::ring::default_provider().install_default();
