@@ -148,6 +148,8 @@ impl Pipeline {
     ) -> Result<(Extraction, Vec<String>), ExtractError> {
         let base = cluster.catalog();
         let mut fetched = HashMap::new();
+        // Tried and not fetched, or past the bound: warned about once, never asked again.
+        let mut given_up = HashSet::new();
         let mut unchecked = Vec::new();
         loop {
             let catalog = WithBundles {
@@ -155,13 +157,22 @@ impl Pipeline {
                 fetched: &fetched,
             };
             let extraction = workload::extract(subject.kind, &subject.object, &catalog, options)?;
-            let wanted: Vec<BundleRef> = extraction
+            let mut wanted: Vec<BundleRef> = extraction
                 .unresolved_bundles
                 .iter()
-                .filter(|b| !fetched.contains_key(*b))
+                .filter(|b| !fetched.contains_key(*b) && !given_up.contains(*b))
                 .cloned()
                 .collect();
-            if wanted.is_empty() || fetched.len() >= MAX_BUNDLE_RESOURCES {
+            // Past the bound a bundle is not fetched, and says so: its images go unchecked.
+            let room = MAX_BUNDLE_RESOURCES.saturating_sub(fetched.len() + given_up.len());
+            let over = wanted.split_off(room.min(wanted.len()));
+            for reference in over {
+                let why =
+                    format!("over the limit of {MAX_BUNDLE_RESOURCES} bundle resources per object");
+                unchecked.push(crate::policy::bundle_not_checked(&reference, &why));
+                given_up.insert(reference);
+            }
+            if wanted.is_empty() {
                 return Ok((extraction, unchecked));
             }
             // Bundles are pulled with the webhook's own credentials and the namespace's default ones.
@@ -184,6 +195,7 @@ impl Pipeline {
                     Err(_) => "the registry did not answer in time".to_string(),
                 };
                 unchecked.push(crate::policy::bundle_not_checked(&reference, &why));
+                given_up.insert(reference);
             }
             if fetched.len() == before {
                 return Ok((extraction, unchecked));

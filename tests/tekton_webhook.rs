@@ -236,6 +236,77 @@ async fn bundle_tasks_are_fetched_from_the_registry() {
     assert!(w.contains("buildah") && w.contains("not checked"), "{w}");
 }
 
+/// A run naming more bundle resources than one review fetches (64): those past the bound are
+/// reported as not checked. They used to be dropped in silence, their images admitted unchecked
+/// with no warning. And a resource that cannot be fetched is warned about once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_past_the_bound_are_reported_not_skipped() {
+    let world = World::new().await;
+    let count = 70;
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let name = format!("t{i}");
+        let task = format!(
+            "apiVersion: tekton.dev/v1\nkind: Task\nmetadata:\n  name: {name}\nspec:\n  steps:\n  - name: run\n    image: {}\n",
+            world.multi()
+        );
+        let tag = format!("v{i}");
+        common::push_tekton_bundle(
+            &world.registry,
+            "catalog/many",
+            &tag,
+            &[("Task", &name, &task)],
+        )
+        .await;
+        tasks.push(json!({
+            "name": name,
+            "taskRef": {"resolver": "bundles", "params": [
+                {"name": "bundle", "value": format!("{}/catalog/many:{tag}", world.proxy.host())},
+                {"name": "name", "value": name},
+                {"name": "kind", "value": "task"}]}
+        }));
+    }
+    let run = json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "PipelineRun",
+        "metadata": {"generateName": "many-bundles-"},
+        "spec": {"pipelineSpec": {"tasks": tasks}}
+    });
+    let hook = Webhook::start(&world, &[]).await;
+    // One resource fetched, one the bundle does not hold: the second is warned about once (it
+    // was fetched and warned about again in the round the first one started).
+    let two = json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "PipelineRun",
+        "metadata": {"generateName": "two-bundles-"},
+        "spec": {"pipelineSpec": {"tasks": [tasks[0].clone(), {
+            "name": "absent",
+            "taskRef": {"resolver": "bundles", "params": [
+                {"name": "bundle", "value": format!("{}/catalog/many:v0", world.proxy.host())},
+                {"name": "name", "value": "absent"},
+                {"name": "kind", "value": "task"}]}
+        }]}}
+    });
+    let r = hook.review(&review("PipelineRun", "v1", two)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(warnings(&r).len(), 1, "{r}");
+    assert!(warnings(&r)[0].contains("\"absent\""), "{r}");
+
+    let r = hook.review(&review("PipelineRun", "v1", run)).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    let over: Vec<String> = warnings(&r)
+        .into_iter()
+        .filter(|w| w.contains("over the limit of 64 bundle resources per object"))
+        .collect();
+    assert_eq!(over.len(), count - 64, "{r}");
+    for w in &over {
+        assert!(
+            w.contains("from bundle") && w.contains("not checked"),
+            "{w}"
+        );
+    }
+}
+
 // ---- issue 13: evaluate what Tekton evaluates --------------------------------------------------
 
 fn warnings(r: &Value) -> Vec<String> {
