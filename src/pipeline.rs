@@ -166,11 +166,13 @@ impl Pipeline {
             // Past the bound a bundle is not fetched, and says so: its images go unchecked.
             let room = MAX_BUNDLE_RESOURCES.saturating_sub(fetched.len() + given_up.len());
             let over = wanted.split_off(room.min(wanted.len()));
-            for reference in over {
+            if !over.is_empty() {
                 let why =
                     format!("over the limit of {MAX_BUNDLE_RESOURCES} bundle resources per object");
-                unchecked.push(crate::policy::bundle_not_checked(&reference, &why));
-                given_up.insert(reference);
+                for reference in over {
+                    unchecked.push(crate::policy::bundle_not_checked(&reference, &why));
+                    given_up.insert(reference);
+                }
             }
             if wanted.is_empty() {
                 return Ok((extraction, unchecked));
