@@ -94,7 +94,7 @@ impl fmt::Display for Kind {
 }
 
 /// An object archgate reviews: its kind, and the object as extractors read it (`metadata` with
-/// name, generateName, namespace, labels and annotations; `spec`).
+/// name, generateName, namespace and annotations; `spec`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subject {
     pub kind: Kind,

@@ -36,6 +36,11 @@ pub(super) struct DigestEntry(pub(super) Option<Arc<[Platform]>>);
 /// even millions of keys is out of reach.
 pub(super) type Key = (Identity, u128);
 
+/// How the caches spread [`Key`]s over their buckets. A key is already a hash keyed with this
+/// process's secret ([`hasher`]), so the caches' own hash needs no collision resistance, only
+/// speed: it runs on every warm lookup.
+pub(super) type KeyHasher = foldhash::fast::RandomState;
+
 /// The secret of every hash that keys a cache (references here, credential identities), drawn
 /// once per process. SipHash resists collisions only while its key is unknown: with a fixed key
 /// (`DefaultHasher::new()`) anyone could search offline for an arm64-only image whose key equals

@@ -48,7 +48,9 @@ pub use credentials::{Auth, Credentials, CredentialsError, Identity};
 use manifest::{Document, ManifestError};
 pub use throttle::Throttle;
 
-use cache::{Digest, DigestEntry, DigestExpiry, Key, TagEntry, TagLifetime, digest_key, tag_key};
+use cache::{
+    Digest, DigestEntry, DigestExpiry, Key, KeyHasher, TagEntry, TagLifetime, digest_key, tag_key,
+};
 pub use errors::{ResolveError, SetupError};
 use errors::{classify, is_rate_limit, not_found};
 use route::{Hop, Route};
@@ -107,9 +109,9 @@ pub struct Resolution {
 /// Resolves images to platforms; cheap to share (`Arc`) across requests.
 pub struct Resolver {
     /// Tag → digest. Entries outlive their [`TagLifetime`]: a stale one is what to check.
-    tags: Cache<Key, TagEntry>,
+    tags: Cache<Key, TagEntry, KeyHasher>,
     tag_lifetime: TagLifetime,
-    digests: Cache<Key, DigestEntry>,
+    digests: Cache<Key, DigestEntry, KeyHasher>,
     /// `options.mirrors` with registry keys normalised (`index.docker.io` is `docker.io`).
     mirrors: BTreeMap<String, Vec<String>>,
     throttle: Throttle,
@@ -128,7 +130,9 @@ impl Resolver {
         {
             return Err(SetupError::Ca("the file holds no PEM certificate".into()));
         }
-        let tags = Cache::new(options.max_images);
+        let tags = Cache::builder()
+            .max_capacity(options.max_images)
+            .build_with_hasher(KeyHasher::default());
         let tag_lifetime = TagLifetime {
             found: options.tag_ttl,
             missing: options.not_found_ttl,
@@ -138,7 +142,7 @@ impl Resolver {
             .expire_after(DigestExpiry {
                 missing: options.not_found_ttl,
             })
-            .build();
+            .build_with_hasher(KeyHasher::default());
         let mirrors = options
             .mirrors
             .iter()
