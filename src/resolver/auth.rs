@@ -71,21 +71,20 @@ impl Fetcher {
 
     /// A 401 came back carrying `challenge`, not the one the request answered (`answered`):
     /// remember it (this was the first contact, or the registry started asking, or moved its
-    /// realm). A token bought under the old Bearer challenge is forgotten, so the next
-    /// [`Fetcher::authorization`] asks afresh; otherwise no token was sent, and one that a
-    /// concurrent request has just bought under the new challenge stays.
+    /// realm). The token the request `sent` under an old Bearer challenge is forgotten, so the
+    /// next [`Fetcher::authorization`] asks afresh; one that a concurrent request has just bought
+    /// under the new challenge stays.
     pub(super) async fn challenged(
         &self,
         target: &Target<'_>,
         origin: &str,
         answered: Option<&Challenge>,
         challenge: Challenge,
+        sent: &Authorization,
     ) {
         self.challenges.insert(origin.to_string(), challenge).await;
         if let Some(Challenge::Bearer { .. }) = answered {
-            self.tokens
-                .invalidate(&token_key(target, origin.to_string()))
-                .await;
+            self.refused_token(target, origin, sent).await;
         }
     }
 
@@ -343,6 +342,50 @@ mod tests {
             .await;
         fetcher.learn(origin, &answered(200)).await;
         assert_eq!(fetcher.challenges.get(origin).await, Some(bearer));
+    }
+
+    /// A moved realm forgets the token the refused request sent, not one a concurrent request
+    /// has just bought under the new challenge (which would cost one more token exchange).
+    #[tokio::test]
+    async fn a_changed_challenge_forgets_only_the_token_that_was_refused() {
+        let fetcher = fetcher();
+        let origin = "https://r.example";
+        let reference: oci_client::Reference = "r.example/team/app:1".parse().unwrap();
+        let auth = Auth::Direct(RegistryAuth::Anonymous);
+        let target = Target {
+            host: "r.example",
+            reference: &reference,
+            auth: &auth,
+            identity: 0,
+        };
+        let key = token_key(&target, origin.to_string());
+        let bearer = |realm: &str| Challenge::Bearer {
+            realm: realm.into(),
+            service: None,
+        };
+        let (old, new) = (
+            bearer("https://auth.example/old"),
+            bearer("https://auth.example/new"),
+        );
+        let (refused, bought) = (header("Bearer old"), header("Bearer new"));
+        let lifetime = Duration::from_secs(60);
+        fetcher
+            .tokens
+            .insert(key.clone(), (bought.clone(), lifetime))
+            .await;
+        fetcher
+            .challenged(&target, origin, Some(&old), new.clone(), &refused)
+            .await;
+        assert_eq!(fetcher.challenges.get(origin).await, Some(new.clone()));
+        assert_eq!(
+            fetcher.tokens.get(&key).await,
+            Some((bought.clone(), lifetime))
+        );
+        // The token that was sent and refused is forgotten.
+        fetcher
+            .challenged(&target, origin, Some(&old), new, &bought)
+            .await;
+        assert_eq!(fetcher.tokens.get(&key).await, None);
     }
 
     #[test]

@@ -418,8 +418,14 @@ impl Fetcher {
                 Err(failure) if failure.status() == Some(401) && !retried => {
                     match failure.challenge.clone() {
                         Some(challenge) if Some(&challenge) != known.as_ref() => {
-                            self.challenged(target, &origin, known.as_ref(), challenge)
-                                .await;
+                            self.challenged(
+                                target,
+                                &origin,
+                                known.as_ref(),
+                                challenge,
+                                &authorization,
+                            )
+                            .await;
                         }
                         // The same Bearer challenge refused the token it asked for (revoked,
                         // or signed with a key the registry has since rotated): kept, it would
