@@ -25,3 +25,12 @@ pub fn init(format: LogFormat) {
         LogFormat::Plain => builder.try_init(),
     };
 }
+
+/// Runs `log`, a line about a registry as a whole (rate limited, a credential helper that
+/// failed), in a root span of its own. Inside a review it would land in the review's span,
+/// which names its review only once a line of the review's own is due
+/// (`admission::ReviewSpan`): an unnamed review around a line no one review caused.
+pub fn about_registry(log: impl FnOnce()) {
+    // At `warn`, the level of every such line: a span filtered out would leave the review's.
+    tracing::warn_span!(parent: None, "registry").in_scope(log)
+}

@@ -27,6 +27,11 @@ struct Served {
 impl Served {
     /// `archgate serve` on loopback with a self-signed certificate, in `format`.
     fn start(format: &str) -> Self {
+        Self::start_reading(format, CLOSED)
+    }
+
+    /// The same, reading `registry` over plain HTTP.
+    fn start_reading(format: &str, registry: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         let mut command = Command::new(ARCHGATE);
@@ -34,7 +39,7 @@ impl Served {
             .args(["serve", "--self-signed", "--self-signed-ca-out"])
             .arg(&ca)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--log-format", format, "--insecure-registry", CLOSED])
+            .args(["--log-format", format, "--insecure-registry", registry])
             .env("HOME", dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -96,13 +101,18 @@ impl Served {
 
     /// The README's example Pod, with an image on a registry nobody answers for.
     async fn review(&self) -> Value {
+        self.review_of(&format!("{CLOSED}/team/app:v1")).await
+    }
+
+    /// The README's example Pod running `image`.
+    async fn review_of(&self, image: &str) -> Value {
         let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
             "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
             "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
             "namespace": "default", "operation": "CREATE", "userInfo": {"username": "dev"},
             "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
-                "spec": {"containers": [{"name": "app", "image": format!("{CLOSED}/team/app:v1")}]}}}});
+                "spec": {"containers": [{"name": "app", "image": image}]}}}});
         let client = common::webhook::client_trusting(&self.ca_pem);
         let port = self.webhook.rsplit(':').next().unwrap();
         client
@@ -166,6 +176,37 @@ async fn json_logs_name_each_thing_once() {
         env!("CARGO_PKG_VERSION")
     );
     assert!(metrics.contains(&build), "{metrics}");
+}
+
+/// Before: a registry's 429, met by a review, was logged inside that review's span before the
+/// span said which review it was (`"span":{"name":"review"}` and nothing else). A line about a
+/// registry as a whole now has a span of its own.
+#[tokio::test]
+async fn a_registry_wide_line_is_not_logged_in_an_unnamed_review() {
+    common::install_crypto_provider();
+    let registry = common::Registry::start().await;
+    let proxy = common::CountingProxy::start(registry.host()).await;
+    proxy.set_fault(common::Fault::Status {
+        status: 429,
+        retry_after: Some(30),
+    });
+    let mut served = Served::start_reading("json", proxy.host());
+    let answer = served
+        .review_of(&format!("{}/team/app:v1", proxy.host()))
+        .await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert!(proxy.counts().total() > 0, "the registry was asked");
+    let line = served.wait_for("registry rate limited");
+    let parsed: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(parsed["span"]["name"], "registry", "{line}");
+    assert_eq!(parsed["registry"], proxy.host(), "{line}");
+    // The review's own lines still say which review they are.
+    let reviewed = served.wait_for("\"reviewed\"");
+    let reviewed: Value = serde_json::from_str(&reviewed).unwrap();
+    assert_eq!(
+        reviewed["span"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "{reviewed}"
+    );
 }
 
 /// Before: plain logs written to a pipe carried ANSI colour codes.

@@ -259,7 +259,9 @@ impl Helpers {
         let answer = match run_helper(helper, server) {
             Ok(answer) => answer,
             Err(reason) => {
-                tracing::warn!(helper = %helper, registry = %host, %reason, "credential helper failed; asking anonymously");
+                crate::telemetry::about_registry(
+                    || tracing::warn!(helper = %helper, registry = %host, %reason, "credential helper failed; asking anonymously"),
+                );
                 None
             }
         };

@@ -583,11 +583,13 @@ impl Resolver {
             }
             Err(failure) if is_rate_limit(&failure.error) => {
                 let retry_in = pass.rate_limited(failure.retry_after);
-                warn!(
-                    registry = host,
-                    retry_in_ms = retry_in.as_millis() as u64,
-                    "registry rate limited; pausing lookups"
-                );
+                crate::telemetry::about_registry(|| {
+                    warn!(
+                        registry = host,
+                        retry_in_ms = retry_in.as_millis() as u64,
+                        "registry rate limited; pausing lookups"
+                    )
+                });
                 Err(rate_limited(retry_in))
             }
             Err(failure) => Err(classify(host, &failure.error)),
