@@ -88,8 +88,9 @@ impl Fetcher {
         }
     }
 
-    /// The registry refused `sent`, a token its current challenge asked for: forget it, unless
-    /// a concurrent request has already replaced it (that token is not the refused one).
+    /// The registry refused `sent`, a token bought for the repository (under its current
+    /// challenge, or under one it has since moved from): forget it, unless a concurrent request
+    /// has already replaced it (that token is not the refused one).
     pub(super) async fn refused_token(
         &self,
         target: &Target<'_>,
