@@ -47,20 +47,20 @@ impl Location {
         Self {
             object,
             container: name.to_string(),
-            scope: quoted("container", name),
+            scope: container_scope(name),
         }
     }
 }
 
-/// `{what} "{name}"`, as `format!("{what} {name:?}")` writes it. A name the API server accepts
-/// is a DNS label, which needs no escaping; `Debug` escaped it char by char on every review
-/// (1 % of a warm one, BENCHMARKS.md "Sixth pass").
-fn quoted(what: &str, name: &str) -> String {
+/// `container "name"`, as `format!("container {name:?}")` writes it. A name the API server
+/// accepts is a DNS label, which needs no escaping; `Debug` escaped it char by char on every
+/// review (1 % of a warm one, BENCHMARKS.md "Sixth pass").
+fn container_scope(name: &str) -> String {
     let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
     if name.bytes().all(plain) {
-        [what, " \"", name, "\""].concat()
+        ["container \"", name, "\""].concat()
     } else {
-        format!("{what} {name:?}")
+        format!("container {name:?}")
     }
 }
 
