@@ -520,7 +520,7 @@ fn line(mut c: Checked, subject: Option<&Subject>) -> Line {
     let missing: Vec<String> = c.missing().iter().map(Platform::to_string).collect();
     let (digest, platforms, error) = match &c.outcome {
         Outcome::Resolved(r) => (
-            Some(r.digest.clone()).filter(|d| !d.is_empty()),
+            r.digest.as_ref().map(ToString::to_string),
             r.platforms.iter().map(Platform::to_string).collect(),
             None,
         ),

@@ -415,7 +415,7 @@ pub async fn resolve(
             let outcome = match (parsed, &target.known_platforms) {
                 (Err(e), _) => Outcome::Invalid(e),
                 (Ok(_), Some(known)) => Outcome::Resolved(Resolution {
-                    digest: String::new(),
+                    digest: None,
                     platforms: known.clone().into(),
                 }),
                 (Ok(image), None) => match slot.and_then(|i| resolved[i].as_ref()) {

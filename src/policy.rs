@@ -596,7 +596,7 @@ mod tests {
 
     fn resolved(platforms: &[Platform]) -> Outcome {
         Outcome::Resolved(Resolution {
-            digest: "sha256:x".into(),
+            digest: None,
             platforms: platforms.to_vec().into(),
         })
     }

@@ -15,7 +15,7 @@ use archgate::metrics::Metrics;
 use archgate::platform::Platform;
 use archgate::policy::Mode;
 use archgate::reference::ImageRef;
-use archgate::resolver::{Credentials, RegistryOptions, ResolveError, Resolver};
+use archgate::resolver::{Credentials, Digest, RegistryOptions, ResolveError, Resolver};
 use archgate::scheduling::{self, ARCH_LABEL, OS_LABEL};
 use archgate::workload::Placement;
 use base64::Engine;
@@ -958,7 +958,10 @@ async fn a_private_image_resolves_with_its_namespaces_secret_only() {
         .resolve(&image, &a)
         .await
         .expect("A's secret opens the registry");
-    assert_eq!(resolved.digest, fixtures.ai_base_cuda.digest);
+    assert_eq!(
+        resolved.digest,
+        Some(Digest::new(&fixtures.ai_base_cuda.digest))
+    );
     assert_eq!(
         resolved
             .platforms

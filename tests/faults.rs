@@ -18,7 +18,7 @@ use archgate::cli::{Cli, Command};
 use archgate::config::Settings;
 use archgate::metrics::Metrics;
 use archgate::reference::ImageRef;
-use archgate::resolver::{Credentials, RegistryOptions, ResolveError, Resolver};
+use archgate::resolver::{Credentials, Digest, RegistryOptions, ResolveError, Resolver};
 use archgate::serve::{self, Running};
 use common::{CountingProxy, Fault, FaultRule, Fixtures, Registry, RequestKind};
 
@@ -499,7 +499,7 @@ async fn after_a_429_lookups_fail_fast_without_requests_then_resume() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     world.proxy.reset();
     let resolution = resolver.resolve(&multi, &anonymous()).await.unwrap();
-    assert_eq!(resolution.digest, f.multi.digest);
+    assert_eq!(resolution.digest, Some(Digest::new(&f.multi.digest)));
     assert_eq!(world.proxy.counts().kind(RequestKind::Manifest), 1);
 
     // A success forgets the streak: the next 429 pauses for the first pause again.
@@ -572,7 +572,10 @@ async fn a_5xx_or_a_429_on_first_contact_fails_only_that_lookup() {
         }
         world.proxy.reset();
         let resolution = resolver.resolve(&multi, &anonymous()).await.unwrap();
-        assert_eq!(resolution.digest, world.fixtures.multi.digest);
+        assert_eq!(
+            resolution.digest,
+            Some(Digest::new(&world.fixtures.multi.digest))
+        );
         let counts = world.proxy.counts();
         assert_eq!(counts.get("GET", RequestKind::Manifest), 1, "{counts:?}");
         assert_eq!(counts.total(), 1, "{counts:?}");

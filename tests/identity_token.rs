@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use archgate::metrics::Metrics;
 use archgate::reference::ImageRef;
-use archgate::resolver::{Credentials, RegistryOptions, Resolver};
+use archgate::resolver::{Credentials, Digest, RegistryOptions, Resolver};
 use base64::Engine;
 use common::{CountingProxy, ImageSpec, PlatformSpec, Presented, Registry, TokenPolicy};
 
@@ -79,7 +79,7 @@ async fn an_identity_token_from_a_docker_config_is_exchanged_for_a_registry_toke
             server.realm(),
         )
     });
-    assert_eq!(resolution.digest, image.digest);
+    assert_eq!(resolution.digest, Some(Digest::new(&image.digest)));
     let platforms: Vec<String> = resolution.platforms.iter().map(|p| p.to_string()).collect();
     assert_eq!(platforms, ["linux/arm64/v8"]);
     let tool_resolution = tool_result.unwrap_or_else(|error| {
@@ -88,7 +88,7 @@ async fn an_identity_token_from_a_docker_config_is_exchanged_for_a_registry_toke
             sent.join("\n  ")
         )
     });
-    assert_eq!(tool_resolution.digest, tool.digest);
+    assert_eq!(tool_resolution.digest, Some(Digest::new(&tool.digest)));
 
     let refresh: Vec<_> = requests
         .iter()

@@ -17,7 +17,9 @@ use archgate::metrics::Metrics;
 use archgate::pipeline::{self, Exemptions, RECHECK_AFTER};
 use archgate::platform::Platform;
 use archgate::reference::ImageRef;
-use archgate::resolver::{Credentials, RegistryOptions, Resolution, ResolveError, Resolver};
+use archgate::resolver::{
+    Credentials, Digest, RegistryOptions, Resolution, ResolveError, Resolver,
+};
 use archgate::scheduling::NodeView;
 use archgate::workload::{Location, Placement, Target};
 use base64::Engine;
@@ -119,7 +121,11 @@ async fn every_fixture_shape_resolves_to_its_platforms_and_costs_what_it_should(
             .resolve(&reference, &anonymous())
             .await
             .unwrap_or_else(|e| panic!("{reference}: {e}"));
-        assert_eq!(resolution.digest, image.digest, "{reference}");
+        assert_eq!(
+            resolution.digest,
+            Some(Digest::new(&image.digest)),
+            "{reference}"
+        );
         assert_eq!(names(&resolution), platforms, "{reference}");
         let blobs = u64::from(via_config);
         // One GET of the tag (digest and content at once) and the config GET when there is
@@ -210,7 +216,7 @@ async fn digest_references_resolve_the_digest_without_asking_for_a_tag() {
         setup.proxy.reset();
         let reference = setup.written(&path);
         let resolution = resolver.resolve(&reference, &anonymous()).await.unwrap();
-        assert_eq!(resolution.digest, digest, "{path}");
+        assert_eq!(resolution.digest, Some(Digest::new(&digest)), "{path}");
         assert_eq!(names(&resolution), platforms, "{path}");
         let counts = setup.proxy.counts();
         assert_eq!(
@@ -356,7 +362,7 @@ async fn not_found_is_remembered_for_its_ttl_then_asked_again() {
     )
     .await;
     let found = resolver.resolve(&reference, &anonymous()).await.unwrap();
-    assert_eq!(found.digest, late.digest);
+    assert_eq!(found.digest, Some(Digest::new(&late.digest)));
     assert_eq!(names(&found), ["linux/amd64"]);
     // No digest was ever known for the tag: one GET, no HEAD.
     assert_eq!(tally(&setup.proxy.counts()), (0, 0, 1, 0, 1));
@@ -390,7 +396,10 @@ async fn registry_errors_are_not_cached() {
     // The registry recovered: the very next lookup asks again and succeeds.
     setup.proxy.reset();
     let resolution = resolver.resolve(&reference, &anonymous()).await.unwrap();
-    assert_eq!(resolution.digest, setup.fixtures.multi.digest);
+    assert_eq!(
+        resolution.digest,
+        Some(Digest::new(&setup.fixtures.multi.digest))
+    );
     assert_eq!(tally(&setup.proxy.counts()), (0, 0, 1, 0, 1));
 
     // The same for the digest → platforms step: a failed manifest GET is not remembered either.
@@ -436,7 +445,7 @@ async fn concurrent_cold_lookups_share_one_registry_round_trip() {
             .collect();
         for lookup in lookups {
             let resolution = lookup.await.unwrap().unwrap();
-            assert_eq!(resolution.digest, image.digest);
+            assert_eq!(resolution.digest, Some(Digest::new(&image.digest)));
         }
         assert_eq!(
             tally(&setup.proxy.counts()),
@@ -468,7 +477,7 @@ async fn refresh_re_resolves_a_moved_tag() {
     .with_revision("2")
     .push(&setup.registry)
     .await;
-    assert_ne!(rebuilt.digest, before.digest);
+    assert_ne!(Some(Digest::new(&rebuilt.digest)), before.digest);
 
     setup.proxy.reset();
     let cached = resolver.resolve(&reference, &anonymous()).await.unwrap();
@@ -476,7 +485,7 @@ async fn refresh_re_resolves_a_moved_tag() {
     assert_eq!(setup.proxy.counts(), Counts::default());
 
     let after = resolver.refresh(&reference, &anonymous()).await.unwrap();
-    assert_eq!(after.digest, rebuilt.digest);
+    assert_eq!(after.digest, Some(Digest::new(&rebuilt.digest)));
     assert_eq!(names(&after), ["linux/amd64", "linux/arm64/v8"]);
     // A HEAD finds the new digest, whose index one GET reads.
     assert_eq!(tally(&setup.proxy.counts()), (0, 1, 1, 0, 2));
@@ -530,7 +539,7 @@ async fn tls_registry_with_htpasswd_needs_the_ca_and_the_credentials() {
     assert_eq!(error, unauthorized);
 
     let resolution = resolver.resolve(&multi, &good).await.unwrap();
-    assert_eq!(resolution.digest, fixtures.multi.digest);
+    assert_eq!(resolution.digest, Some(Digest::new(&fixtures.multi.digest)));
     assert_eq!(names(&resolution), ["linux/amd64", "linux/arm64/v8"]);
     // The config blob is fetched with the credentials too.
     let resolution = resolver.resolve(&single, &good).await.unwrap();
@@ -587,7 +596,7 @@ async fn basic_credentials_go_once_the_registry_asks_then_with_every_request() {
 
     let multi = ImageRef::parse(&fixtures.multi.reference()).unwrap();
     let resolution = resolver.resolve(&multi, &good).await.unwrap();
-    assert_eq!(resolution.digest, fixtures.multi.digest);
+    assert_eq!(resolution.digest, Some(Digest::new(&fixtures.multi.digest)));
     // The anonymous first GET refused (401 Basic), then the same GET with the credentials.
     assert_eq!(answered(), (1, 1));
 
@@ -696,7 +705,10 @@ async fn a_registry_slower_than_the_request_timeout_is_a_timeout() {
     // Timeouts are not cached either.
     setup.proxy.clear_fault();
     let resolution = resolver.resolve(&reference, &anonymous()).await.unwrap();
-    assert_eq!(resolution.digest, setup.fixtures.multi.digest);
+    assert_eq!(
+        resolution.digest,
+        Some(Digest::new(&setup.fixtures.multi.digest))
+    );
 }
 
 fn target(image: &ImageRef) -> Target {
@@ -803,5 +815,5 @@ async fn a_denying_answer_older_than_recheck_after_is_asked_again() {
         setup.proxy.counts()
     );
     let now = resolver.resolve(&ai_base, &anonymous()).await.unwrap();
-    assert_eq!(now.digest, rebuilt.digest);
+    assert_eq!(now.digest, Some(Digest::new(&rebuilt.digest)));
 }

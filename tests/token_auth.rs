@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use archgate::metrics::Metrics;
 use archgate::reference::ImageRef;
-use archgate::resolver::{Credentials, RegistryOptions, Resolution, ResolveError, Resolver};
+use archgate::resolver::{
+    Credentials, Digest, RegistryOptions, Resolution, ResolveError, Resolver,
+};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::proxy::EventKind;
@@ -168,7 +170,7 @@ async fn anonymous_lookup_of_a_public_image_follows_the_bearer_challenge() {
         .resolve(&setup.tag_ref(multi), &anonymous)
         .await
         .unwrap_or_else(|e| panic!("{e:?}\ntoken requests: {}", setup.token_log()));
-    assert_eq!(resolution.digest, multi.digest);
+    assert_eq!(resolution.digest, Some(Digest::new(&multi.digest)));
     assert_eq!(names(&resolution), ["linux/amd64", "linux/arm64/v8"]);
 
     // The first GET is the probe: answered 401 with the challenge, then one anonymous token
@@ -247,7 +249,7 @@ async fn concurrent_first_lookups_each_see_one_401_at_most_then_one_token_per_re
         .collect();
     for (lookup, image) in lookups.into_iter().zip(images) {
         let resolution = lookup.await.unwrap().unwrap();
-        assert_eq!(resolution.digest, image.digest);
+        assert_eq!(resolution.digest, Some(Digest::new(&image.digest)));
     }
     let counts = setup.proxy.counts();
     let refused = setup
@@ -345,7 +347,7 @@ async fn basic_credentials_from_a_docker_config_get_a_token_for_a_private_image(
         .resolve(&setup.tag_ref(ai_base), &credentials)
         .await
         .unwrap_or_else(|e| panic!("{e:?}\ntoken requests: {}", setup.token_log()));
-    assert_eq!(resolution.digest, ai_base.digest);
+    assert_eq!(resolution.digest, Some(Digest::new(&ai_base.digest)));
     assert_eq!(names(&resolution), ["linux/arm64/v8"]);
     // A private single Docker manifest: its config blob needs the token as well.
     let single = &setup.fixtures.single_amd64;

@@ -79,13 +79,13 @@ pub(super) fn digest_key(identity: Identity, image: &ImageRef, digest: &str) -> 
 /// A manifest digest, stored compactly: 32 bytes for sha256 (every registry today), the text
 /// otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Digest {
+pub enum Digest {
     Sha256([u8; 32]),
     Other(Box<str>),
 }
 
 impl Digest {
-    pub(super) fn new(text: &str) -> Self {
+    pub fn new(text: &str) -> Self {
         let sha256 = text
             .strip_prefix("sha256:")
             .filter(|h| h.len() == 64)

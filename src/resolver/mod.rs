@@ -48,8 +48,9 @@ pub use credentials::{Auth, Credentials, CredentialsError, Identity};
 use manifest::{Document, ManifestError};
 pub use throttle::Throttle;
 
+pub use cache::Digest;
 use cache::{
-    Digest, DigestEntry, DigestExpiry, Key, KeyHasher, TagEntry, TagLifetime, digest_key, tag_key,
+    DigestEntry, DigestExpiry, Key, KeyHasher, TagEntry, TagLifetime, digest_key, tag_key,
 };
 pub use errors::{ResolveError, SetupError};
 use errors::{classify, is_rate_limit, not_found};
@@ -102,7 +103,10 @@ impl Default for RegistryOptions {
 /// What a registry says an image provides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolution {
-    pub digest: String,
+    /// The manifest the platforms were read from; `None` when they were not read from a
+    /// registry (a Tekton step's platform commands). Kept compact and written out only where it
+    /// is shown: a warm review answers every image with one.
+    pub digest: Option<Digest>,
     pub platforms: Arc<[Platform]>,
 }
 
@@ -281,7 +285,7 @@ impl Resolver {
         identity: Identity,
     ) -> Option<Result<Resolution, ResolveError>> {
         let digest = match image.digest() {
-            Some(digest) => digest.to_string(),
+            Some(digest) => Digest::new(digest),
             None => {
                 let entry = self.tags.get(&tag_key(identity, image)).await?;
                 if !self.tag_lifetime.is_fresh(&entry) {
@@ -293,7 +297,7 @@ impl Resolver {
                 }
             }
         };
-        let key = digest_key(identity, image, &digest);
+        let key = digest_key(identity, image, &digest.to_string());
         let entry = self.digests.get(&key).await?;
         Some(by_digest(entry, digest, image))
     }
@@ -335,19 +339,20 @@ impl Resolver {
         cold: &AtomicBool,
     ) -> Result<Resolution, ResolveError> {
         let digest = match image.digest() {
-            Some(digest) => digest.to_string(),
+            Some(digest) => Digest::new(digest),
             None => match by_tag(self.fresh_tag(image, route, cold).await?, image) {
                 ByTag::Answer(answer) => return answer,
                 ByTag::Digest(digest) => digest,
             },
         };
+        let text = digest.to_string();
         // Usually a hit: a HEAD found a digest it holds.
-        let key = digest_key(route.identity, image, &digest);
+        let key = digest_key(route.identity, image, &text);
         let entry = self
             .digests
             .try_get_with(key, async {
                 cold.store(true, Ordering::Relaxed);
-                self.fetch_platforms(image, &digest, route).await
+                self.fetch_platforms(image, &text, route).await
             })
             .await
             .map_err(|e| (*e).clone())?;
@@ -616,28 +621,31 @@ enum ByTag {
     /// The tag does not exist, or its entry carries the platforms (read with the tag, or kept
     /// by a HEAD that found the digest unchanged).
     Answer(Result<Resolution, ResolveError>),
-    Digest(String),
+    Digest(Digest),
 }
 
 fn by_tag(entry: TagEntry, image: &ImageRef) -> ByTag {
     match (entry.digest, entry.platforms) {
         (None, _) => ByTag::Answer(Err(not_found(image))),
         (Some(digest), Some(platforms)) => ByTag::Answer(Ok(Resolution {
-            digest: digest.to_string(),
+            digest: Some(digest),
             platforms,
         })),
-        (Some(digest), None) => ByTag::Digest(digest.to_string()),
+        (Some(digest), None) => ByTag::Digest(digest),
     }
 }
 
 /// A digest's entry as the answer for `image`.
 fn by_digest(
     entry: DigestEntry,
-    digest: String,
+    digest: Digest,
     image: &ImageRef,
 ) -> Result<Resolution, ResolveError> {
     match entry.0 {
-        Some(platforms) => Ok(Resolution { digest, platforms }),
+        Some(platforms) => Ok(Resolution {
+            digest: Some(digest),
+            platforms,
+        }),
         None => Err(not_found(image)),
     }
 }
