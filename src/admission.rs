@@ -224,7 +224,13 @@ impl Admission {
             })
             .inc();
         self.metrics.review_seconds.observe(took.as_secs_f64());
-        respond(&req, &verdict).into_review()
+        let response = respond(&req, &verdict);
+        // The request's apiVersion and kind, moved; `into_review` would copy them a second time.
+        AdmissionReview {
+            types: req.types,
+            request: None,
+            response: Some(response),
+        }
     }
 
     async fn decide(
