@@ -52,13 +52,16 @@ pub(super) fn hasher() -> impl Hasher {
     SECRET.build_hasher()
 }
 
-pub(super) fn key(identity: Identity, parts: &[&str]) -> Key {
-    // Hashing the parts (each `str` hash ends with a separator byte) avoids building the
-    // reference string on the warm path.
+pub(super) fn key<P: AsRef<[u8]>>(identity: Identity, parts: &[P]) -> Key {
+    // Hashing the parts (each ends with a separator byte, as a `str` hash does) avoids building
+    // the reference string on the warm path.
     let half = |salt: u8| {
         let mut h = hasher();
         salt.hash(&mut h);
-        parts.iter().for_each(|p| p.hash(&mut h));
+        for part in parts {
+            h.write(part.as_ref());
+            h.write_u8(0xff);
+        }
         h.finish()
     };
     (identity, (u128::from(half(0)) << 64) | u128::from(half(1)))
@@ -69,11 +72,15 @@ pub(super) fn tag_key(identity: Identity, image: &ImageRef) -> Key {
     key(identity, &[image.registry(), image.repository(), ":", tag])
 }
 
-pub(super) fn digest_key(identity: Identity, image: &ImageRef, digest: &str) -> Key {
-    key(
-        identity,
-        &[image.registry(), image.repository(), "@", digest],
-    )
+/// A digest is hashed as it is stored (a sha256 as its 32 bytes), so a warm lookup never writes
+/// it out as text.
+pub(super) fn digest_key(identity: Identity, image: &ImageRef, digest: &Digest) -> Key {
+    let (algorithm, value): (&[u8], &[u8]) = match digest {
+        Digest::Sha256(bytes) => (b"@sha256", bytes),
+        Digest::Other(text) => (b"@", text.as_bytes()),
+    };
+    let (registry, repository) = (image.registry().as_bytes(), image.repository().as_bytes());
+    key(identity, &[registry, repository, algorithm, value])
 }
 
 /// A manifest digest, stored compactly: 32 bytes for sha256 (every registry today), the text

@@ -297,7 +297,7 @@ impl Resolver {
                 }
             }
         };
-        let key = digest_key(identity, image, &digest.to_string());
+        let key = digest_key(identity, image, &digest);
         let entry = self.digests.get(&key).await?;
         Some(by_digest(entry, digest, image))
     }
@@ -345,14 +345,14 @@ impl Resolver {
                 ByTag::Digest(digest) => digest,
             },
         };
-        let text = digest.to_string();
         // Usually a hit: a HEAD found a digest it holds.
-        let key = digest_key(route.identity, image, &text);
+        let key = digest_key(route.identity, image, &digest);
         let entry = self
             .digests
             .try_get_with(key, async {
                 cold.store(true, Ordering::Relaxed);
-                self.fetch_platforms(image, &text, route).await
+                self.fetch_platforms(image, &digest.to_string(), route)
+                    .await
             })
             .await
             .map_err(|e| (*e).clone())?;
@@ -411,7 +411,7 @@ impl Resolver {
         let revalidate = match &last {
             Some((digest, _)) => {
                 self.digests
-                    .contains_key(&digest_key(route.identity, image, &digest.to_string()))
+                    .contains_key(&digest_key(route.identity, image, digest))
             }
             None => false,
         };
@@ -459,12 +459,13 @@ impl Resolver {
         let target = hop.target(&reference);
         let result = if revalidate {
             let digest = self.ask(hop.host, self.fetcher.digest(&target)).await;
-            digest.map(|digest| (digest, None))
+            digest.map(|digest| (Digest::new(&digest), None))
         } else {
             match self.ask(hop.host, self.fetcher.manifest(&target)).await {
                 Ok((digest, body)) => {
                     let with_digest = hop.reference(&image.with_digest(&digest));
                     let platforms = self.platforms_in(&body, &hop.target(&with_digest)).await?;
+                    let digest = Digest::new(&digest);
                     let key = digest_key(route.identity, image, &digest);
                     let entry = DigestEntry(Some(platforms.clone()));
                     self.digests.insert(key, entry).await;
@@ -476,7 +477,7 @@ impl Resolver {
         let checked = Instant::now();
         match result {
             Ok((digest, platforms)) => Ok(TagEntry {
-                digest: Some(Digest::new(&digest)),
+                digest: Some(digest),
                 platforms,
                 checked,
                 stale: false,
