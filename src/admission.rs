@@ -82,10 +82,10 @@ struct Envelope {
 }
 
 /// The request fields archgate reads (and `resource` and `dryRun`, which cost nothing), handed
-/// on as kube's `AdmissionRequest`. Decoding kube's
-/// type itself also built what nothing here reads, on every review: `requestKind`,
-/// `requestResource`, `options` (as a JSON tree) and the user's uid, groups and extra, a tenth
-/// of the decode (BENCHMARKS.md, "Sixth pass"). serde skips them; they stay at their defaults.
+/// on as kube's `AdmissionRequest`. Decoding kube's type itself also built what nothing here
+/// reads, on every review: `requestKind`, `requestResource`, `options` (as a JSON tree) and the
+/// user's uid, groups and extra, a tenth of the decode (BENCHMARKS.md, "Sixth pass"). serde
+/// skips them; they stay at their defaults.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Request {
