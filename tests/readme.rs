@@ -1,16 +1,19 @@
 //! The README's configuration reference is the programs' own `--help`: fail when they drift.
 
 use clap::CommandFactory;
+use clap::error::ErrorKind;
 
 use archgate::cli::Cli;
 
+/// Exactly what `archgate <sub> --help` prints: clap lays a command's help out long only where
+/// some argument has a long help of its own, so rendering the long help for every subcommand
+/// would not be what a user sees.
 fn help(sub: &str) -> String {
-    let mut cmd = Cli::command();
-    cmd.build();
-    let sub = cmd
-        .find_subcommand_mut(sub)
-        .unwrap_or_else(|| panic!("no subcommand {sub}"));
-    sub.render_long_help().to_string().trim_end().to_string()
+    let shown = Cli::command()
+        .try_get_matches_from(["archgate", sub, "--help"])
+        .expect_err("--help ends parsing with the help text");
+    assert_eq!(shown.kind(), ErrorKind::DisplayHelp, "{shown}");
+    shown.render().to_string().trim_end().to_string()
 }
 
 fn section<'a>(readme: &'a str, name: &str) -> &'a str {
