@@ -502,9 +502,14 @@ async fn resolve_within(
     }
     match resolver.tag_age(image, credentials).await {
         Some(age) if age > RECHECK_AFTER => {
-            tokio::time::timeout_at(deadline, resolver.refresh(image, credentials))
-                .await
-                .unwrap_or(first)
+            match tokio::time::timeout_at(deadline, resolver.refresh(image, credentials)).await {
+                // The registry answered: its answer is the tag's now, allowing or not.
+                Ok(Ok(fresh)) => Ok(fresh),
+                Ok(Err(gone)) if gone.is_not_found() => Err(gone),
+                // A recheck that failed or came too late says nothing new: the denial archgate
+                // already knows stands, where `--on-registry-error allow` would admit on the error.
+                Ok(Err(_)) | Err(_) => first,
+            }
         }
         _ => first,
     }

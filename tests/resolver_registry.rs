@@ -751,6 +751,41 @@ async fn review_missing(resolver: &Resolver, images: &[&ImageRef]) -> Vec<Option
     .collect()
 }
 
+/// A recheck that fails (a 5xx, a 429, a refused connection) leaves a denial archgate already
+/// knows standing: before, the recheck's error replaced it, and `--on-registry-error allow`
+/// admitted an image seen lacking the platform, or seen not to exist.
+#[tokio::test]
+async fn a_recheck_that_fails_keeps_the_denial() {
+    let setup = Setup::start().await;
+    let resolver = resolver(RegistryOptions {
+        tag_ttl: Duration::from_secs(600),
+        not_found_ttl: Duration::from_secs(600),
+        ..setup.options()
+    });
+    let ai_base = setup.tag_ref(&setup.fixtures.ai_base_cuda);
+    let absent = setup.written("cerebral/absent:v1");
+    let images = [&ai_base, &absent];
+    let first_asked = Instant::now();
+    let first = review_missing(&resolver, &images).await;
+    assert_eq!(first, [Some(vec!["linux/amd64".to_owned()]), None]);
+
+    let wait = (RECHECK_AFTER + Duration::from_millis(200)).saturating_sub(first_asked.elapsed());
+    tokio::time::sleep(wait).await;
+    for status in [503, 429] {
+        setup.proxy.set_fault(Fault::Status {
+            status,
+            retry_after: None,
+        });
+        setup.proxy.reset();
+        // `review_missing` fails the test on any error but "not found".
+        let again = review_missing(&resolver, &images).await;
+        assert_eq!(again, first, "after a {status}");
+        if status == 503 {
+            assert!(setup.proxy.counts().total() >= 2, "both were asked again");
+        }
+    }
+}
+
 /// Never deny on a stale tag: an answer that would deny (a missing platform, or not found) is
 /// asked again once it is older than `RECHECK_AFTER`; a younger one stands, and an answer that
 /// allows is never re-asked. Both TTLs are long, so only the recheck can see the new pushes.

@@ -311,14 +311,28 @@ impl Resolver {
     ) -> Result<Resolution, ResolveError> {
         let key = tag_key(self.cache_identity(image, credentials), image);
         // Marked, not dropped: its digest is what the HEAD checks.
-        if let Some(entry) = self.tags.get(&key).await {
+        let before = self.tags.get(&key).await;
+        if let Some(entry) = &before {
             let stale = TagEntry {
                 stale: true,
-                ..entry
+                ..entry.clone()
             };
             self.tags.insert(key, stale).await;
         }
-        self.resolve(image, credentials).await
+        let fresh = self.resolve(image, credentials).await;
+        // A recheck that failed leaves the answer as it was (the caller keeps it too): marked
+        // stale, every later review would ask the failing registry first and read its error.
+        if let (Err(e), Some(before)) = (&fresh, before)
+            && !e.is_not_found()
+            && self
+                .tags
+                .get(&key)
+                .await
+                .is_some_and(|now| now.stale && now.checked == before.checked)
+        {
+            self.tags.insert(key, before).await;
+        }
+        fresh
     }
 
     /// How long ago the tag's answer (digest or not-found) came from the registry; `None` when
