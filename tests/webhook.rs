@@ -599,7 +599,9 @@ async fn tekton_platform_commands_are_trusted_only_from_the_tekton_controller() 
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": "step-pod", "namespace": "default"},
+            // As Tekton builds a step whose image it looked up (no command of its own).
             "spec": {"containers": [{"name": "step-build", "image": image,
+                "command": ["/tekton/bin/entrypoint"], "args": ["-post_file", "/tekton/run/0/out", "--"],
                 "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": claim}]}]},
         })
     };

@@ -46,6 +46,11 @@ struct Container<'a> {
     image: Option<Cow<'a, str>>,
     #[serde(borrow)]
     env: Option<Vec<EnvEntry<'a>>>,
+    /// Read only to tell whether Tekton's own lookup wrote `TEKTON_PLATFORM_COMMANDS`.
+    #[serde(borrow)]
+    command: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    args: Option<Vec<Cow<'a, str>>>,
 }
 
 /// An env entry as extraction reads it: the name and a literal value. Not k8s-openapi's
@@ -146,7 +151,7 @@ fn targets(mut spec: PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<
             &c.name,
             c.image.as_ref(),
             &placement,
-            tekton_platforms(c.env.as_deref(), trust_tekton),
+            tekton_platforms(c, trust_tekton),
         );
     }
     for c in &spec.containers {
@@ -155,7 +160,7 @@ fn targets(mut spec: PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<
             &c.name,
             c.image.as_ref(),
             &placement,
-            tekton_platforms(c.env.as_deref(), trust_tekton),
+            tekton_platforms(c, trust_tekton),
         );
     }
     for c in spec.ephemeral_containers.iter().flatten() {
@@ -174,16 +179,26 @@ fn targets(mut spec: PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<
 /// The env var of a TaskRun pod's step containers that names each platform the image provides.
 const PLATFORM_COMMANDS: &str = "TEKTON_PLATFORM_COMMANDS";
 
+/// The command of every step container in a TaskRun's pod: Tekton's entrypoint binary
+/// (tektoncd/pipeline `pkg/pod/entrypoint.go`, `entrypointBinary`).
+const TEKTON_ENTRYPOINT: &str = "/tekton/bin/entrypoint";
+
 /// Tekton's entrypoint resolution stores, in the step containers of a TaskRun's pod, a JSON map
-/// from each platform the image provides to its command (`TEKTON_PLATFORM_COMMANDS`). When present
-/// it is the registry's answer already, so no lookup is needed: but only when the Tekton controller
-/// wrote it (`trusted`); in any other pod it is the author's claim, not a fact.
-fn tekton_platforms(env: Option<&[EnvEntry]>, trusted: bool) -> Option<Vec<Platform>> {
-    if !trusted {
+/// from each platform the image provides to its command (`TEKTON_PLATFORM_COMMANDS`). Where Tekton
+/// wrote it, it is the registry's answer already, so no lookup is needed; anywhere else it is the
+/// author's claim, not a fact. Tekton wrote it only in a pod the Tekton controller created
+/// (`trusted`) and only where [`tekton_looked_up`] holds; a step's own env can carry the name too.
+fn tekton_platforms(c: &Container, trusted: bool) -> Option<Vec<Platform>> {
+    if !trusted || !tekton_looked_up(c) {
         return None;
     }
-    let value = env?
+    // The kubelet gives a repeated name its last value, and Tekton appends its entry after the
+    // step's own: the last entry is the one the entrypoint reads, and Tekton's.
+    let value = c
+        .env
+        .as_deref()?
         .iter()
+        .rev()
         .find(|e| e.name == PLATFORM_COMMANDS)?
         .value
         .as_deref()?;
@@ -197,6 +212,24 @@ fn tekton_platforms(env: Option<&[EnvEntry]>, trusted: bool) -> Option<Vec<Platf
         })
         .collect();
     (!platforms.is_empty()).then_some(platforms)
+}
+
+/// Did Tekton look this container's image up itself? It does so only for a step that names no
+/// command: it pins the image by digest and appends `TEKTON_PLATFORM_COMMANDS`
+/// (`pkg/pod/entrypoint_lookup.go`, `resolveEntrypoints`), and the step's container then runs
+/// Tekton's entrypoint with no `-entrypoint` flag before `--`, the one case where the entrypoint
+/// reads the variable (`cmd/entrypoint/main.go`). A step that names its command gets
+/// `-entrypoint` and no variable from Tekton; sidecars and init containers are not `step-`.
+fn tekton_looked_up(c: &Container) -> bool {
+    let is_step = c.name.starts_with("step-")
+        && matches!(c.command.as_deref(), Some([only]) if only == TEKTON_ENTRYPOINT);
+    // Any spelling Go's flag package reads counts as naming a command.
+    let names_command = |flag: &Cow<'_, str>| {
+        let flag = flag.trim_start_matches('-');
+        flag == "entrypoint" || flag.starts_with("entrypoint=")
+    };
+    let mut flags = c.args.iter().flatten().take_while(|a| *a != "--");
+    is_step && !flags.any(names_command)
 }
 
 #[cfg(test)]
@@ -286,8 +319,12 @@ mod tests {
     #[test]
     fn tekton_platform_commands_answer_without_a_lookup() {
         let env = r#"{"linux/amd64":["/ko-app/x"],"linux/arm64/v8":["/ko-app/x"]}"#;
+        // As Tekton builds a step that named no command (its image looked up and pinned).
         let pod = json!({"metadata": {"name": "run-pod"}, "spec": {"containers": [
-            {"name": "step-build", "image": "gcr.io/x/y@sha256:abc", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": env}]},
+            {"name": "step-build", "image": "gcr.io/x/y@sha256:abc",
+             "command": ["/tekton/bin/entrypoint"],
+             "args": ["-wait_file", "/tekton/downward/ready", "-post_file", "/tekton/run/0/out", "--", "build"],
+             "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": env}]},
             {"name": "step-plain", "image": "busybox"}
         ]}});
         let ex = extract("Pod", &pod).unwrap();
@@ -309,6 +346,73 @@ mod tests {
                 .targets
                 .iter()
                 .all(|t| t.known_platforms.is_none())
+        );
+    }
+
+    /// Before: the first `TEKTON_PLATFORM_COMMANDS` of any container in a pod the controller
+    /// created was trusted, and a step's env (written by whoever wrote the Task) comes first, so a
+    /// Task could vouch for an image that lacks the node's platform. Now only the entry Tekton's
+    /// own lookup appended counts.
+    #[test]
+    fn a_tasks_own_platform_commands_are_not_tektons_answer() {
+        let tekton = r#"{"linux/arm64":["/app"]}"#;
+        let claim = r#"{"linux/amd64":["/app"],"linux/arm64":["/app"]}"#;
+        let env = |values: &[&str]| -> Value {
+            values
+                .iter()
+                .map(|v| json!({"name": "TEKTON_PLATFORM_COMMANDS", "value": v}))
+                .collect()
+        };
+        let entrypoint = json!(["/tekton/bin/entrypoint"]);
+        let container = |name: &str, command: &Value, args: Value, values: &[&str]| {
+            json!({"name": name, "image": "registry.example/team/tool@sha256:abc",
+                   "command": command, "args": args, "env": env(values)})
+        };
+        let known = |c: Value| -> Option<Vec<String>> {
+            let pod = json!({"metadata": {"name": "run-pod"}, "spec": {"containers": [c]}});
+            let ex = extract("Pod", &pod).unwrap();
+            ex.targets[0]
+                .known_platforms
+                .as_ref()
+                .map(|ps| ps.iter().map(|p| p.to_string()).collect())
+        };
+        let looked_up = json!(["-post_file", "/tekton/run/0/out", "--", "run"]);
+        // The step's own entry first, Tekton's appended after it: Tekton's is read.
+        assert_eq!(
+            known(container(
+                "step-s",
+                &entrypoint,
+                looked_up.clone(),
+                &[claim, tekton]
+            )),
+            Some(vec!["linux/arm64".to_string()])
+        );
+        // A step that names its command: Tekton looked nothing up and wrote nothing.
+        for flag in [
+            json!(["-post_file", "/x", "-entrypoint", "/app", "--"]),
+            json!(["--entrypoint=/app", "--"]),
+        ] {
+            assert_eq!(
+                known(container("step-s", &entrypoint, flag, &[claim])),
+                None
+            );
+        }
+        // `-entrypoint` after `--` is the step's own argument, not the entrypoint's flag.
+        let own_arg = json!(["-post_file", "/x", "--", "-entrypoint"]);
+        assert!(known(container("step-s", &entrypoint, own_arg, &[tekton])).is_some());
+        // Not a step running Tekton's entrypoint: a sidecar, or a container with another command.
+        assert_eq!(
+            known(container(
+                "sidecar-s",
+                &entrypoint,
+                looked_up.clone(),
+                &[claim]
+            )),
+            None
+        );
+        assert_eq!(
+            known(container("step-s", &json!(["/app"]), looked_up, &[claim])),
+            None
         );
     }
 

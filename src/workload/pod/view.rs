@@ -73,6 +73,8 @@ const CONTAINER: Keep = Keep::Fields(&[
     ("name", Keep::Whole),
     ("image", Keep::Whole),
     ("env", Keep::Named(super::PLATFORM_COMMANDS)),
+    ("command", Keep::Whole),
+    ("args", Keep::Whole),
 ]);
 
 /// What [`super::PodSpec`] reads, and `nodeName`, `nodeSelector` and `affinity`, which placement
