@@ -27,7 +27,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::cluster::ClusterView;
 use crate::metrics::{Decision, Metrics, ReviewLabels};
 use crate::pipeline::{self, Pipeline};
-use crate::policy::{self, Mode, Policy, Verdict};
+use crate::policy::{self, Mode, OnRegistryError, Policy, Verdict};
 use crate::subject::{Kind, Subject};
 use crate::workload::pod;
 
@@ -255,8 +255,22 @@ impl Admission {
             Ok(reviewed) => reviewed,
             Err(e) => {
                 span.identify(req);
+                // Not read is not checked: like an image whose registry could not be asked, it
+                // follows `--on-registry-error` (an object its author can make unreadable, e.g.
+                // a Tekton custom task's spec nested past the JSON reader's 128 levels, must
+                // not pass a cluster that asked for `deny`).
+                let why = policy::unreadable(&e);
+                if mode == Mode::Enforce && self.policy.on_registry_error == OnRegistryError::Deny {
+                    warn!(error = %e, "object not readable; denied (on-registry-error deny)");
+                    let denied = Verdict {
+                        allowed: false,
+                        message: Some(why),
+                        ..Verdict::default()
+                    };
+                    return (denied, Decision::Denied);
+                }
                 warn!(error = %e, "object not readable; allowed");
-                return (allow(vec![policy::unreadable(&e)]), Decision::Error);
+                return (allow(vec![why]), Decision::Error);
             }
         };
         let policy = Policy {
@@ -435,7 +449,9 @@ impl ReviewObject {
     }
 }
 
-/// JSON text already checked by the decoder as a value; it parses again.
+/// JSON text already checked by the decoder as a value; it parses again, unless it nests deeper
+/// than serde_json's 128 levels (the decoder only skipped it): then `null`, which extraction
+/// reports as unreadable.
 fn whole(spec: &RawValue) -> Value {
     serde_json::from_str(spec.get()).unwrap_or_default()
 }

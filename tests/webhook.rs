@@ -587,6 +587,44 @@ async fn an_update_that_moves_a_workload_is_checked_again() {
     assert_eq!(world.proxy.counts().kind(RequestKind::Manifest), 0);
 }
 
+/// Before: an object archgate could not read (here a PipelineRun whose custom task nests its
+/// spec deeper than the JSON reader's 128 levels, which the API server accepts) was allowed
+/// whatever the policy, its other tasks' images unchecked. Not read is not checked: it follows
+/// `--on-registry-error`, denied with `deny`, allowed with a warning by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_archgate_cannot_read_follows_on_registry_error() {
+    let world = World::new().await;
+    let mut deep = json!("leaf");
+    for _ in 0..200 {
+        deep = json!([deep]);
+    }
+    let run = json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "PipelineRun",
+        "metadata": {"name": "deep", "namespace": "default"},
+        "spec": {"pipelineSpec": {"tasks": [
+            {"name": "custom", "taskSpec": {"apiVersion": "example.dev/v1", "kind": "Wait", "spec": deep}},
+            {"name": "build", "taskSpec": {"steps": [{"name": "s", "image": world.arm_only()}]}},
+        ]}},
+    });
+    let review = review_of(
+        "tekton.dev",
+        "PipelineRun",
+        "pipelineruns",
+        "dev@example.com",
+        run,
+    );
+    let strict = Webhook::start(&world, &["--on-registry-error", "deny"]).await;
+    let r = strict.review(&review).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    let message = r["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("PipelineRun \"deep\""), "{r}");
+    let lenient = Webhook::start(&world, &[]).await;
+    let r = lenient.review(&review).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert!(r["warnings"][0].as_str().unwrap().contains("deep"), "{r}");
+}
+
 /// Before: any Pod could carry `TEKTON_PLATFORM_COMMANDS` claiming linux/amd64 and pass with no
 /// registry request. Now only pods created by the Tekton controller's identity are trusted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
