@@ -170,11 +170,27 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<ReviewObject>, ReviewError
 }
 
 impl Admission {
-    /// Answers one review. Never fails: anything unexpected is an allow with a warning, because
-    /// a webhook that errors blocks the cluster (or, with failurePolicy Ignore, silently allows).
+    /// When a review that arrives now must be answered: the review deadline from now.
+    pub fn due(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.deadline
+    }
+
+    /// Answers one review that arrives now; see [`Admission::review_by`].
     pub async fn review(
         &self,
+        req: AdmissionRequest<ReviewObject>,
+    ) -> AdmissionReview<DynamicObject> {
+        self.review_by(req, self.due()).await
+    }
+
+    /// Answers one review by `due` (the server takes it from the request's arrival, so time spent
+    /// reading the body and waiting for a slot is not given again). Never fails: anything
+    /// unexpected is an allow with a warning, because a webhook that errors blocks the cluster
+    /// (or, with failurePolicy Ignore, silently allows).
+    pub async fn review_by(
+        &self,
         mut req: AdmissionRequest<ReviewObject>,
+        due: tokio::time::Instant,
     ) -> AdmissionReview<DynamicObject> {
         let started = Instant::now();
         // `object`, not `name`: JSON logs nest the span with its own `name` ("review").
@@ -197,7 +213,7 @@ impl Admission {
             span.identify(&req);
         }
         let (verdict, decision) = self
-            .decide(&mut req, &span)
+            .decide(&mut req, &span, due)
             .instrument(span.span.clone())
             .await;
         let took = started.elapsed();
@@ -238,6 +254,7 @@ impl Admission {
         &self,
         req: &mut AdmissionRequest<ReviewObject>,
         span: &ReviewSpan,
+        due: tokio::time::Instant,
     ) -> (Verdict, Decision) {
         let allow = |warnings: Vec<String>| Verdict {
             allowed: true,
@@ -250,7 +267,7 @@ impl Admission {
         let Some((subject, old)) = subjects(req) else {
             return (allow(vec![]), Decision::Allowed);
         };
-        let request = self.request(req, &subject, old.as_ref());
+        let request = self.request(req, &subject, old.as_ref(), due);
         let reviewed = match self.pipeline.review(request).await {
             Ok(reviewed) => reviewed,
             Err(e) => {
@@ -358,12 +375,13 @@ impl Admission {
         (mode != Mode::Off).then_some(mode)
     }
 
-    /// The pipeline's request for a subject taken out of `req`, due within the review deadline.
+    /// The pipeline's request for a subject taken out of `req`, to be answered by `due`.
     pub(crate) fn request<'a, T>(
         &'a self,
         req: &AdmissionRequest<T>,
         subject: &'a Subject,
         old: Option<&'a Subject>,
+        due: tokio::time::Instant,
     ) -> pipeline::Request<'a>
     where
         T: kube::Resource,
@@ -374,7 +392,7 @@ impl Admission {
             cluster: self.cluster.as_ref(),
             from_tekton_controller: req.user_info.username.as_deref()
                 == Some(self.tekton_controller.as_str()),
-            deadline: tokio::time::Instant::now() + self.deadline,
+            deadline: due,
         }
     }
 }

@@ -38,7 +38,16 @@ fn with_patch(response: AdmissionResponse, patch: &Patch) -> Result<Value, serde
 
 impl Admission {
     /// Answers one review in placement mode: always allowed, with a patch when the Pod is steered.
-    pub async fn steer(&self, mut req: AdmissionRequest<ReviewObject>) -> Value {
+    pub async fn steer(&self, req: AdmissionRequest<ReviewObject>) -> Value {
+        self.steer_by(req, self.due()).await
+    }
+
+    /// [`Admission::steer`] answered by `due` (see [`Admission::review_by`]).
+    pub async fn steer_by(
+        &self,
+        mut req: AdmissionRequest<ReviewObject>,
+        due: tokio::time::Instant,
+    ) -> Value {
         let span = info_span!(
             "mutate",
             uid = %req.uid,
@@ -48,7 +57,7 @@ impl Admission {
             operation = admission::operation_label(&req.operation),
             outcome = tracing::field::Empty,
         );
-        let plan = self.plan(&mut req).instrument(span.clone()).await;
+        let plan = self.plan(&mut req, due).instrument(span.clone()).await;
         let mut response = AdmissionResponse::from(&req);
         let (review, outcome) = match plan {
             Plan::Leave(why) => (serde_json::to_value(response.into_review()), why.label()),
@@ -78,7 +87,11 @@ impl Admission {
         })
     }
 
-    async fn plan(&self, req: &mut AdmissionRequest<ReviewObject>) -> Plan {
+    async fn plan(
+        &self,
+        req: &mut AdmissionRequest<ReviewObject>,
+        due: tokio::time::Instant,
+    ) -> Plan {
         let pod_create = matches!(req.operation, Operation::Create)
             && req.sub_resource.as_deref().unwrap_or("").is_empty()
             && Kind::of(&req.kind.group, &req.kind.kind) == Some(Kind::Pod);
@@ -98,7 +111,7 @@ impl Admission {
         };
         match self
             .pipeline
-            .review(self.request(req, &subject, None))
+            .review(self.request(req, &subject, None, due))
             .await
         {
             Ok(reviewed) => placement::plan(&subject.object, &reviewed.checked),

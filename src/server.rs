@@ -92,6 +92,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open connections from one IP address, at most.
     pub max_connections_per_peer: usize,
+    /// Reviews handled at once ([`MAX_IN_FLIGHT`]).
+    pub reviews_in_flight: usize,
 }
 
 impl Limits {
@@ -107,6 +109,7 @@ impl Limits {
             max_connections: 4096,
             // An HTTP/1.1 API server opens up to one connection per review in flight.
             max_connections_per_peer: MAX_IN_FLIGHT,
+            reviews_in_flight: MAX_IN_FLIGHT,
         }
     }
 
@@ -143,7 +146,7 @@ pub fn router(admission: Arc<Admission>) -> Router {
 pub fn router_with(admission: Arc<Admission>, limits: &Limits) -> Router {
     let reviews = Reviews {
         admission,
-        slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        slots: Arc::new(Semaphore::new(limits.reviews_in_flight)),
         body_bytes: Arc::new(Semaphore::new(MAX_BODY_BYTES_IN_FLIGHT)),
         body_timeout: limits.body,
     };
@@ -175,16 +178,18 @@ impl BodyError {
 }
 
 async fn validate(State(reviews): State<Arc<Reviews>>, request: Request) -> Response {
-    match admit(&reviews, request).await {
-        Ok((request, _held)) => json(&reviews.admission.review(request).await),
+    let due = reviews.admission.due();
+    match admit(&reviews, request, due).await {
+        Ok((request, _held)) => json(&reviews.admission.review_by(request, due).await),
         Err(refused) => refused,
     }
 }
 
 /// `POST /mutate` (placement mode): the same bounds as `/validate`, then [`Admission::steer`].
 async fn mutate(State(reviews): State<Arc<Reviews>>, request: Request) -> Response {
-    match admit(&reviews, request).await {
-        Ok((request, _held)) => json(&reviews.admission.steer(request).await),
+    let due = reviews.admission.due();
+    match admit(&reviews, request, due).await {
+        Ok((request, _held)) => json(&reviews.admission.steer_by(request, due).await),
         Err(refused) => refused,
     }
 }
@@ -193,10 +198,11 @@ async fn mutate(State(reviews): State<Arc<Reviews>>, request: Request) -> Respon
 type Held = (Option<OwnedSemaphorePermit>, OwnedSemaphorePermit);
 
 /// The body first, bounded in time and bytes and holding no review slot; then a slot, waited
-/// for at most the review deadline; then the AdmissionReview. `Err` is the answer to send.
+/// for until the review is `due`; then the AdmissionReview. `Err` is the answer to send.
 async fn admit(
     reviews: &Reviews,
     request: Request,
+    due: tokio::time::Instant,
 ) -> Result<(AdmissionRequest<ReviewObject>, Held), Response> {
     let (body, bytes_held) = read_body(request, &reviews.body_bytes, reviews.body_timeout)
         .await
@@ -204,8 +210,7 @@ async fn admit(
             debug!(error = %e, "request body refused");
             (e.status(), e.to_string()).into_response()
         })?;
-    let deadline = reviews.admission.deadline;
-    let slot = tokio::time::timeout(deadline, reviews.slots.clone().acquire_owned()).await;
+    let slot = tokio::time::timeout_at(due, reviews.slots.clone().acquire_owned()).await;
     let Ok(Ok(slot)) = slot else {
         warn!("no review slot within the review deadline");
         return Err((

@@ -24,6 +24,7 @@ use tokio_rustls::client::TlsStream;
 use archgate::config::Settings;
 use archgate::serve::{self, Running};
 use archgate::server::MAX_CONCURRENT_STREAMS;
+use common::Fault;
 use common::webhook::{MountedSecret, World, pod_review, serve_settings};
 use rustls_pki_types::pem::PemObject;
 
@@ -229,6 +230,60 @@ async fn unfinished_bodies_do_not_starve_reviews() {
     assert!(peak < MEMORY_LIMIT_KIB, "{peak} KiB");
     drop((slow, streams));
     drivers.iter().for_each(|d| d.abort());
+    hook.running.shutdown().await;
+}
+
+/// A review that waited for a review slot was given the whole review deadline again once it
+/// had one, so a busy webhook answered after up to twice the deadline: past the API server's
+/// 10 s with the default 8 s, and under `failurePolicy: Ignore` that is an object admitted
+/// unchecked. The deadline now runs from the request's arrival.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_review_deadline_runs_from_arrival_not_from_the_slot() {
+    let world = World::new().await;
+    let deadline = Duration::from_secs(2);
+    let hook = Hook::start(&world, &["--review-deadline", "2"], |s| {
+        s.webhook_limits.reviews_in_flight = 1;
+    })
+    .await;
+    // The registry answers nothing in time: every cold lookup runs to the deadline.
+    world.proxy.set_fault(Fault::Delay(Duration::from_secs(30)));
+    let api = hook.api_server();
+    let holder = {
+        let (hook_port, api) = (hook.port(), api.clone());
+        let review = pod_review("u-1", &[world.image("cerebral/one", "v1")]);
+        tokio::spawn(async move {
+            api.post(format!("https://localhost:{hook_port}/validate"))
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&review).unwrap())
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    // Let the first review take the only slot.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let answer = hook
+        .review(
+            &api,
+            &pod_review("u-2", &[world.image("cerebral/two", "v1")]),
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    // Not checked in time: allowed under the default `--on-registry-error allow`, and said so.
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert!(
+        answer["response"]["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("in time")),
+        "{answer}"
+    );
+    // Waiting ~1.5 s for the slot and then a fresh 2 s would be ~3.5 s.
+    assert!(took < deadline + Duration::from_millis(900), "{took:?}");
+    assert_eq!(holder.await.unwrap().unwrap(), 200);
+    world.proxy.clear_fault();
     hook.running.shutdown().await;
 }
 
