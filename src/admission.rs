@@ -300,7 +300,7 @@ impl Admission {
             span.identify(req);
         }
         for finding in &verdict.findings {
-            info!(%finding, detail = ?finding, "finding");
+            info!(%finding, "finding");
         }
         let decision = match (verdict.allowed, verdict.findings.is_empty(), mode) {
             (false, _, _) => Decision::Denied,

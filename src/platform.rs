@@ -529,19 +529,31 @@ pub fn list(platforms: &[Platform]) -> String {
         .join(", ")
 }
 
+/// Platforms a finding names, at most; the rest are counted. Real images list a dozen, and a
+/// registry may list 1000 in an index.
+pub const MAX_LISTED: usize = 32;
+
 /// Joins platforms as nodes name them ([`Platform::node_name`]), each once, in order: what a
 /// finding lists, so that `linux/arm64/v8` and `linux/arm64` are one platform, as on the node.
+/// Past [`MAX_LISTED`] names the rest are counted, not written.
 pub fn node_list(platforms: &[Platform]) -> String {
-    let mut names: Vec<String> = Vec::new();
-    for name in platforms.iter().map(Platform::node_name) {
-        if !names.contains(&name) {
-            names.push(name);
+    let mut seen = std::collections::HashSet::new();
+    let names: Vec<String> = platforms
+        .iter()
+        .map(Platform::node_name)
+        .filter(|name| seen.insert(name.clone()))
+        .collect();
+    match names.len() {
+        0 => "none".to_string(),
+        n if n > MAX_LISTED => {
+            format!(
+                "{} and {} more",
+                names[..MAX_LISTED].join(", "),
+                n - MAX_LISTED
+            )
         }
+        _ => names.join(", "),
     }
-    if names.is_empty() {
-        return "none".to_string();
-    }
-    names.join(", ")
 }
 
 #[cfg(test)]

@@ -126,7 +126,9 @@ pub enum Finding {
         at: String,
         image: String,
         missing: Vec<Platform>,
-        available: Vec<Platform>,
+        /// The resolution's own list, shared: an object may name one image in 2000 containers,
+        /// and a hostile index may list 1000 platforms.
+        available: Arc<[Platform]>,
     },
     NotFound {
         at: String,
@@ -292,7 +294,7 @@ pub fn finding(c: &Checked) -> Option<Finding> {
                 at,
                 image,
                 missing,
-                available: r.platforms.to_vec(),
+                available: r.platforms.clone(),
             }
         }
     })
@@ -395,9 +397,25 @@ pub fn decide(checked: &[Checked], notes: &[String], policy: &Policy) -> Verdict
     }
     fit_budget(&mut warnings);
     let message = deny.then(|| {
-        let mut lines: Vec<String> = denying.iter().map(|&i| findings[i].to_string()).collect();
-        lines.extend(hints(checked));
-        clip_to(&lines.join("\n"), MAX_MESSAGE_CHARS)
+        // Written only until past the bound (a char is at most 4 bytes): an object may deny in
+        // 2000 containers, and the API server shows one screen of it anyway.
+        let mut text = String::new();
+        for &i in &denying {
+            if text.len() > 4 * MAX_MESSAGE_CHARS {
+                break;
+            }
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&findings[i].to_string());
+        }
+        if text.chars().count() < MAX_MESSAGE_CHARS {
+            for hint in hints(checked) {
+                text.push('\n');
+                text.push_str(&hint);
+            }
+        }
+        clip_to(&text, MAX_MESSAGE_CHARS)
     });
     Verdict {
         allowed: !deny,
@@ -413,15 +431,22 @@ pub fn hints(checked: &[Checked]) -> Vec<String> {
     let mut out = Vec::new();
     // The platforms the nodes need plus those the image already has: following the hint must not
     // lose the arm64 build a Mac user pushed.
+    // Targets share their pod's candidates and their image's resolution (`Arc`s): each pair is
+    // read once, however many containers name the image.
+    let mut seen = std::collections::HashSet::new();
     let needed: BTreeSet<String> = checked
         .iter()
-        .filter(|c| !c.missing().is_empty())
-        .flat_map(|c| {
-            let has = match &c.outcome {
-                Outcome::Resolved(r) => &r.platforms[..],
-                _ => &[],
-            };
-            c.candidates.iter().chain(has).map(Platform::build_name)
+        .filter_map(|c| match &c.outcome {
+            Outcome::Resolved(r) => Some((c, &r.platforms)),
+            _ => None,
+        })
+        .filter(|(c, has)| seen.insert((Arc::as_ptr(&c.candidates), Arc::as_ptr(has))))
+        .filter(|(c, _)| !c.missing().is_empty())
+        .flat_map(|(c, has)| {
+            c.candidates
+                .iter()
+                .chain(has.iter())
+                .map(Platform::build_name)
         })
         .collect();
     if !needed.is_empty() {
@@ -611,6 +636,45 @@ mod tests {
     }
 
     const REF: &str = "10.34.0.202:5000/cerebral/ai-base:cuda";
+
+    /// Before: every container's finding copied its image's whole platform list, and listing it
+    /// compared each name with every other; an index of 1000 made-up platforms named in 2000
+    /// containers was 2 million copies and billions of comparisons, outside the review deadline.
+    /// Now the list is shared, a finding names at most `MAX_LISTED` platforms and counts the
+    /// rest, and the denial is written only as far as it is shown.
+    #[test]
+    fn a_huge_index_named_by_every_container_stays_small() {
+        let platforms: Arc<[Platform]> = (0..1000)
+            .map(|i| Platform::new("linux", &format!("arch{i}"), None))
+            .collect();
+        let outcome = Outcome::Resolved(Resolution {
+            digest: None,
+            platforms: platforms.clone(),
+        });
+        let candidates: Arc<[Platform]> = Arc::from(vec![p("linux/amd64")]);
+        let checked: Vec<Checked> = (0..2000)
+            .map(|i| Checked {
+                target: target(&format!("c{i}"), REF),
+                candidates: candidates.clone(),
+                unplaceable: None,
+                outcome: outcome.clone(),
+            })
+            .collect();
+        let verdict = decide(&checked, &[], &Policy::default());
+        assert!(!verdict.allowed);
+        assert_eq!(verdict.findings.len(), 2000);
+        for finding in &verdict.findings {
+            let Finding::Missing { available, .. } = finding else {
+                panic!("{finding:?}")
+            };
+            assert!(Arc::ptr_eq(available, &platforms));
+        }
+        let listed = platform::node_list(&platforms);
+        assert!(listed.ends_with(", linux/arch31 and 968 more"), "{listed}");
+        let message = verdict.message.unwrap();
+        assert!(message.chars().count() <= MAX_MESSAGE_CHARS);
+        assert!(message.starts_with("container \"c0\" image"), "{message}");
+    }
 
     #[test]
     fn a_pod_on_the_wrong_node_leads_with_where_it_runs() {
