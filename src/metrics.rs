@@ -73,7 +73,8 @@ pub struct HostLabels {
 }
 
 /// Registries with rate-limit gauges, at most: the label is a host a registry reference
-/// names, so an unbounded set would let anyone who can create pods grow `/metrics`.
+/// names, so an unbounded set would let anyone who can create pods grow `/metrics`. Past it the
+/// host heard from longest ago makes room, so hosts named first cannot keep docker.io out.
 pub const MAX_RATE_LIMITED_HOSTS: usize = 64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,7 +118,8 @@ pub struct Metrics {
     /// Docker Hub's `RateLimit-Remaining`/`RateLimit-Limit`, by registry host.
     pub rate_limit_remaining: Family<HostLabels, Gauge>,
     pub rate_limit_limit: Family<HostLabels, Gauge>,
-    rate_limited_hosts: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Each host with gauges, by when its headers were last seen (a count of observations).
+    rate_limited_hosts: std::sync::Mutex<(u64, std::collections::HashMap<String, u64>)>,
 }
 
 impl Default for Metrics {
@@ -218,19 +220,29 @@ impl Metrics {
         }
     }
 
-    /// A registry's rate-limit headers; hosts past [`MAX_RATE_LIMITED_HOSTS`] are not recorded.
+    /// A registry's rate-limit headers. Past [`MAX_RATE_LIMITED_HOSTS`] hosts, the one whose
+    /// headers came longest ago loses its gauges.
     pub fn observe_rate_limit(&self, host: &str, limit: Option<u64>, remaining: u64) {
         {
-            let mut hosts = self
+            let mut guard = self
                 .rate_limited_hosts
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if !hosts.contains(host) {
-                if hosts.len() >= MAX_RATE_LIMITED_HOSTS {
-                    return;
+            let (clock, hosts) = &mut *guard;
+            *clock += 1;
+            if !hosts.contains_key(host) && hosts.len() >= MAX_RATE_LIMITED_HOSTS {
+                let oldest = hosts
+                    .iter()
+                    .min_by_key(|(_, seen)| **seen)
+                    .map(|(h, _)| h.clone());
+                if let Some(oldest) = oldest {
+                    hosts.remove(&oldest);
+                    let labels = HostLabels { registry: oldest };
+                    self.rate_limit_remaining.remove(&labels);
+                    self.rate_limit_limit.remove(&labels);
                 }
-                hosts.insert(host.to_string());
             }
+            hosts.insert(host.to_string(), *clock);
         }
         let labels = HostLabels {
             registry: host.to_string(),
@@ -266,5 +278,34 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before: the first 64 hosts to send rate-limit headers kept their gauges for good, so
+    /// anyone who could name 64 registries first kept docker.io's out of `/metrics`.
+    #[test]
+    fn rate_limit_gauges_go_to_the_hosts_heard_from_last() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_RATE_LIMITED_HOSTS {
+            metrics.observe_rate_limit(&format!("attacker-{i}.example"), Some(100), 1);
+        }
+        metrics.observe_rate_limit("docker.io", Some(100), 75);
+        let text = metrics.encode();
+        assert!(
+            text.contains("archgate_registry_ratelimit_remaining{registry=\"docker.io\"} 75"),
+            "{text}"
+        );
+        // attacker-0 was heard from longest ago: its gauges made room.
+        assert!(!text.contains("attacker-0.example"), "{text}");
+        assert!(text.contains("attacker-1.example"), "{text}");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("archgate_registry_ratelimit_remaining{"))
+            .count();
+        assert_eq!(series, MAX_RATE_LIMITED_HOSTS);
     }
 }
