@@ -28,7 +28,7 @@ use oci_client::errors::{OciDistributionError, OciEnvelope};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Url};
 
-use super::auth::{Authorization, TokenKey};
+use super::auth::{self, Authorization, TokenKey};
 use super::credentials::{Auth, Identity};
 use super::headers::{self, Challenge};
 use super::manifest;
@@ -274,9 +274,9 @@ impl Expiry<TokenKey, (Authorization, Duration)> for TokenLifetime {
     }
 }
 
-/// Registry hosts whose challenge is remembered, and tokens kept, at most.
+/// Registry hosts whose challenge is remembered, at most (a challenge is at most a few KiB:
+/// `headers::MAX_CHALLENGE_PARAM_BYTES`).
 const MAX_HOSTS: u64 = 10_000;
-const MAX_TOKENS: u64 = 10_000;
 
 impl Fetcher {
     pub fn new(
@@ -298,8 +298,10 @@ impl Fetcher {
             http: OnceLock::new(),
             insecure: options.insecure.to_vec(),
             challenges: Cache::new(MAX_HOSTS),
+            // Weighed in bytes, not counted: 10,000 tokens of up to 64 KiB each were 640 MB.
             tokens: Cache::builder()
-                .max_capacity(MAX_TOKENS)
+                .weigher(auth::token_weight)
+                .max_capacity(auth::MAX_TOKEN_CACHE_BYTES)
                 .expire_after(TokenLifetime)
                 .build(),
             metrics,
@@ -774,6 +776,34 @@ mod tests {
             let taken = content_digest(&with_digest_header(&bad));
             assert!(taken.is_none(), "{bad:.80}");
         }
+    }
+
+    /// A 401 whose challenge is past its bounds carries no challenge: there is nothing to
+    /// remember for the host, and the 401 is the answer.
+    #[tokio::test]
+    async fn an_oversized_challenge_is_not_read() {
+        let unauthorized = |challenge: &str| -> reqwest::Response {
+            axum::http::Response::builder()
+                .status(401)
+                .header(WWW_AUTHENTICATE, challenge)
+                .body(Vec::<u8>::new())
+                .unwrap()
+                .into()
+        };
+        let url = "https://r.example/v2/a/manifests/1";
+        let huge = format!(
+            r#"Bearer realm="https://auth.example/{}""#,
+            "r".repeat(400_000)
+        );
+        let refused = failure(unauthorized(&huge), url).await;
+        assert_eq!(refused.status(), Some(401));
+        assert!(refused.challenge.is_none());
+        let real = failure(
+            unauthorized(r#"Bearer realm="https://auth.example/token""#),
+            url,
+        )
+        .await;
+        assert!(real.challenge.is_some());
     }
 
     #[test]
