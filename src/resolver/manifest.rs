@@ -238,10 +238,22 @@ impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Capped<T, N>
     }
 }
 
+/// Characters of the parser's message kept: serde quotes a mistyped string whole (a 4 MiB
+/// `"os.features": "..."` was a 4 MiB message), and the message goes to logs and warnings.
+const MAX_JSON_MESSAGE_CHARS: usize = 200;
+
+fn json_error(e: serde_json::Error) -> ManifestError {
+    let text = e.to_string();
+    if text.chars().count() <= MAX_JSON_MESSAGE_CHARS {
+        return ManifestError::Json(text);
+    }
+    let cut: String = text.chars().take(MAX_JSON_MESSAGE_CHARS).collect();
+    ManifestError::Json(format!("{cut}… at line {} column {}", e.line(), e.column()))
+}
+
 /// Parses a manifest body. Index entries that are attestations are left out.
 pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
-    let raw: RawManifest =
-        serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+    let raw: RawManifest = serde_json::from_slice(body).map_err(json_error)?;
     if let Some(media_type) = raw.media_type.as_deref()
         && !ACCEPT.contains(&media_type)
         && !media_type.starts_with("application/vnd.docker.distribution.manifest.v1")
@@ -290,8 +302,7 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
 /// `amd64/v3` single image is denied for a plain amd64 node that 1.x would unpack and then fail
 /// to run on an older CPU.
 pub fn parse_config(body: &[u8]) -> Result<Platform, ManifestError> {
-    let raw: RawPlatform =
-        serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+    let raw: RawPlatform = serde_json::from_slice(body).map_err(json_error)?;
     raw.into_platform().ok_or(ManifestError::ConfigPlatform)
 }
 
@@ -524,6 +535,20 @@ mod tests {
             doc,
             Document::Index(vec![Platform::new("linux", "amd64", None)])
         );
+    }
+
+    /// A mistyped value is not echoed whole: the message stays short and says where.
+    #[test]
+    fn parse_errors_do_not_quote_whole_values() {
+        let huge = "x".repeat(100_000);
+        let errors = [
+            parse_manifest(&body(json!({"schemaVersion": 2, "manifests": huge}))).unwrap_err(),
+            parse_config(&body(json!({"architecture": "amd64", "os.features": huge}))).unwrap_err(),
+        ];
+        for error in errors.map(|e| e.to_string()) {
+            assert!(error.len() < 400, "{} bytes: {error:.300}", error.len());
+            assert!(error.contains("line 1 column"), "{error:.300}");
+        }
     }
 
     #[test]
