@@ -268,9 +268,9 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
             .items
             .into_iter()
             .filter(|e| {
-                !e.annotations
+                e.annotations
                     .as_ref()
-                    .is_some_and(|a| a.reference_type.is_some())
+                    .is_none_or(|a| a.reference_type.is_none())
             })
             .filter_map(|e| e.platform.and_then(RawPlatform::into_platform))
             .filter(|p| !p.is_unknown())
