@@ -641,13 +641,16 @@ fn checkable(
     digest: &str,
 ) -> std::result::Result<(&'static ring::digest::Algorithm, &str), OciDistributionError> {
     let (name, hex) = digest.split_once(':').unwrap_or((digest, ""));
-    let (algorithm, length) = match name {
-        "sha256" => (&ring::digest::SHA256, 64),
-        "sha384" => (&ring::digest::SHA384, 96),
-        "sha512" => (&ring::digest::SHA512, 128),
-        _ => (&ring::digest::SHA256, 0),
+    let known = match name {
+        "sha256" => Some((&ring::digest::SHA256, 64)),
+        "sha384" => Some((&ring::digest::SHA384, 96)),
+        "sha512" => Some((&ring::digest::SHA512, 128)),
+        _ => None,
     };
-    if length > 0 && hex.len() == length && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if let Some((algorithm, length)) = known
+        && hex.len() == length
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return Ok((algorithm, hex));
     }
     let mut shown: String = digest.chars().take(MAX_SHOWN_DIGEST).collect();
