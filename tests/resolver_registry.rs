@@ -852,3 +852,111 @@ async fn a_denying_answer_older_than_recheck_after_is_asked_again() {
     let now = resolver.resolve(&ai_base, &anonymous()).await.unwrap();
     assert_eq!(now.digest, Some(Digest::new(&rebuilt.digest)));
 }
+
+/// The manifest `image`'s tag points at, exactly as the registry serves it.
+async fn manifest_bytes(setup: &Setup, image: &PushedImage) -> Vec<u8> {
+    let url = format!(
+        "http://{}/v2/{}/manifests/{}",
+        setup.registry.host(),
+        image.repository,
+        image.digest
+    );
+    let response = reqwest::Client::new()
+        .get(url)
+        .header("accept", image.media_type)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    response.bytes().await.unwrap().to_vec()
+}
+
+fn sha512(body: &[u8]) -> String {
+    let hash = ring::digest::digest(&ring::digest::SHA512, body);
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha512:{hex}")
+}
+
+/// A `Docker-Content-Digest` in sha512 is checked like a sha256 one: content that does not hash
+/// to it is refused (it was taken as served), content that does is resolved under it.
+#[tokio::test]
+async fn a_stated_sha512_digest_is_checked_against_the_content() {
+    let setup = Setup::start().await;
+    let f = &setup.fixtures;
+    let reference = setup.tag_ref(&f.multi);
+    let stating = |digest: String| {
+        FaultRule::new(Fault::Header {
+            name: "docker-content-digest",
+            value: digest,
+        })
+        .only(RequestKind::Manifest)
+    };
+
+    setup.proxy.set_fault(stating(sha512(b"other content")));
+    let error = resolver(setup.options())
+        .resolve(&reference, &anonymous())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ResolveError::InvalidManifest { reason, .. } if reason.contains("does not match")),
+        "{error}"
+    );
+
+    let right = sha512(&manifest_bytes(&setup, &f.multi).await);
+    setup.proxy.set_fault(stating(right.clone()));
+    let resolution = resolver(setup.options())
+        .resolve(&reference, &anonymous())
+        .await
+        .unwrap();
+    assert_eq!(resolution.digest, Some(Digest::new(&right)));
+    assert_eq!(names(&resolution), ["linux/amd64", "linux/arm64/v8"]);
+}
+
+/// A malformed or overlong `Docker-Content-Digest` is ignored, on a GET and on the HEAD that
+/// revalidates a tag: the tag resolves to the sha256 of what was read, and the header's text
+/// never becomes the cached digest.
+#[tokio::test]
+async fn a_malformed_content_digest_header_is_ignored_and_never_cached() {
+    let setup = Setup::start().await;
+    let f = &setup.fixtures;
+    let reference = setup.tag_ref(&f.multi);
+    let ttl = Duration::from_millis(300);
+    for garbage in [
+        format!("sha512:{}", "z".repeat(200_000)),
+        format!("sha256:{}", "0".repeat(65)),
+        "md5:5d41402abc4b2a76b9719d911017c592".to_string(),
+    ] {
+        let shown = &garbage[..20];
+        let resolver = resolver(RegistryOptions {
+            tag_ttl: ttl,
+            ..setup.options()
+        });
+        setup.proxy.set_fault(
+            FaultRule::new(Fault::Header {
+                name: "docker-content-digest",
+                value: garbage.clone(),
+            })
+            .only(RequestKind::Manifest),
+        );
+        let first = resolver
+            .resolve(&reference, &anonymous())
+            .await
+            .unwrap_or_else(|e| panic!("{shown}: {e:.200}"));
+        assert_eq!(first.digest, Some(Digest::new(&f.multi.digest)), "{shown}");
+        // Past the TTL the HEAD's header is no answer either: the tag is read again.
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        setup.proxy.reset();
+        let again = resolver
+            .resolve(&reference, &anonymous())
+            .await
+            .unwrap_or_else(|e| panic!("{shown}: {e:.200}"));
+        assert_eq!(again, first, "{shown}");
+        assert_eq!(
+            tally(&setup.proxy.counts()),
+            (0, 1, 1, 0, 2),
+            "{shown}: a HEAD, then the GET its unreadable digest needs"
+        );
+    }
+    setup.proxy.clear_fault();
+}

@@ -50,6 +50,19 @@ const MAX_TOKEN_BYTES: usize = 64 << 10;
 /// (credential identity, registry origin, repository)
 pub type TokenKey = (super::Identity, String, String);
 
+/// Bytes of tokens (with their keys) kept, at most: ~10,000 of the few-KiB JWTs registries
+/// issue, but only 512 of the 64 KiB ones a hostile token endpoint may send, for as long as it
+/// says (`expires_in` is its to choose).
+pub(super) const MAX_TOKEN_CACHE_BYTES: u64 = 32 << 20;
+
+/// A cached token's weight against [`MAX_TOKEN_CACHE_BYTES`]: its bytes and its key's, plus
+/// what the entry costs whatever it holds.
+pub(super) fn token_weight(key: &TokenKey, value: &(Authorization, Duration)) -> u32 {
+    const ENTRY: usize = 128;
+    let token = value.0.as_ref().map_or(0, HeaderValue::len);
+    u32::try_from(ENTRY + key.1.len() + key.2.len() + token).unwrap_or(u32::MAX)
+}
+
 impl Fetcher {
     /// The Authorization header for pulling from `target`'s repository, given the challenge
     /// its registry is known to send (`None`: not known yet, so the request goes anonymously
@@ -387,6 +400,28 @@ mod tests {
             .challenged(&target, origin, Some(&old), new, &bought)
             .await;
         assert_eq!(fetcher.tokens.get(&key).await, None);
+    }
+
+    /// Tokens as large as a token endpoint's answer may be never hold more than the byte
+    /// budget, however long they are said to live; the cache still keeps what fits.
+    #[tokio::test]
+    async fn the_token_cache_is_bounded_in_bytes() {
+        let fetcher = fetcher();
+        let token = header(&format!("Bearer {}", "t".repeat(MAX_TOKEN_BYTES)));
+        let entries = MAX_TOKEN_CACHE_BYTES / MAX_TOKEN_BYTES as u64 + 100;
+        for i in 0..entries {
+            let key = (0, "https://r.example".to_string(), format!("team/app{i}"));
+            let forever = Duration::from_secs(u64::MAX / 4);
+            fetcher.tokens.insert(key, (token.clone(), forever)).await;
+        }
+        fetcher.tokens.run_pending_tasks().await;
+        let held: u64 = fetcher
+            .tokens
+            .iter()
+            .map(|(_, (token, _))| token.map_or(0, |t| t.len() as u64))
+            .sum();
+        assert!(held <= MAX_TOKEN_CACHE_BYTES, "{held} bytes of tokens held");
+        assert!(fetcher.tokens.entry_count() > 0);
     }
 
     #[test]

@@ -84,7 +84,8 @@ pub(super) fn digest_key(identity: Identity, image: &ImageRef, digest: &Digest) 
 }
 
 /// A manifest digest, stored compactly: 32 bytes for sha256 (every registry today), the text
-/// otherwise.
+/// otherwise: a sha384 or sha512, or a pinned reference's upper-case hex, at most 135 bytes (a
+/// registry's `Docker-Content-Digest` is taken only when well formed, `fetch::content_digest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Digest {
     Sha256([u8; 32]),

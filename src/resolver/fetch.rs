@@ -28,7 +28,7 @@ use oci_client::errors::{OciDistributionError, OciEnvelope};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Url};
 
-use super::auth::{Authorization, TokenKey};
+use super::auth::{self, Authorization, TokenKey};
 use super::credentials::{Auth, Identity};
 use super::headers::{self, Challenge};
 use super::manifest;
@@ -274,9 +274,9 @@ impl Expiry<TokenKey, (Authorization, Duration)> for TokenLifetime {
     }
 }
 
-/// Registry hosts whose challenge is remembered, and tokens kept, at most.
+/// Registry hosts whose challenge is remembered, at most (a challenge is at most a few KiB:
+/// `headers::MAX_CHALLENGE_PARAM_BYTES`).
 const MAX_HOSTS: u64 = 10_000;
-const MAX_TOKENS: u64 = 10_000;
 
 impl Fetcher {
     pub fn new(
@@ -298,8 +298,10 @@ impl Fetcher {
             http: OnceLock::new(),
             insecure: options.insecure.to_vec(),
             challenges: Cache::new(MAX_HOSTS),
+            // Weighed in bytes, not counted: 10,000 tokens of up to 64 KiB each were 640 MB.
             tokens: Cache::builder()
-                .max_capacity(MAX_TOKENS)
+                .weigher(auth::token_weight)
+                .max_capacity(auth::MAX_TOKEN_CACHE_BYTES)
                 .expire_after(TokenLifetime)
                 .build(),
             metrics,
@@ -492,6 +494,9 @@ impl Fetcher {
 
     /// A blob of `target`'s repository, at most `cap` bytes, checked against `digest`.
     pub async fn blob(&self, target: &Target<'_>, digest: &str, cap: usize) -> Result<Vec<u8>> {
+        // The digest is the manifest's claim: one archgate could not check is refused before
+        // it goes into a URL.
+        checkable(digest)?;
         let url = self.url(target.reference, &format!("blobs/{digest}"));
         let response = self.request(target, Method::GET, &url, &[]).await?;
         let body = read_capped(response, Content::Blob, cap).await?;
@@ -530,12 +535,17 @@ impl ClientSettings {
     }
 }
 
+/// The registry's `Docker-Content-Digest`, when well formed: a digest archgate can check
+/// ([`checkable`]) in the lowercase hex the OCI image spec requires. Any other value is ignored,
+/// not refused: the header is only a claim, and without it archgate uses the sha256 of what it
+/// read, so a registry (or a proxy in front of it) that mangles the header keeps working, and the
+/// mangled value (up to hyper's ~400 KB header buffer) never reaches a cache or a message.
 fn content_digest(response: &reqwest::Response) -> Option<String> {
     response
         .headers()
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.starts_with("sha256:") || v.starts_with("sha512:"))
+        .filter(|v| checkable(v).is_ok_and(|(_, hex)| !hex.bytes().any(|b| b.is_ascii_uppercase())))
         .map(str::to_string)
 }
 
@@ -613,19 +623,52 @@ async fn read_capped(
 }
 
 fn sha256(body: &[u8]) -> String {
-    let hash = ring::digest::digest(&ring::digest::SHA256, body);
-    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", hex(&ring::digest::SHA256, body))
+}
+
+fn hex(algorithm: &'static ring::digest::Algorithm, body: &[u8]) -> String {
+    let hash = ring::digest::digest(algorithm, body);
+    hash.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Characters of a digest archgate could not read that a message quotes, at most.
+const MAX_SHOWN_DIGEST: usize = 80;
+
+/// The algorithm and hex of a digest archgate can check: sha256, sha384 or sha512 (the OCI image
+/// spec's registered algorithms, all in `ring`) with exactly their length of hex digits. Any other
+/// digest is unreadable: content it names would be taken unchecked.
+fn checkable(
+    digest: &str,
+) -> std::result::Result<(&'static ring::digest::Algorithm, &str), OciDistributionError> {
+    let (name, hex) = digest.split_once(':').unwrap_or((digest, ""));
+    let known = match name {
+        "sha256" => Some((&ring::digest::SHA256, 64)),
+        "sha384" => Some((&ring::digest::SHA384, 96)),
+        "sha512" => Some((&ring::digest::SHA512, 128)),
+        _ => None,
+    };
+    if let Some((algorithm, length)) = known
+        && hex.len() == length
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Ok((algorithm, hex));
+    }
+    let mut shown: String = digest.chars().take(MAX_SHOWN_DIGEST).collect();
+    if shown.len() < digest.len() {
+        shown.push('…');
+    }
+    Err(OciDistributionError::SpecViolationError(format!(
+        "the digest {shown:?} is not one archgate can check: sha256, sha384 or sha512 in hex"
+    )))
 }
 
 /// Content fetched by digest must hash to it (mirrors and redirects make this the only
-/// guarantee of what was read). Only sha256 is checked; other algorithms are taken as served.
+/// guarantee of what was read), in whichever of [`checkable`]'s algorithms it names; a digest in
+/// any other is refused, never taken as served.
 fn verify(body: &[u8], expected: &str) -> std::result::Result<(), OciDistributionError> {
-    if !expected.starts_with("sha256:") {
-        return Ok(());
-    }
-    let actual = sha256(body);
-    if actual.eq_ignore_ascii_case(expected) {
+    let (algorithm, expected_hex) = checkable(expected)?;
+    let actual = hex(algorithm, body);
+    if actual.eq_ignore_ascii_case(expected_hex) {
         Ok(())
     } else {
         Err(OciDistributionError::SpecViolationError(format!(
@@ -665,6 +708,105 @@ mod tests {
         ] {
             assert!(!forbidden(good.parse().unwrap()), "{good}");
         }
+    }
+
+    fn digest_of(algorithm: &'static ring::digest::Algorithm, name: &str, body: &[u8]) -> String {
+        format!("{name}:{}", hex(algorithm, body))
+    }
+
+    /// sha256, sha384 and sha512 are all checked; content that does not hash to its digest is
+    /// refused whatever the algorithm, and a digest in any other algorithm is refused unread.
+    #[test]
+    fn content_is_checked_in_every_algorithm() {
+        let body = br#"{"schemaVersion":2}"#;
+        let other = br#"{"schemaVersion":3}"#;
+        for (algorithm, name) in [
+            (&ring::digest::SHA256, "sha256"),
+            (&ring::digest::SHA384, "sha384"),
+            (&ring::digest::SHA512, "sha512"),
+        ] {
+            let digest = digest_of(algorithm, name, body);
+            assert!(verify(body, &digest).is_ok(), "{digest}");
+            // A pinned reference may write the hex in upper case.
+            let upper = format!("{name}:{}", hex(algorithm, body).to_ascii_uppercase());
+            assert!(verify(body, &upper).is_ok(), "{upper}");
+            let wrong = digest_of(algorithm, name, other);
+            assert!(verify(body, &wrong).is_err(), "{wrong}");
+        }
+        let huge = format!("sha512:{}", "z".repeat(400_000));
+        for unreadable in [
+            "md5:5d41402abc4b2a76b9719d911017c592",
+            "sha512:abcd",
+            "sha256",
+            "",
+            huge.as_str(),
+        ] {
+            let error = verify(body, unreadable).unwrap_err().to_string();
+            assert!(error.len() < 300, "{} bytes", error.len());
+        }
+    }
+
+    fn with_digest_header(value: &str) -> reqwest::Response {
+        let response = axum::http::Response::builder()
+            .header("docker-content-digest", value)
+            .body(Vec::<u8>::new())
+            .unwrap();
+        response.into()
+    }
+
+    /// A `Docker-Content-Digest` is taken only when it is a digest archgate can check, written
+    /// as the spec writes it; anything else (a garbage or overlong header) is ignored.
+    #[test]
+    fn only_well_formed_content_digests_are_taken() {
+        let sha256 = sha256(b"x");
+        let sha512 = digest_of(&ring::digest::SHA512, "sha512", b"x");
+        for good in [&sha256, &sha512] {
+            assert_eq!(
+                content_digest(&with_digest_header(good)).as_ref(),
+                Some(good)
+            );
+        }
+        for bad in [
+            format!("sha512:{}", "z".repeat(200_000)),
+            format!("sha256:{}", "a".repeat(65)),
+            format!(
+                "sha256:{}",
+                hex(&ring::digest::SHA256, b"x").to_ascii_uppercase()
+            ),
+            "sha256:".to_string(),
+            "sha1:0beec7b5ea3f0fdbc95d0dd47f3c5bc275da8a33".to_string(),
+        ] {
+            let taken = content_digest(&with_digest_header(&bad));
+            assert!(taken.is_none(), "{bad:.80}");
+        }
+    }
+
+    /// A 401 whose challenge is past its bounds carries no challenge: there is nothing to
+    /// remember for the host, and the 401 is the answer.
+    #[tokio::test]
+    async fn an_oversized_challenge_is_not_read() {
+        let unauthorized = |challenge: &str| -> reqwest::Response {
+            axum::http::Response::builder()
+                .status(401)
+                .header(WWW_AUTHENTICATE, challenge)
+                .body(Vec::<u8>::new())
+                .unwrap()
+                .into()
+        };
+        let url = "https://r.example/v2/a/manifests/1";
+        let huge = format!(
+            r#"Bearer realm="https://auth.example/{}""#,
+            "r".repeat(400_000)
+        );
+        let refused = failure(unauthorized(&huge), url).await;
+        assert_eq!(refused.status(), Some(401));
+        assert!(refused.challenge.is_none());
+        let real = failure(
+            unauthorized(r#"Bearer realm="https://auth.example/token""#),
+            url,
+        )
+        .await;
+        assert!(real.challenge.is_some());
     }
 
     #[test]

@@ -40,15 +40,21 @@ impl Challenge {
         let mut realm = None;
         let mut service = None;
         for (key, value) in params_of(params) {
-            match key.to_ascii_lowercase().as_str() {
-                "realm" => realm = Some(value),
-                "service" => service = Some(value),
-                _ => {}
+            let is = |name: &str| key.eq_ignore_ascii_case(name);
+            if (is("realm") || is("service") || is("scope"))
+                && value.len() > MAX_CHALLENGE_PARAM_BYTES
+            {
+                return None;
+            }
+            if is("realm") {
+                realm = Some(value);
+            } else if is("service") {
+                service = Some(value);
             }
         }
         Some(Self::Bearer {
-            realm: realm.filter(|r| !r.is_empty())?,
-            service,
+            realm: realm.filter(|r| !r.is_empty())?.to_string(),
+            service: service.map(str::to_string),
         })
     }
 }
@@ -56,25 +62,32 @@ impl Challenge {
 /// Parameters past this many are ignored: a challenge has two or three.
 const MAX_PARAMS: usize = 16;
 
-/// `k="v",k2="v, with comma",k3=bare` → pairs; quotes may hold commas.
-fn params_of(text: &str) -> Vec<(String, String)> {
+/// Bytes of a challenge's `realm`, `service` or `scope`, at most. Real ones are a URL, a host
+/// name and a repository scope (Docker Hub's realm is 30 bytes); a challenge is remembered per
+/// registry host, and a header may be ~400 KB, so past this the challenge is unreadable: not
+/// remembered, and the 401 that carried it is the answer (under `onRegistryError`).
+pub const MAX_CHALLENGE_PARAM_BYTES: usize = 1024;
+
+/// `k="v",k2="v, with comma",k3=bare` → pairs, borrowed from the header (nothing is copied
+/// before its length is checked); quotes may hold commas.
+fn params_of(text: &str) -> Vec<(&str, &str)> {
     let mut out = Vec::new();
     let mut rest = text.trim();
     while !rest.is_empty() && out.len() < MAX_PARAMS {
         let Some((key, after)) = rest.split_once('=') else {
             break;
         };
-        let key = key.trim().trim_start_matches(',').trim().to_string();
+        let key = key.trim().trim_start_matches(',').trim();
         let after = after.trim_start();
         let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
             match quoted.find('"') {
-                Some(end) => (quoted[..end].to_string(), &quoted[end + 1..]),
-                None => (quoted.to_string(), ""),
+                Some(end) => (&quoted[..end], &quoted[end + 1..]),
+                None => (quoted, ""),
             }
         } else {
             match after.find(',') {
-                Some(end) => (after[..end].trim().to_string(), &after[end..]),
-                None => (after.trim().to_string(), ""),
+                Some(end) => (after[..end].trim(), &after[end..]),
+                None => (after.trim(), ""),
             }
         };
         out.push((key, value));
@@ -161,6 +174,33 @@ mod tests {
         assert_eq!(Challenge::parse(""), None);
         let many = format!("Bearer {}realm=\"late\"", "k=v,".repeat(100));
         assert_eq!(Challenge::parse(&many), None, "parameters are bounded");
+    }
+
+    /// A realm, service or scope past its bound makes the challenge unreadable (never
+    /// remembered); one at the bound, or another parameter past it, does not.
+    #[test]
+    fn challenge_parameters_are_bounded() {
+        let at = "a".repeat(MAX_CHALLENGE_PARAM_BYTES - "https://x/".len());
+        let past = "a".repeat(MAX_CHALLENGE_PARAM_BYTES + 1);
+        let bearer = |params: String| Challenge::parse(&format!("Bearer {params}"));
+        assert_eq!(
+            bearer(format!(
+                r#"realm="https://x/{at}",service="s",other="{past}""#
+            )),
+            Some(Challenge::Bearer {
+                realm: format!("https://x/{at}"),
+                service: Some("s".into()),
+            })
+        );
+        for params in [
+            format!(r#"realm="https://x/{past}",service="s""#),
+            format!(r#"realm="https://x/t",service="{past}""#),
+            format!(r#"realm="https://x/t",Scope="repository:{past}:pull""#),
+            format!("realm=https://x/{past}"),
+            format!(r#"realm="https://x/t",service="{}""#, "s".repeat(400_000)),
+        ] {
+            assert!(bearer(params.clone()).is_none(), "{params:.60}");
+        }
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! architectures into an enum; archgate must report exactly what the registry says, and
 //! [`crate::platform`] matches on every one of those fields as containerd does.
 
-use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 
 use crate::platform::Platform;
 
@@ -23,18 +25,19 @@ pub const ACCEPT: &[&str] = &[
 /// A config blob larger than this is not an image config; refuse to buffer it.
 pub const MAX_CONFIG_BYTES: i64 = 4 << 20;
 
-/// `os.features` kept per platform, and bytes per `os.version` or feature. Real images list one
-/// or two features (`win32k`); an entry past either bound is kept as needing [`UNREADABLE`].
+/// `os.features` kept per platform, and bytes per platform field (`os`, `architecture`,
+/// `variant`, `os.version`, each feature). Real images list one or two features (`win32k`) and
+/// no name comes near 64 bytes; a field past either bound is kept as [`UNREADABLE`], so a 4 MiB
+/// document cannot put megabytes into the cached platforms.
 const MAX_OS_FEATURES: usize = 16;
-const MAX_OS_FIELD_BYTES: usize = 64;
-/// Stands for an `os.version` or `os.features` archgate would not read: no node has it.
+const MAX_FIELD_BYTES: usize = 64;
+/// Stands for a platform field archgate would not read: no node has it, and it is neither empty
+/// (an empty `os` takes the node's) nor `unknown` (dropped as an attestation), so an entry
+/// holding it never matches and is still shown.
 const UNREADABLE: &str = "unreadable";
 /// Index entries read, at most. Real indexes list a few dozen (platforms plus attestations);
 /// an index listing more is refused as unreadable (a registry error for the policy).
 pub const MAX_INDEX_ENTRIES: usize = 1000;
-
-/// Buildx and other tools mark attestation and signature entries in an index this way.
-const REFERENCE_TYPE_ANNOTATION: &str = "vnd.docker.reference.type";
 
 /// What a manifest document tells us.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +65,8 @@ pub enum ManifestError {
     ConfigPlatform,
     #[error("the image config is {0} bytes, larger than any real image config")]
     ConfigTooLarge(i64),
-    #[error("the index lists {0} entries, more than the {MAX_INDEX_ENTRIES} archgate reads")]
-    TooManyEntries(usize),
+    #[error("the index lists more than {MAX_INDEX_ENTRIES} entries, the most archgate reads")]
+    TooManyEntries,
 }
 
 #[derive(Deserialize)]
@@ -74,12 +77,12 @@ struct RawManifest {
     #[serde(default)]
     media_type: Option<String>,
     #[serde(default)]
-    manifests: Option<Vec<RawEntry>>,
+    manifests: Option<Capped<RawEntry, MAX_INDEX_ENTRIES>>,
     #[serde(default)]
     config: Option<RawDescriptor>,
     /// schema 1 only
     #[serde(default)]
-    architecture: Option<String>,
+    architecture: Option<Field>,
 }
 
 #[derive(Deserialize)]
@@ -87,7 +90,16 @@ struct RawEntry {
     #[serde(default)]
     platform: Option<RawPlatform>,
     #[serde(default)]
-    annotations: Option<BTreeMap<String, String>>,
+    annotations: Option<RawAnnotations>,
+}
+
+/// The one annotation archgate reads; every other key is skipped without being copied (a map
+/// of them was a 4 MiB allocation per entry the registry chose to fill).
+#[derive(Deserialize)]
+struct RawAnnotations {
+    /// Buildx and other tools mark attestation and signature entries in an index this way.
+    #[serde(rename = "vnd.docker.reference.type", default)]
+    reference_type: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -100,55 +112,148 @@ struct RawDescriptor {
 #[derive(Deserialize)]
 struct RawPlatform {
     #[serde(default)]
-    architecture: String,
+    architecture: Field,
     #[serde(default)]
-    os: String,
+    os: Field,
     #[serde(default)]
-    variant: Option<String>,
+    variant: Option<Field>,
     #[serde(rename = "os.version", default)]
-    os_version: Option<String>,
+    os_version: Option<Field>,
     #[serde(rename = "os.features", default)]
-    os_features: Option<Vec<String>>,
+    os_features: Option<Capped<Field, MAX_OS_FEATURES>>,
 }
 
 impl RawPlatform {
     /// The platform, or `None` without an architecture (no node can match it). An empty `os` is
     /// kept: containerd reads it as the node's own OS (`normalizeOS`).
     fn into_platform(self) -> Option<Platform> {
-        if self.architecture.is_empty() {
+        let architecture = self.architecture.text();
+        if architecture.is_empty() {
             return None;
         }
-        let mut p = Platform::new(&self.os, &self.architecture, self.variant.as_deref());
-        p.os_version = self.os_version.filter(|v| !v.is_empty()).map(|v| {
-            // Every review compares (and copies) this; a real build is `10.0.20348.2227`.
-            if v.len() > MAX_OS_FIELD_BYTES {
-                UNREADABLE.to_string()
-            } else {
-                v
-            }
-        });
-        let features: Vec<String> = self
-            .os_features
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|f| !f.is_empty())
-            .collect();
-        // Past the bound the entry needs a feature no node offers: never a silent match.
-        let too_many = features.len() > MAX_OS_FEATURES
-            || features.iter().any(|f| f.len() > MAX_OS_FIELD_BYTES);
-        p.os_features = if too_many {
+        let variant = self.variant.map(Field::text);
+        let mut p = Platform::new(&self.os.text(), &architecture, variant.as_deref());
+        // Every review compares (and copies) this; a real build is `10.0.20348.2227`.
+        p.os_version = self.os_version.map(Field::text).filter(|v| !v.is_empty());
+        let (features, overflowed) = match self.os_features {
+            Some(list) => (list.items, list.overflowed),
+            None => (Vec::new(), false),
+        };
+        // Past a bound the entry needs a feature no node offers: never a silent match.
+        let unreadable = overflowed || features.iter().any(|f| matches!(f, Field::TooLong));
+        p.os_features = if unreadable {
             vec![UNREADABLE.to_string()]
         } else {
             features
+                .into_iter()
+                .map(Field::text)
+                .filter(|f| !f.is_empty())
+                .collect()
         };
         Some(p)
     }
 }
 
+/// A platform field as the registry wrote it, or the knowledge that it was longer than
+/// [`MAX_FIELD_BYTES`]. Read from the borrowed input: an oversized value is never copied.
+enum Field {
+    Text(String),
+    TooLong,
+}
+
+impl Field {
+    /// The text, with [`UNREADABLE`] standing for a value past the bound.
+    fn text(self) -> String {
+        match self {
+            Field::Text(text) => text,
+            Field::TooLong => UNREADABLE.to_string(),
+        }
+    }
+}
+
+impl Default for Field {
+    fn default() -> Self {
+        Field::Text(String::new())
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(if v.len() > MAX_FIELD_BYTES {
+                    Field::TooLong
+                } else {
+                    Field::Text(v.to_string())
+                })
+            }
+        }
+        deserializer.deserialize_str(FieldVisitor)
+    }
+}
+
+/// A list read element by element that keeps at most `N` elements: the rest are skipped as
+/// they are read (`IgnoredAny` copies nothing) and only counted as `overflowed`. A fully read
+/// `Vec` of a 4 MiB `[{},{},...]` was ~1.4 million entries, hundreds of MB per lookup, before
+/// its length could be checked.
+struct Capped<T, const N: usize> {
+    items: Vec<T>,
+    overflowed: bool,
+}
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Capped<T, N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CappedVisitor<T, const N: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for CappedVisitor<T, N> {
+            type Value = Capped<T, N>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while items.len() < N {
+                    match seq.next_element()? {
+                        Some(item) => items.push(item),
+                        None => {
+                            return Ok(Capped {
+                                items,
+                                overflowed: false,
+                            });
+                        }
+                    }
+                }
+                let mut overflowed = false;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    overflowed = true;
+                }
+                Ok(Capped { items, overflowed })
+            }
+        }
+        deserializer.deserialize_seq(CappedVisitor::<T, N>(PhantomData))
+    }
+}
+
+/// Characters of the parser's message kept: serde quotes a mistyped string whole (a 4 MiB
+/// `"os.features": "..."` was a 4 MiB message), and the message goes to logs and warnings.
+const MAX_JSON_MESSAGE_CHARS: usize = 200;
+
+fn json_error(e: serde_json::Error) -> ManifestError {
+    let text = e.to_string();
+    if text.chars().count() <= MAX_JSON_MESSAGE_CHARS {
+        return ManifestError::Json(text);
+    }
+    let cut: String = text.chars().take(MAX_JSON_MESSAGE_CHARS).collect();
+    ManifestError::Json(format!("{cut}… at line {} column {}", e.line(), e.column()))
+}
+
 /// Parses a manifest body. Index entries that are attestations are left out.
 pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
-    let raw: RawManifest =
-        serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+    let raw: RawManifest = serde_json::from_slice(body).map_err(json_error)?;
     if let Some(media_type) = raw.media_type.as_deref()
         && !ACCEPT.contains(&media_type)
         && !media_type.starts_with("application/vnd.docker.distribution.manifest.v1")
@@ -156,15 +261,16 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
         return Err(ManifestError::MediaType(media_type.to_string()));
     }
     if let Some(entries) = raw.manifests {
-        if entries.len() > MAX_INDEX_ENTRIES {
-            return Err(ManifestError::TooManyEntries(entries.len()));
+        if entries.overflowed {
+            return Err(ManifestError::TooManyEntries);
         }
         let mut platforms: Vec<Platform> = entries
+            .items
             .into_iter()
             .filter(|e| {
-                !e.annotations
+                e.annotations
                     .as_ref()
-                    .is_some_and(|a| a.contains_key(REFERENCE_TYPE_ANNOTATION))
+                    .is_none_or(|a| a.reference_type.is_none())
             })
             .filter_map(|e| e.platform.and_then(RawPlatform::into_platform))
             .filter(|p| !p.is_unknown())
@@ -179,7 +285,7 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
         });
     }
     if raw.schema_version == Some(1)
-        && let Some(arch) = raw.architecture.filter(|a| !a.is_empty())
+        && let Some(arch) = raw.architecture.map(Field::text).filter(|a| !a.is_empty())
     {
         return Ok(Document::Legacy(Platform::new("linux", &arch, None)));
     }
@@ -196,8 +302,7 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
 /// `amd64/v3` single image is denied for a plain amd64 node that 1.x would unpack and then fail
 /// to run on an older CPU.
 pub fn parse_config(body: &[u8]) -> Result<Platform, ManifestError> {
-    let raw: RawPlatform =
-        serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+    let raw: RawPlatform = serde_json::from_slice(body).map_err(json_error)?;
     raw.into_platform().ok_or(ManifestError::ConfigPlatform)
 }
 
@@ -271,14 +376,18 @@ mod tests {
     #[test]
     fn oversized_os_fields_never_match() {
         let many: Vec<String> = (0..=MAX_OS_FEATURES).map(|i| format!("f{i}")).collect();
-        let long = "9".repeat(MAX_OS_FIELD_BYTES + 1);
+        let long = "9".repeat(MAX_FIELD_BYTES + 1);
         for platform in [
             json!({"os": "linux", "architecture": "amd64", "os.features": many}),
             json!({"os": "linux", "architecture": "amd64", "os.features": [long]}),
             json!({"os": "windows", "architecture": "amd64", "os.version": format!("10.0.17763.{long}")}),
+            // Every other platform field is held to the same bound: a cached platform is small.
+            json!({"os": format!("linux{long}"), "architecture": "amd64"}),
+            json!({"os": "linux", "architecture": format!("amd64{long}")}),
+            json!({"os": "linux", "architecture": "amd64", "variant": format!("v1{long}")}),
         ] {
             let p = parse_config(&body(platform)).unwrap();
-            assert!(p.to_string().len() < 80, "{p}");
+            assert!(p.to_string().len() < 40, "{p}");
             for node in ["linux/amd64", "windows(10.0.17763)/amd64"] {
                 let node = Platform::parse(node).unwrap();
                 assert!(!p.satisfies(&node), "{p} on {}", node.node_name());
@@ -342,8 +451,104 @@ mod tests {
         assert!(parse_manifest(&index(MAX_INDEX_ENTRIES)).is_ok());
         assert_eq!(
             parse_manifest(&index(MAX_INDEX_ENTRIES + 1)),
-            Err(ManifestError::TooManyEntries(MAX_INDEX_ENTRIES + 1))
+            Err(ManifestError::TooManyEntries)
         );
+    }
+
+    /// An entry whose fields are all past the bound is kept (shown, never matched), not dropped
+    /// as an attestation nor read as "any OS"; a field at the bound is kept as written.
+    #[test]
+    fn index_platform_fields_are_bounded() {
+        let at = "a".repeat(MAX_FIELD_BYTES);
+        let past = "a".repeat(MAX_FIELD_BYTES + 1);
+        let doc = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "manifests": [
+                {"platform": {"os": past, "architecture": past, "variant": past}},
+                {"platform": {"os": "linux", "architecture": at}}
+            ]
+        })))
+        .unwrap();
+        let Document::Index(platforms) = doc else {
+            panic!("{doc:?}")
+        };
+        let shown: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                format!("{UNREADABLE}/{UNREADABLE}/{UNREADABLE}"),
+                format!("linux/{at}")
+            ]
+        );
+        for node in ["linux/amd64", "linux/arm64", "windows/amd64"] {
+            let node = Platform::parse(node).unwrap();
+            assert!(!platforms[0].satisfies(&node), "{}", node.node_name());
+        }
+        let legacy = parse_manifest(&body(
+            json!({"schemaVersion": 1, "architecture": format!("amd64{past}")}),
+        ))
+        .unwrap();
+        assert_eq!(
+            legacy,
+            Document::Legacy(Platform::new("linux", UNREADABLE, None))
+        );
+    }
+
+    /// Entries past the bound are skipped, never read as entries: one that is not an entry at
+    /// all (`"platform": 7`, an error when read) after the 1001st leaves the answer "too many".
+    #[test]
+    fn index_entries_past_the_bound_are_not_kept() {
+        let index = |n: usize, tail: &str| {
+            let entries = vec!["{}"; n].join(",");
+            format!(r#"{{"schemaVersion":2,"manifests":[{entries}{tail}]}}"#).into_bytes()
+        };
+        assert_eq!(
+            parse_manifest(&index(MAX_INDEX_ENTRIES, "")),
+            Ok(Document::Index(Vec::new()))
+        );
+        assert_eq!(
+            parse_manifest(&index(MAX_INDEX_ENTRIES + 1, r#",{"platform":7}"#)),
+            Err(ManifestError::TooManyEntries)
+        );
+        // Within the bound the same entry is read, and is an error.
+        assert!(matches!(
+            parse_manifest(&index(3, r#",{"platform":7}"#)),
+            Err(ManifestError::Json(_))
+        ));
+    }
+
+    /// Only `vnd.docker.reference.type` is read out of an entry's annotations: other keys, of
+    /// any type, are skipped.
+    #[test]
+    fn only_the_reference_type_annotation_is_read() {
+        let doc = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "manifests": [
+                {"platform": {"os": "linux", "architecture": "amd64"},
+                 "annotations": {"org.example.big": {"nested": [1, 2, 3]}, "n": 5}},
+                {"platform": {"os": "linux", "architecture": "arm64"},
+                 "annotations": {"n": 5, "vnd.docker.reference.type": "attestation-manifest"}}
+            ]
+        })))
+        .unwrap();
+        assert_eq!(
+            doc,
+            Document::Index(vec![Platform::new("linux", "amd64", None)])
+        );
+    }
+
+    /// A mistyped value is not echoed whole: the message stays short and says where.
+    #[test]
+    fn parse_errors_do_not_quote_whole_values() {
+        let huge = "x".repeat(100_000);
+        let errors = [
+            parse_manifest(&body(json!({"schemaVersion": 2, "manifests": huge}))).unwrap_err(),
+            parse_config(&body(json!({"architecture": "amd64", "os.features": huge}))).unwrap_err(),
+        ];
+        for error in errors.map(|e| e.to_string()) {
+            assert!(error.len() < 400, "{} bytes: {error:.300}", error.len());
+            assert!(error.contains("line 1 column"), "{error:.300}");
+        }
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub enum Fault {
     /// Forward, but send only the first half of the body after announcing its full length,
     /// then cut the connection.
     Truncate,
+    /// Forward, then set the response header `name` to `value` (a registry, or a proxy in front
+    /// of it, that states something else than what it serves).
+    Header { name: &'static str, value: String },
 }
 
 /// A fault plus which requests it hits: all of them or one [`RequestKind`], forever or for the
@@ -430,11 +433,15 @@ async fn respond(
             retry_after,
         }) => return Ok(error_response(status, retry_after)),
         Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
-        Some(Fault::Truncate) | None => {}
+        Some(Fault::Truncate | Fault::Header { .. }) | None => {}
     }
-    let response = forward(shared, request).await;
+    let mut response = forward(shared, request).await;
     Ok(match fault {
         Some(Fault::Truncate) => truncate(response),
+        Some(Fault::Header { name, value }) => {
+            response.headers_mut().insert(name, header_value(&value));
+            response
+        }
         _ => response,
     })
 }
