@@ -78,9 +78,23 @@ fn selects(placement: &Placement, node: &NodeView) -> bool {
     selector_ok && affinity_ok
 }
 
+/// The taint a cordon (`spec.unschedulable`) stands for. The node lifecycle controller also
+/// writes it into the node's taints, but the scheduler does not wait for that.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
 /// Is `node` cordoned, or tainted with a taint the pod does not tolerate?
+///
+/// A cordon is not absolute: the scheduler's NodeUnschedulable plugin
+/// (pkg/scheduler/framework/plugins/nodeunschedulable, `Filter`) lets a pod onto a cordoned node
+/// when it tolerates `node.kubernetes.io/unschedulable:NoSchedule`, as every DaemonSet pod does.
 fn repels(placement: &Placement, node: &NodeView) -> bool {
-    node.unschedulable || !tolerates_all(&placement.tolerations, &node.taints)
+    let cordon = Taint {
+        key: UNSCHEDULABLE_TAINT.into(),
+        effect: "NoSchedule".into(),
+        ..Taint::default()
+    };
+    (node.unschedulable && !tolerates_all(&placement.tolerations, std::slice::from_ref(&cordon)))
+        || !tolerates_all(&placement.tolerations, &node.taints)
 }
 
 /// Why a pod has no candidate platform, for the warning that says its images were not checked
@@ -452,12 +466,13 @@ mod tests {
                 },
                 vec!["linux/amd64", "linux/ppc64le"],
             ),
+            // Tolerating every taint tolerates the cordon's too.
             (
                 Placement {
                     tolerations: vec![tol(None, "Exists", None)],
                     ..Default::default()
                 },
-                vec!["linux/amd64", "linux/arm64", "linux/ppc64le"],
+                vec!["linux/amd64", "linux/arm64", "linux/ppc64le", "linux/s390x"],
             ),
             (
                 Placement {
@@ -494,6 +509,64 @@ mod tests {
                     ..Default::default()
                 },
                 vec!["linux/s390x"],
+            ),
+        ];
+        for (placement, want) in cases {
+            assert_eq!(
+                names(&candidates(&placement, &nodes)),
+                want,
+                "{placement:?}"
+            );
+        }
+    }
+
+    /// A DaemonSet's pods tolerate the cordon (the DaemonSet controller adds the toleration), so
+    /// a cordoned arm64 node is still where its new image will run.
+    #[test]
+    fn a_cordon_repels_only_pods_that_do_not_tolerate_it() {
+        let mut cordoned = node("arm-1", "arm64", &[]);
+        cordoned.unschedulable = true;
+        let mut cordoned_and_tainted = node("arm-2", "s390x", &[]);
+        cordoned_and_tainted.unschedulable = true;
+        cordoned_and_tainted.taints = vec![Taint {
+            key: ARCH_LABEL.into(),
+            value: Some("s390x".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        }];
+        let nodes = vec![node("amd-1", "amd64", &[]), cordoned, cordoned_and_tainted];
+        let tolerating = |key: Option<&str>, effect: Option<&str>| Placement {
+            tolerations: vec![Toleration {
+                key: key.map(str::to_string),
+                operator: Some("Exists".into()),
+                effect: effect.map(str::to_string),
+                ..Toleration::default()
+            }],
+            ..Placement::default()
+        };
+        let cases: Vec<(Placement, Vec<&str>)> = vec![
+            (Placement::default(), vec!["linux/amd64"]),
+            // As the DaemonSet controller writes it.
+            (
+                tolerating(Some(UNSCHEDULABLE_TAINT), Some("NoSchedule")),
+                vec!["linux/amd64", "linux/arm64"],
+            ),
+            (
+                tolerating(Some(UNSCHEDULABLE_TAINT), None),
+                vec!["linux/amd64", "linux/arm64"],
+            ),
+            (
+                tolerating(None, Some("NoSchedule")),
+                vec!["linux/amd64", "linux/arm64", "linux/s390x"],
+            ),
+            // The cordon is a NoSchedule taint: a NoExecute toleration does not cover it.
+            (
+                tolerating(Some(UNSCHEDULABLE_TAINT), Some("NoExecute")),
+                vec!["linux/amd64"],
+            ),
+            (
+                tolerating(Some("other"), Some("NoSchedule")),
+                vec!["linux/amd64"],
             ),
         ];
         for (placement, want) in cases {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::platform::Platform;
 
 use super::{ExtractError, ExtractOptions, Extraction, Location, Placement, Target, object_name};
-use crate::subject::Kind;
+use crate::subject::{Kind, Workload};
 
 mod view;
 pub(crate) use view::SpecView;
@@ -35,6 +35,7 @@ struct PodSpec<'a> {
     image_pull_secrets: Option<Vec<LocalObjectReference>>,
     service_account_name: Option<String>,
     node_name: Option<String>,
+    host_network: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -82,13 +83,40 @@ pub fn extract(
     let Some(spec_value) = spec_value else {
         return Err(error(format!("it has no {}", path.join("."))));
     };
-    let spec = PodSpec::deserialize(spec_value).map_err(|e| error(e.to_string()))?;
+    let mut spec = PodSpec::deserialize(spec_value).map_err(|e| error(e.to_string()))?;
+    if kind == Kind::Workload(Workload::DaemonSet) {
+        add_daemon_pod_tolerations(&mut spec);
+    }
     // Findings in a Pod say `container "x"`; in a workload they name the template's owner.
     let owner = (kind != Kind::Pod).then(|| format!("{kind} {name}"));
     Ok(Extraction {
         targets: targets(spec, owner, options.trust_tekton_platforms),
         ..Extraction::default()
     })
+}
+
+/// The tolerations the DaemonSet controller adds to every pod it creates, whatever the template
+/// says (pkg/controller/daemon/util/daemonset_util.go, `AddOrUpdateDaemonPodTolerations`): its
+/// pods run on cordoned nodes and nodes under pressure, so a template is checked against them.
+fn add_daemon_pod_tolerations(spec: &mut PodSpec) {
+    let mut added = vec![
+        ("node.kubernetes.io/not-ready", "NoExecute"),
+        ("node.kubernetes.io/unreachable", "NoExecute"),
+        ("node.kubernetes.io/disk-pressure", "NoSchedule"),
+        ("node.kubernetes.io/memory-pressure", "NoSchedule"),
+        ("node.kubernetes.io/pid-pressure", "NoSchedule"),
+        (crate::scheduling::UNSCHEDULABLE_TAINT, "NoSchedule"),
+    ];
+    if spec.host_network == Some(true) {
+        added.push(("node.kubernetes.io/network-unavailable", "NoSchedule"));
+    }
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    tolerations.extend(added.into_iter().map(|(key, effect)| Toleration {
+        key: Some(key.to_string()),
+        operator: Some("Exists".to_string()),
+        effect: Some(effect.to_string()),
+        ..Toleration::default()
+    }));
 }
 
 /// The scheduling part of a pod spec, moved out of it (the spec is read once per extraction).
@@ -202,6 +230,8 @@ fn tekton_platforms(env: Option<&[EnvEntry]>, trusted: bool) -> Option<Vec<Platf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduling::{self, NodeView};
+    use k8s_openapi::api::core::v1::Taint;
     use serde_json::json;
 
     /// The pod extractor as the pipeline calls it, trusting `TEKTON_PLATFORM_COMMANDS` as it does
@@ -255,6 +285,91 @@ mod tests {
         );
         assert_eq!(ex.targets[0].placement.node_name, None);
         assert_eq!(ex.targets[3].placement.node_name.as_deref(), Some("node-a"));
+    }
+
+    /// A real node `name` of `linux/ARCH`, with `taints` (`key=value:Effect`) and the cordon.
+    fn node(name: &str, arch: &str, taints: &[&str], cordoned: bool) -> NodeView {
+        let mut node = NodeView::synthetic(&Platform::parse(&format!("linux/{arch}")).unwrap());
+        node.name = name.to_string();
+        node.synthetic = false;
+        node.unschedulable = cordoned;
+        node.taints = taints
+            .iter()
+            .map(|t| {
+                let (key_value, effect) = t.split_once(':').unwrap();
+                let (key, value) = key_value.split_once('=').unwrap_or((key_value, ""));
+                Taint {
+                    key: key.to_string(),
+                    value: (!value.is_empty()).then(|| value.to_string()),
+                    effect: effect.to_string(),
+                    time_added: None,
+                }
+            })
+            .collect();
+        node
+    }
+
+    /// Every target's candidate platforms on `nodes`, as `location: platforms`.
+    fn candidates_of(ex: &Extraction, nodes: &[NodeView]) -> Vec<String> {
+        ex.targets
+            .iter()
+            .map(|t| {
+                let platforms: Vec<String> = scheduling::candidates(&t.placement, nodes)
+                    .iter()
+                    .map(Platform::to_string)
+                    .collect();
+                format!("{}: {}", t.location, platforms.join(", "))
+            })
+            .collect()
+    }
+
+    /// The DaemonSet controller adds tolerations to every pod it makes, the cordon's among them:
+    /// a DaemonSet's new image will run on a cordoned arm64 node, a Deployment's will not.
+    #[test]
+    fn a_daemonset_template_tolerates_what_its_controller_adds() {
+        let nodes = [
+            node("amd-1", "amd64", &[], false),
+            node(
+                "arm-1",
+                "arm64",
+                &["node.kubernetes.io/unschedulable:NoSchedule"],
+                true,
+            ),
+            node(
+                "s390x-1",
+                "s390x",
+                &["node.kubernetes.io/memory-pressure:NoSchedule"],
+                false,
+            ),
+            node(
+                "ppc-1",
+                "ppc64le",
+                &["node.kubernetes.io/network-unavailable:NoSchedule"],
+                false,
+            ),
+        ];
+        let with = |kind: &str, host_network: bool| {
+            let template = json!({"spec": {
+                "hostNetwork": host_network,
+                "containers": [{"name": "agent", "image": "amd64-only"}]
+            }});
+            let object = json!({"metadata": {"name": "agent"}, "spec": {"template": template}});
+            candidates_of(&extract(kind, &object).unwrap(), &nodes)
+        };
+        assert_eq!(
+            with("DaemonSet", false),
+            ["DaemonSet agent, container \"agent\": linux/amd64, linux/arm64, linux/s390x"]
+        );
+        assert_eq!(
+            with("DaemonSet", true),
+            [
+                "DaemonSet agent, container \"agent\": linux/amd64, linux/arm64, linux/ppc64le, linux/s390x"
+            ]
+        );
+        assert_eq!(
+            with("Deployment", true),
+            ["Deployment agent, container \"agent\": linux/amd64"]
+        );
     }
 
     #[test]

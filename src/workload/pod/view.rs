@@ -75,8 +75,8 @@ const CONTAINER: Keep = Keep::Fields(&[
     ("env", Keep::Named(super::PLATFORM_COMMANDS)),
 ]);
 
-/// What [`super::PodSpec`] reads, and `nodeName`, `nodeSelector` and `affinity`, which placement
-/// mode reads.
+/// What [`super::PodSpec`] reads (`hostNetwork` only for a DaemonSet's tolerations), and
+/// `nodeName`, `nodeSelector` and `affinity`, which placement mode reads.
 const POD_SPEC: Keep = Keep::Fields(&[
     ("containers", Keep::Each(&CONTAINER)),
     ("initContainers", Keep::Each(&CONTAINER)),
@@ -87,6 +87,7 @@ const POD_SPEC: Keep = Keep::Fields(&[
     ("imagePullSecrets", Keep::Whole),
     ("serviceAccountName", Keep::Whole),
     ("nodeName", Keep::Whole),
+    ("hostNetwork", Keep::Whole),
 ]);
 
 /// Reads an object's `spec` whose pod spec sits at `path` below it (`[]` for a Pod,
