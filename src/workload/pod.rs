@@ -129,7 +129,9 @@ fn placement(spec: &mut PodSpec) -> Placement {
             .and_then(|a| a.node_affinity)
             .and_then(|n| n.required_during_scheduling_ignored_during_execution),
         tolerations: spec.tolerations.take().unwrap_or_default(),
-        node_name: None,
+        // Bound by name, every container runs on that node, not only ephemeral ones
+        // (see `scheduling::bound_to`). The API server treats "" as unset.
+        node_name: spec.node_name.take().filter(|n| !n.is_empty()),
         pull_secrets: spec
             .image_pull_secrets
             .take()
@@ -147,7 +149,6 @@ fn placement(spec: &mut PodSpec) -> Placement {
 /// One target per container image of a pod spec, in the order the kubelet starts them.
 fn targets(mut spec: PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Target> {
     let placement = Arc::new(placement(&mut spec));
-    let mut on_node = None;
     let mut out = Vec::new();
     // `container "x"`, or `init container "x"`: the kubelet's own words for where it failed.
     let mut push = |init: bool,
@@ -187,14 +188,9 @@ fn targets(mut spec: PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<
         );
     }
     for c in spec.ephemeral_containers.iter().flatten() {
-        // Ephemeral containers join a running pod: only its node's platform matters.
-        let pinned = on_node.get_or_insert_with(|| {
-            Arc::new(Placement {
-                node_name: spec.node_name.clone(),
-                ..(*placement).clone()
-            })
-        });
-        push(false, &c.name, c.image.as_ref(), pinned, None);
+        // Ephemeral containers join the pod where it runs: its `nodeName` pins them as it pins
+        // the others.
+        push(false, &c.name, c.image.as_ref(), &placement, None);
     }
     out
 }
@@ -283,8 +279,15 @@ mod tests {
             ex.targets[0].placement.node_selector["kubernetes.io/arch"],
             "amd64"
         );
-        assert_eq!(ex.targets[0].placement.node_name, None);
-        assert_eq!(ex.targets[3].placement.node_name.as_deref(), Some("node-a"));
+        // nodeName binds the whole pod: init, regular and ephemeral containers alike.
+        for target in &ex.targets {
+            assert_eq!(
+                target.placement.node_name.as_deref(),
+                Some("node-a"),
+                "{}",
+                target.location
+            );
+        }
     }
 
     /// A real node `name` of `linux/ARCH`, with `taints` (`key=value:Effect`) and the cordon.
@@ -321,6 +324,55 @@ mod tests {
                 format!("{}: {}", t.location, platforms.join(", "))
             })
             .collect()
+    }
+
+    /// `nodeName` pins every container to that node: an amd64-only image must not pass because
+    /// the arm64 node it is bound to is tainted (GKE taints Arm nodes
+    /// `kubernetes.io/arch=arm64:NoSchedule`) or cordoned, leaving only the amd64 nodes.
+    #[test]
+    fn node_name_pins_every_container_to_that_node() {
+        let nodes = [
+            node("amd-1", "amd64", &[], false),
+            node("arm-1", "arm64", &["kubernetes.io/arch=arm64:NoSchedule"], false),
+            node("arm-2", "arm64", &[], true),
+        ];
+        let spec = |node_name: &str| {
+            json!({
+                "nodeName": node_name,
+                "initContainers": [{"name": "init", "image": "busybox"}],
+                "containers": [{"name": "app", "image": "amd64-only"}],
+                "ephemeralContainers": [{"name": "debug", "image": "alpine"}]
+            })
+        };
+        for bound in ["arm-1", "arm-2"] {
+            let pod = json!({"metadata": {"name": "web"}, "spec": spec(bound)});
+            assert_eq!(
+                candidates_of(&extract("Pod", &pod).unwrap(), &nodes),
+                [
+                    "init container \"init\": linux/arm64",
+                    "container \"app\": linux/arm64",
+                    "container \"debug\": linux/arm64",
+                ],
+                "{bound}"
+            );
+            let template = json!({"spec": spec(bound)});
+            let deployment = json!({"metadata": {"name": "web"}, "spec": {"template": template}});
+            let seen = candidates_of(&extract("Deployment", &deployment).unwrap(), &nodes);
+            assert!(
+                seen.iter().all(|c| c.ends_with(": linux/arm64")),
+                "{bound}: {seen:?}"
+            );
+        }
+        // Unbound (or "", which the API server treats as unset), the scheduler keeps it off both.
+        for unbound in [json!({}), json!({"nodeName": ""})] {
+            let mut pod = json!({"metadata": {"name": "web"}, "spec": spec("")});
+            pod["spec"]["nodeName"] = unbound["nodeName"].clone();
+            let seen = candidates_of(&extract("Pod", &pod).unwrap(), &nodes);
+            assert!(
+                seen.iter().all(|c| c.ends_with(": linux/amd64")),
+                "{unbound}: {seen:?}"
+            );
+        }
     }
 
     /// The DaemonSet controller adds tolerations to every pod it makes, the cordon's among them:
