@@ -633,17 +633,25 @@ mod tests {
             (bound("amd-1", None), &real, vec!["linux/amd64"]),
             // Labels do not move a pod that is already on its node.
             (bound("arm-1", Some("amd64")), &real, vec!["linux/arm64"]),
-            (bound("new-1", None), &real, vec!["linux/amd64", "linux/arm64"]),
+            (
+                bound("new-1", None),
+                &real,
+                vec!["linux/amd64", "linux/arm64"],
+            ),
             (bound("new-1", Some("arm64")), &real, vec!["linux/arm64"]),
-            (bound("any", None), &static_list, vec!["linux/amd64", "linux/arm64"]),
-            (bound("any", Some("arm64")), &static_list, vec!["linux/arm64"]),
+            (
+                bound("any", None),
+                &static_list,
+                vec!["linux/amd64", "linux/arm64"],
+            ),
+            (
+                bound("any", Some("arm64")),
+                &static_list,
+                vec!["linux/arm64"],
+            ),
         ];
         for (placement, nodes, want) in cases {
-            assert_eq!(
-                names(&candidates(&placement, nodes)),
-                want,
-                "{placement:?}"
-            );
+            assert_eq!(names(&candidates(&placement, nodes)), want, "{placement:?}");
         }
         let nowhere = bound("new-1", Some("riscv64"));
         assert!(candidates(&nowhere, &real).is_empty());

@@ -461,10 +461,22 @@ async fn bound_pods_and_image_updates(w: &World) {
         ),
     ] {
         let out = w.plane.apply(&object, false);
-        assert_eq!(out.stdout(), format!("pod/{name} created\n"), "{}", out.stderr());
+        assert_eq!(
+            out.stdout(),
+            format!("pod/{name} created\n"),
+            "{}",
+            out.stderr()
+        );
         let set = |image: &str| {
             w.plane.kubectl(
-                &["set", "image", &format!("pod/{name}"), &format!("app={image}"), "-n", "updates"],
+                &[
+                    "set",
+                    "image",
+                    &format!("pod/{name}"),
+                    &format!("app={image}"),
+                    "-n",
+                    "updates",
+                ],
                 None,
             )
         };
@@ -472,7 +484,15 @@ async fn bound_pods_and_image_updates(w: &World) {
         assert!(!out.ok(), "{name}: {}", out.stdout());
         assert!(out.stderr().contains(&words), "{name}: {}", out.stderr());
         let running = w.plane.must(
-            &["get", "pod", name, "-n", "updates", "-o", "jsonpath={.spec.containers[0].image}"],
+            &[
+                "get",
+                "pod",
+                name,
+                "-n",
+                "updates",
+                "-o",
+                "jsonpath={.spec.containers[0].image}",
+            ],
             None,
         );
         assert_eq!(running, multi, "{name}: the denied image was not stored");

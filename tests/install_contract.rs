@@ -78,7 +78,11 @@ fn ports_and_paths_match_the_server() {
         let rules = w["rules"].as_array().unwrap();
         let rule = rules.iter().find(|r| {
             r["apiGroups"] == serde_json::json!([""])
-                && r["resources"].as_array().unwrap().iter().any(|x| x == resource)
+                && r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
         });
         rule.unwrap_or_else(|| panic!("no rule for {resource}"))["operations"]
             .as_array()

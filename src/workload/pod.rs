@@ -333,7 +333,12 @@ mod tests {
     fn node_name_pins_every_container_to_that_node() {
         let nodes = [
             node("amd-1", "amd64", &[], false),
-            node("arm-1", "arm64", &["kubernetes.io/arch=arm64:NoSchedule"], false),
+            node(
+                "arm-1",
+                "arm64",
+                &["kubernetes.io/arch=arm64:NoSchedule"],
+                false,
+            ),
             node("arm-2", "arm64", &[], true),
         ];
         let spec = |node_name: &str| {
