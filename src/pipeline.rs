@@ -538,5 +538,13 @@ mod tests {
         let ex = Exemptions::new(vec!["docker.io/library/*".into()]);
         assert!(ex.covers("nginx", Some("docker.io/library/nginx:latest")));
         assert!(!ex.covers("ghcr.io/x/y", Some("ghcr.io/x/y:latest")));
+        // As the README warns: `*` crosses `:` and `/`, so a short name's pattern also covers a
+        // registry whose host is that name; the full name does not.
+        let other = "nginx:5000/other/image";
+        let canonical = Some("nginx:5000/other/image:latest");
+        assert!(Exemptions::new(vec!["nginx:*".into()]).covers(other, canonical));
+        assert!(
+            !Exemptions::new(vec!["docker.io/library/nginx:*".into()]).covers(other, canonical)
+        );
     }
 }

@@ -49,19 +49,41 @@ impl NodeView {
     }
 }
 
-/// Would the scheduler place a pod with `placement` on `node`?
-pub fn admits(placement: &Placement, node: &NodeView) -> bool {
-    if placement.node_name.is_some() {
-        // A pod bound by name bypasses the scheduler: cordons and taints do not apply.
-        return selects(placement, node);
-    }
-    selects(placement, node) && !repels(placement, node)
+/// The node a pod is bound to by `nodeName`, when it is one of `nodes`.
+///
+/// A pod with `nodeName` never meets the scheduler: the kubelet of that node runs it
+/// (pkg/scheduler/eventhandlers.go, `assignedPod`, keeps it out of the scheduling queue). So
+/// only that node's platform counts: the scheduler's cordon and taint filters never see the pod,
+/// and a running pod stays where it is when labels change (`IgnoredDuringExecution`). Where the
+/// kubelet itself might still refuse the pod, checking the node anyway errs on the side of
+/// checking.
+///
+/// A name archgate does not know is not "nowhere" (which would allow the pod unchecked): it may
+/// be a node that registered after archgate last looked, so it is any node the pod's selector
+/// and affinity admit, as a synthetic node (which stands for every node of its platform,
+/// whatever their names) is.
+fn bound_to<'a>(placement: &'a Placement, nodes: &[NodeView]) -> Option<&'a str> {
+    let name = placement.node_name.as_deref()?;
+    nodes
+        .iter()
+        .any(|n| !n.synthetic && n.name == name)
+        .then_some(name)
 }
 
-/// Does the pod's `nodeName`, `nodeSelector` and required node affinity allow `node`?
-fn selects(placement: &Placement, node: &NodeView) -> bool {
-    if let Some(name) = &placement.node_name {
-        return node.synthetic || &node.name == name;
+/// Would `node` run a pod with `placement`? `bound` is [`bound_to`] of the same placement.
+fn admits(placement: &Placement, node: &NodeView, bound: Option<&str>) -> bool {
+    if placement.node_name.is_some() {
+        // Bound by name: no scheduler, so cordons and taints do not apply.
+        return selects(placement, node, bound);
+    }
+    selects(placement, node, bound) && !repels(placement, node)
+}
+
+/// Does the pod's `nodeName` (when bound to a known node), `nodeSelector` and required node
+/// affinity allow `node`?
+fn selects(placement: &Placement, node: &NodeView, bound: Option<&str>) -> bool {
+    if let Some(name) = bound {
+        return node.name == name;
     }
     let selector_ok = placement
         .node_selector
@@ -78,9 +100,23 @@ fn selects(placement: &Placement, node: &NodeView) -> bool {
     selector_ok && affinity_ok
 }
 
+/// The taint a cordon (`spec.unschedulable`) stands for. The node lifecycle controller also
+/// writes it into the node's taints, but the scheduler does not wait for that.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
 /// Is `node` cordoned, or tainted with a taint the pod does not tolerate?
+///
+/// A cordon is not absolute: the scheduler's NodeUnschedulable plugin
+/// (pkg/scheduler/framework/plugins/nodeunschedulable, `Filter`) lets a pod onto a cordoned node
+/// when it tolerates `node.kubernetes.io/unschedulable:NoSchedule`, as every DaemonSet pod does.
 fn repels(placement: &Placement, node: &NodeView) -> bool {
-    node.unschedulable || !tolerates_all(&placement.tolerations, &node.taints)
+    let cordon = Taint {
+        key: UNSCHEDULABLE_TAINT.into(),
+        effect: "NoSchedule".into(),
+        ..Taint::default()
+    };
+    (node.unschedulable && !tolerates_all(&placement.tolerations, std::slice::from_ref(&cordon)))
+        || !tolerates_all(&placement.tolerations, &node.taints)
 }
 
 /// Why a pod has no candidate platform, for the warning that says its images were not checked
@@ -92,13 +128,18 @@ pub enum Unplaceable {
     /// Nodes match the pod's constraints (`every_node`: all of them do), but each is cordoned or
     /// has a taint the pod does not tolerate.
     Repelled { every_node: bool },
-    /// No node matches the pod's nodeName, node selector and required affinity.
+    /// No node matches the pod's node selector and required affinity (a pod bound to a known
+    /// node by `nodeName` always has that node).
     NoMatch,
 }
 
 /// The reason [`candidates`] is empty for `placement` on `nodes` (call it only then).
 pub fn unplaceable(placement: &Placement, nodes: &[NodeView]) -> Unplaceable {
-    let selected = nodes.iter().filter(|n| selects(placement, n)).count();
+    let bound = bound_to(placement, nodes);
+    let selected = nodes
+        .iter()
+        .filter(|n| selects(placement, n, bound))
+        .count();
     match (nodes.len(), selected) {
         (0, _) => Unplaceable::NoNodes,
         (_, 0) => Unplaceable::NoMatch,
@@ -203,9 +244,10 @@ pub fn candidates(placement: &Placement, nodes: &[NodeView]) -> Vec<Platform> {
         out.dedup();
         return out;
     }
+    let bound = bound_to(placement, nodes);
     let mut out: Vec<Platform> = nodes
         .iter()
-        .filter(|n| admits(placement, n))
+        .filter(|n| admits(placement, n, bound))
         .map(|n| n.platform.normalized())
         .collect();
     out.sort();
@@ -452,12 +494,13 @@ mod tests {
                 },
                 vec!["linux/amd64", "linux/ppc64le"],
             ),
+            // Tolerating every taint tolerates the cordon's too.
             (
                 Placement {
                     tolerations: vec![tol(None, "Exists", None)],
                     ..Default::default()
                 },
-                vec!["linux/amd64", "linux/arm64", "linux/ppc64le"],
+                vec!["linux/amd64", "linux/arm64", "linux/ppc64le", "linux/s390x"],
             ),
             (
                 Placement {
@@ -503,6 +546,116 @@ mod tests {
                 "{placement:?}"
             );
         }
+    }
+
+    /// A DaemonSet's pods tolerate the cordon (the DaemonSet controller adds the toleration), so
+    /// a cordoned arm64 node is still where its new image will run.
+    #[test]
+    fn a_cordon_repels_only_pods_that_do_not_tolerate_it() {
+        let mut cordoned = node("arm-1", "arm64", &[]);
+        cordoned.unschedulable = true;
+        let mut cordoned_and_tainted = node("arm-2", "s390x", &[]);
+        cordoned_and_tainted.unschedulable = true;
+        cordoned_and_tainted.taints = vec![Taint {
+            key: ARCH_LABEL.into(),
+            value: Some("s390x".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        }];
+        let nodes = vec![node("amd-1", "amd64", &[]), cordoned, cordoned_and_tainted];
+        let tolerating = |key: Option<&str>, effect: Option<&str>| Placement {
+            tolerations: vec![Toleration {
+                key: key.map(str::to_string),
+                operator: Some("Exists".into()),
+                effect: effect.map(str::to_string),
+                ..Toleration::default()
+            }],
+            ..Placement::default()
+        };
+        let cases: Vec<(Placement, Vec<&str>)> = vec![
+            (Placement::default(), vec!["linux/amd64"]),
+            // As the DaemonSet controller writes it.
+            (
+                tolerating(Some(UNSCHEDULABLE_TAINT), Some("NoSchedule")),
+                vec!["linux/amd64", "linux/arm64"],
+            ),
+            (
+                tolerating(Some(UNSCHEDULABLE_TAINT), None),
+                vec!["linux/amd64", "linux/arm64"],
+            ),
+            (
+                tolerating(None, Some("NoSchedule")),
+                vec!["linux/amd64", "linux/arm64", "linux/s390x"],
+            ),
+            // The cordon is a NoSchedule taint: a NoExecute toleration does not cover it.
+            (
+                tolerating(Some(UNSCHEDULABLE_TAINT), Some("NoExecute")),
+                vec!["linux/amd64"],
+            ),
+            (
+                tolerating(Some("other"), Some("NoSchedule")),
+                vec!["linux/amd64"],
+            ),
+        ];
+        for (placement, want) in cases {
+            assert_eq!(
+                names(&candidates(&placement, &nodes)),
+                want,
+                "{placement:?}"
+            );
+        }
+    }
+
+    /// A pod bound by `nodeName` runs on that node whatever its taints, cordon and labels; a
+    /// name archgate does not know could be any node the selector admits, as on a static list.
+    #[test]
+    fn a_bound_pod_runs_on_its_node_or_any_when_the_name_is_unknown() {
+        let mut arm = node("arm-1", "arm64", &[]);
+        arm.unschedulable = true;
+        arm.taints = vec![Taint {
+            key: ARCH_LABEL.into(),
+            value: Some("arm64".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        }];
+        let real = vec![node("amd-1", "amd64", &[]), arm];
+        let static_list = static_nodes(&["linux/amd64", "linux/arm64"]);
+        let bound = |name: &str, arch: Option<&str>| Placement {
+            node_name: Some(name.into()),
+            node_selector: arch
+                .map(|a| (ARCH_LABEL.to_string(), a.to_string()))
+                .into_iter()
+                .collect(),
+            ..Placement::default()
+        };
+        let cases: Vec<(Placement, &[NodeView], Vec<&str>)> = vec![
+            (bound("arm-1", None), &real, vec!["linux/arm64"]),
+            (bound("amd-1", None), &real, vec!["linux/amd64"]),
+            // Labels do not move a pod that is already on its node.
+            (bound("arm-1", Some("amd64")), &real, vec!["linux/arm64"]),
+            (
+                bound("new-1", None),
+                &real,
+                vec!["linux/amd64", "linux/arm64"],
+            ),
+            (bound("new-1", Some("arm64")), &real, vec!["linux/arm64"]),
+            (
+                bound("any", None),
+                &static_list,
+                vec!["linux/amd64", "linux/arm64"],
+            ),
+            (
+                bound("any", Some("arm64")),
+                &static_list,
+                vec!["linux/arm64"],
+            ),
+        ];
+        for (placement, nodes, want) in cases {
+            assert_eq!(names(&candidates(&placement, nodes)), want, "{placement:?}");
+        }
+        let nowhere = bound("new-1", Some("riscv64"));
+        assert!(candidates(&nowhere, &real).is_empty());
+        assert_eq!(unplaceable(&nowhere, &real), Unplaceable::NoMatch);
     }
 
     #[test]

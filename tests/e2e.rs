@@ -229,6 +229,7 @@ async fn archgate_behind_a_real_api_server() {
     pods_and_workloads_are_denied(&w).await;
     namespace_modes(&w, &archgate).await;
     live_nodes_change_verdicts(&w).await;
+    bound_pods_and_image_updates(&w).await;
     pull_secrets_of_pods_and_service_accounts(&w).await;
     tekton_runs(&w, &archgate).await;
     tekton_when_skips_a_task(&w).await;
@@ -409,6 +410,99 @@ async fn live_nodes_change_verdicts(w: &World) {
         (!out.ok()).then_some(()).ok_or(out.stderr())
     })
     .await;
+}
+
+/// A Pod bound by `nodeName` skips the scheduler, so it runs on that node even when the
+/// scheduler would keep pods off it (GKE taints Arm nodes `kubernetes.io/arch=arm64:NoSchedule`);
+/// and a Pod's images are mutable, so `kubectl set image` is reviewed like a create.
+async fn bound_pods_and_image_updates(w: &World) {
+    w.namespace("updates", None);
+    let arm_node = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "arm-1", "labels": {
+            "kubernetes.io/os": "linux", "kubernetes.io/arch": "arm64"}},
+        "spec": {"taints": [{"key": "kubernetes.io/arch", "value": "arm64", "effect": "NoSchedule"}]},
+    });
+    w.plane
+        .must(&["apply", "-f", "-"], Some(&arm_node.to_string()));
+    let (amd, multi, arm) = (w.image(&w.amd), w.image(&w.multi), w.image(&w.arm));
+    let bound = |name: &str, image: &str| {
+        let mut pod = pod("updates", name, image);
+        pod["spec"]["nodeName"] = json!("arm-1");
+        pod
+    };
+    let denial = |at_image: &str, missing: &str, available: &str| {
+        format!(
+            "admission webhook \"{HOOK}\" denied the request: container \"app\" image \"{at_image}\" is missing {missing} (available: {available})\n"
+        )
+    };
+    let on_arm = denial(&amd, "linux/arm64", "linux/amd64");
+    eventually("the tainted arm64 node is seen", || {
+        let out = w.plane.apply(&bound("bound", &amd), true);
+        (!out.ok() && out.stderr().contains(&on_arm))
+            .then_some(())
+            .ok_or(out.stderr())
+    })
+    .await;
+    // Not bound, the same pod goes where the scheduler sends it: amd-1, the taint keeps it off
+    // arm-1.
+    let out = w.plane.apply(&pod("updates", "free", &amd), true);
+    assert!(out.ok() && out.stderr().is_empty(), "{}", out.stderr());
+
+    // Created with images that run where they are, then set to images that do not.
+    for (name, object, wrong, right, words) in [
+        ("web", bound("web", &multi), &amd, &arm, on_arm.clone()),
+        (
+            "free",
+            pod("updates", "free", &multi),
+            &arm,
+            &amd,
+            denial(&arm, "linux/amd64", "linux/arm64"),
+        ),
+    ] {
+        let out = w.plane.apply(&object, false);
+        assert_eq!(
+            out.stdout(),
+            format!("pod/{name} created\n"),
+            "{}",
+            out.stderr()
+        );
+        let set = |image: &str| {
+            w.plane.kubectl(
+                &[
+                    "set",
+                    "image",
+                    &format!("pod/{name}"),
+                    &format!("app={image}"),
+                    "-n",
+                    "updates",
+                ],
+                None,
+            )
+        };
+        let out = set(wrong);
+        assert!(!out.ok(), "{name}: {}", out.stdout());
+        assert!(out.stderr().contains(&words), "{name}: {}", out.stderr());
+        let running = w.plane.must(
+            &[
+                "get",
+                "pod",
+                name,
+                "-n",
+                "updates",
+                "-o",
+                "jsonpath={.spec.containers[0].image}",
+            ],
+            None,
+        );
+        assert_eq!(running, multi, "{name}: the denied image was not stored");
+        // An update that changes no image is not blocked; an image that runs there is allowed.
+        w.plane
+            .must(&["label", "pod", name, "-n", "updates", "tier=web"], None);
+        let out = set(right);
+        assert!(out.ok(), "{name}: {}", out.stderr());
+    }
+    w.plane.must(&["delete", "node", "arm-1"], None);
 }
 
 async fn pull_secrets_of_pods_and_service_accounts(w: &World) {

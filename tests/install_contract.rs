@@ -73,6 +73,24 @@ fn ports_and_paths_match_the_server() {
     assert_eq!(w["sideEffects"], "None");
     assert_eq!(w["timeoutSeconds"], 10);
     assert_eq!(w["matchPolicy"], "Equivalent");
+    // A Pod's images are mutable: an UPDATE can put an image on nodes it lacks.
+    let operations = |resource: &str| -> Vec<Value> {
+        let rules = w["rules"].as_array().unwrap();
+        let rule = rules.iter().find(|r| {
+            r["apiGroups"] == serde_json::json!([""])
+                && r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+        });
+        rule.unwrap_or_else(|| panic!("no rule for {resource}"))["operations"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(operations("pods"), ["CREATE", "UPDATE"]);
+    assert_eq!(operations("pods/ephemeralcontainers"), ["UPDATE"]);
     let rules = w["rules"].to_string();
     for resource in [
         "pods",

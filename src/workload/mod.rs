@@ -81,7 +81,7 @@ pub struct Placement {
     /// `affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution`.
     pub required_affinity: Option<NodeSelector>,
     pub tolerations: Vec<Toleration>,
-    /// Set for ephemeral containers: the pod already runs on this node.
+    /// `nodeName`: the pod is bound to this node and bypasses the scheduler.
     pub node_name: Option<String>,
     /// `imagePullSecrets` names (same namespace).
     pub pull_secrets: Vec<String>,

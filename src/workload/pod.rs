@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::platform::Platform;
 
 use super::{ExtractError, ExtractOptions, Extraction, Location, Placement, Target, object_name};
-use crate::subject::Kind;
+use crate::subject::{Kind, Workload};
 
 mod view;
 pub(crate) use view::SpecView;
@@ -35,6 +35,7 @@ struct PodSpec<'a> {
     image_pull_secrets: Option<Vec<LocalObjectReference>>,
     service_account_name: Option<String>,
     node_name: Option<String>,
+    host_network: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -87,13 +88,40 @@ pub fn extract(
     let Some(spec_value) = spec_value else {
         return Err(error(format!("it has no {}", path.join("."))));
     };
-    let spec = PodSpec::deserialize(spec_value).map_err(|e| error(e.to_string()))?;
+    let mut spec = PodSpec::deserialize(spec_value).map_err(|e| error(e.to_string()))?;
+    if kind == Kind::Workload(Workload::DaemonSet) {
+        add_daemon_pod_tolerations(&mut spec);
+    }
     // Findings in a Pod say `container "x"`; in a workload they name the template's owner.
     let owner = (kind != Kind::Pod).then(|| format!("{kind} {name}"));
     Ok(Extraction {
         targets: targets(spec, owner, options.trust_tekton_platforms),
         ..Extraction::default()
     })
+}
+
+/// The tolerations the DaemonSet controller adds to every pod it creates, whatever the template
+/// says (pkg/controller/daemon/util/daemonset_util.go, `AddOrUpdateDaemonPodTolerations`): its
+/// pods run on cordoned nodes and nodes under pressure, so a template is checked against them.
+fn add_daemon_pod_tolerations(spec: &mut PodSpec) {
+    let mut added = vec![
+        ("node.kubernetes.io/not-ready", "NoExecute"),
+        ("node.kubernetes.io/unreachable", "NoExecute"),
+        ("node.kubernetes.io/disk-pressure", "NoSchedule"),
+        ("node.kubernetes.io/memory-pressure", "NoSchedule"),
+        ("node.kubernetes.io/pid-pressure", "NoSchedule"),
+        (crate::scheduling::UNSCHEDULABLE_TAINT, "NoSchedule"),
+    ];
+    if spec.host_network == Some(true) {
+        added.push(("node.kubernetes.io/network-unavailable", "NoSchedule"));
+    }
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    tolerations.extend(added.into_iter().map(|(key, effect)| Toleration {
+        key: Some(key.to_string()),
+        operator: Some("Exists".to_string()),
+        effect: Some(effect.to_string()),
+        ..Toleration::default()
+    }));
 }
 
 /// The scheduling part of a pod spec, moved out of it (the spec is read once per extraction).
@@ -106,7 +134,9 @@ fn placement(spec: &mut PodSpec) -> Placement {
             .and_then(|a| a.node_affinity)
             .and_then(|n| n.required_during_scheduling_ignored_during_execution),
         tolerations: spec.tolerations.take().unwrap_or_default(),
-        node_name: None,
+        // Bound by name, every container runs on that node, not only ephemeral ones
+        // (see `scheduling::bound_to`). The API server treats "" as unset.
+        node_name: spec.node_name.take().filter(|n| !n.is_empty()),
         pull_secrets: spec
             .image_pull_secrets
             .take()
@@ -124,7 +154,6 @@ fn placement(spec: &mut PodSpec) -> Placement {
 /// One target per container image of a pod spec, in the order the kubelet starts them.
 fn targets(mut spec: PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Target> {
     let placement = Arc::new(placement(&mut spec));
-    let mut on_node = None;
     let mut out = Vec::new();
     // `container "x"`, or `init container "x"`: the kubelet's own words for where it failed.
     let mut push = |init: bool,
@@ -164,14 +193,9 @@ fn targets(mut spec: PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<
         );
     }
     for c in spec.ephemeral_containers.iter().flatten() {
-        // Ephemeral containers join a running pod: only its node's platform matters.
-        let pinned = on_node.get_or_insert_with(|| {
-            Arc::new(Placement {
-                node_name: spec.node_name.clone(),
-                ..(*placement).clone()
-            })
-        });
-        push(false, &c.name, c.image.as_ref(), pinned, None);
+        // Ephemeral containers join the pod where it runs: its `nodeName` pins them as it pins
+        // the others.
+        push(false, &c.name, c.image.as_ref(), &placement, None);
     }
     out
 }
@@ -235,6 +259,8 @@ fn tekton_looked_up(c: &Container) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduling::{self, NodeView};
+    use k8s_openapi::api::core::v1::Taint;
     use serde_json::json;
 
     /// The pod extractor as the pipeline calls it, trusting `TEKTON_PLATFORM_COMMANDS` as it does
@@ -286,8 +312,154 @@ mod tests {
             ex.targets[0].placement.node_selector["kubernetes.io/arch"],
             "amd64"
         );
-        assert_eq!(ex.targets[0].placement.node_name, None);
-        assert_eq!(ex.targets[3].placement.node_name.as_deref(), Some("node-a"));
+        // nodeName binds the whole pod: init, regular and ephemeral containers alike.
+        for target in &ex.targets {
+            assert_eq!(
+                target.placement.node_name.as_deref(),
+                Some("node-a"),
+                "{}",
+                target.location
+            );
+        }
+    }
+
+    /// A real node `name` of `linux/ARCH`, with `taints` (`key=value:Effect`) and the cordon.
+    fn node(name: &str, arch: &str, taints: &[&str], cordoned: bool) -> NodeView {
+        let mut node = NodeView::synthetic(&Platform::parse(&format!("linux/{arch}")).unwrap());
+        node.name = name.to_string();
+        node.synthetic = false;
+        node.unschedulable = cordoned;
+        node.taints = taints
+            .iter()
+            .map(|t| {
+                let (key_value, effect) = t.split_once(':').unwrap();
+                let (key, value) = key_value.split_once('=').unwrap_or((key_value, ""));
+                Taint {
+                    key: key.to_string(),
+                    value: (!value.is_empty()).then(|| value.to_string()),
+                    effect: effect.to_string(),
+                    time_added: None,
+                }
+            })
+            .collect();
+        node
+    }
+
+    /// Every target's candidate platforms on `nodes`, as `location: platforms`.
+    fn candidates_of(ex: &Extraction, nodes: &[NodeView]) -> Vec<String> {
+        ex.targets
+            .iter()
+            .map(|t| {
+                let platforms: Vec<String> = scheduling::candidates(&t.placement, nodes)
+                    .iter()
+                    .map(Platform::to_string)
+                    .collect();
+                format!("{}: {}", t.location, platforms.join(", "))
+            })
+            .collect()
+    }
+
+    /// `nodeName` pins every container to that node: an amd64-only image must not pass because
+    /// the arm64 node it is bound to is tainted (GKE taints Arm nodes
+    /// `kubernetes.io/arch=arm64:NoSchedule`) or cordoned, leaving only the amd64 nodes.
+    #[test]
+    fn node_name_pins_every_container_to_that_node() {
+        let nodes = [
+            node("amd-1", "amd64", &[], false),
+            node(
+                "arm-1",
+                "arm64",
+                &["kubernetes.io/arch=arm64:NoSchedule"],
+                false,
+            ),
+            node("arm-2", "arm64", &[], true),
+        ];
+        let spec = |node_name: &str| {
+            json!({
+                "nodeName": node_name,
+                "initContainers": [{"name": "init", "image": "busybox"}],
+                "containers": [{"name": "app", "image": "amd64-only"}],
+                "ephemeralContainers": [{"name": "debug", "image": "alpine"}]
+            })
+        };
+        for bound in ["arm-1", "arm-2"] {
+            let pod = json!({"metadata": {"name": "web"}, "spec": spec(bound)});
+            assert_eq!(
+                candidates_of(&extract("Pod", &pod).unwrap(), &nodes),
+                [
+                    "init container \"init\": linux/arm64",
+                    "container \"app\": linux/arm64",
+                    "container \"debug\": linux/arm64",
+                ],
+                "{bound}"
+            );
+            let template = json!({"spec": spec(bound)});
+            let deployment = json!({"metadata": {"name": "web"}, "spec": {"template": template}});
+            let seen = candidates_of(&extract("Deployment", &deployment).unwrap(), &nodes);
+            assert!(
+                seen.iter().all(|c| c.ends_with(": linux/arm64")),
+                "{bound}: {seen:?}"
+            );
+        }
+        // Unbound (or "", which the API server treats as unset), the scheduler keeps it off both.
+        for unbound in [json!({}), json!({"nodeName": ""})] {
+            let mut pod = json!({"metadata": {"name": "web"}, "spec": spec("")});
+            pod["spec"]["nodeName"] = unbound["nodeName"].clone();
+            let seen = candidates_of(&extract("Pod", &pod).unwrap(), &nodes);
+            assert!(
+                seen.iter().all(|c| c.ends_with(": linux/amd64")),
+                "{unbound}: {seen:?}"
+            );
+        }
+    }
+
+    /// The DaemonSet controller adds tolerations to every pod it makes, the cordon's among them:
+    /// a DaemonSet's new image will run on a cordoned arm64 node, a Deployment's will not.
+    #[test]
+    fn a_daemonset_template_tolerates_what_its_controller_adds() {
+        let nodes = [
+            node("amd-1", "amd64", &[], false),
+            node(
+                "arm-1",
+                "arm64",
+                &["node.kubernetes.io/unschedulable:NoSchedule"],
+                true,
+            ),
+            node(
+                "s390x-1",
+                "s390x",
+                &["node.kubernetes.io/memory-pressure:NoSchedule"],
+                false,
+            ),
+            node(
+                "ppc-1",
+                "ppc64le",
+                &["node.kubernetes.io/network-unavailable:NoSchedule"],
+                false,
+            ),
+        ];
+        let with = |kind: &str, host_network: bool| {
+            let template = json!({"spec": {
+                "hostNetwork": host_network,
+                "containers": [{"name": "agent", "image": "amd64-only"}]
+            }});
+            let object = json!({"metadata": {"name": "agent"}, "spec": {"template": template}});
+            candidates_of(&extract(kind, &object).unwrap(), &nodes)
+        };
+        assert_eq!(
+            with("DaemonSet", false),
+            ["DaemonSet agent, container \"agent\": linux/amd64, linux/arm64, linux/s390x"]
+        );
+        assert_eq!(
+            with("DaemonSet", true),
+            [
+                "DaemonSet agent, container \"agent\": linux/amd64, linux/arm64, linux/ppc64le, linux/s390x"
+            ]
+        );
+        assert_eq!(
+            with("Deployment", true),
+            ["Deployment agent, container \"agent\": linux/amd64"]
+        );
     }
 
     #[test]
