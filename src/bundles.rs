@@ -22,6 +22,12 @@ const KIND_ANNOTATION: &str = "dev.tekton.image.kind";
 const NAME_ANNOTATION: &str = "dev.tekton.image.name";
 /// Tekton allows at most 20 resources per bundle; a resource is a few KiB of YAML.
 const MAX_LAYER_BYTES: i64 = 4 << 20;
+/// What one resource may expand to while its YAML is read (aliases replay anchors): real Tasks
+/// are a few hundred nodes and a few KiB of text.
+const MAX_RESOURCE_NODES: usize = 50_000;
+const MAX_RESOURCE_TEXT_BYTES: usize = MAX_LAYER_BYTES as usize;
+/// Cached resources, weighed by [`weight`]: a bundle reference is the run author's choice.
+const CACHE_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BundleError {
@@ -60,7 +66,10 @@ impl Default for Bundles {
     fn default() -> Self {
         Self {
             cache: Cache::builder()
-                .max_capacity(1_000)
+                .max_capacity(CACHE_BYTES)
+                .weigher(|_, resource: &Arc<Value>| {
+                    u32::try_from(weight(resource)).unwrap_or(u32::MAX)
+                })
                 .time_to_live(Duration::from_secs(300))
                 .build(),
         }
@@ -115,7 +124,22 @@ async fn fetch(
         .read_blob(image, credentials, &layer.digest, MAX_LAYER_BYTES as usize)
         .await
         .map_err(registry_error)?;
-    read_resource(&blob).map(Arc::new)
+    // Gunzip, untar and YAML are CPU work of up to tens of milliseconds for a hostile layer:
+    // off the reviews' worker threads.
+    tokio::task::spawn_blocking(move || read_resource(&blob).map(Arc::new))
+        .await
+        .map_err(|e| BundleError::Layer(format!("reading the layer failed: {e}")))?
+}
+
+/// About what a resource holds in memory: its text and a fixed cost per node.
+fn weight(value: &Value) -> usize {
+    const NODE: usize = 64;
+    NODE + match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(weight).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + weight(v)).sum(),
+        _ => 0,
+    }
 }
 
 fn find_layer<'a>(layers: &'a [Layer], kind: &str, name: &str) -> Option<&'a Layer> {
@@ -155,8 +179,18 @@ pub fn read_resource(blob: &[u8]) -> Result<Value, BundleError> {
             .take(MAX_LAYER_BYTES as u64)
             .read_to_string(&mut text)
             .map_err(|e| BundleError::Layer(format!("file: {e}")))?;
-        let value: Value =
-            serde_saphyr::from_str(&text).map_err(|e| BundleError::Layer(e.to_string()))?;
+        // Aliases replay what they point at: bound what the text may expand to, not only the text.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_nodes: MAX_RESOURCE_NODES,
+                max_total_scalar_bytes: MAX_RESOURCE_TEXT_BYTES,
+            },
+            alias_limits: serde_saphyr::alias_limits! {
+                max_total_replayed_events: MAX_RESOURCE_NODES,
+            },
+        };
+        let value: Value = serde_saphyr::from_str_with_options(&text, options)
+            .map_err(|e| BundleError::Layer(crate::policy::clip(&e.to_string())))?;
         if value.get("kind").is_none() {
             return Err(BundleError::Layer("the resource has no kind".into()));
         }
@@ -198,6 +232,46 @@ mod tests {
             .append_data(&mut header, name, contents.as_bytes())
             .unwrap();
         builder.into_inner().unwrap()
+    }
+
+    /// Before: a layer's YAML was read with serde-saphyr's defaults, under which a few KiB of
+    /// anchors and aliases expand to 64 MiB of text or a million events, per resource, in a
+    /// cache of 1000. Now a resource expands to at most 4 MiB of text and 50,000 nodes.
+    #[test]
+    fn aliases_cannot_expand_a_resource_past_its_bounds() {
+        let head = "apiVersion: tekton.dev/v1\nkind: Task\nmetadata: {name: bomb}\n";
+        let ten = |name: &str, of: &str| {
+            format!(
+                "{name}: &{name} [{}]\n",
+                vec![format!("*{of}"); 10].join(",")
+            )
+        };
+        // 10 MiB of text from 10 KiB: a 10 KiB string, replayed 1000 times.
+        let text = format!(
+            "{head}a: &a \"{}\"\n{}{}d: [{}]\n",
+            "x".repeat(10 << 10),
+            ten("b", "a"),
+            ten("c", "b"),
+            vec!["*c"; 10].join(",")
+        );
+        let err = read_resource(&tar_of("task.yaml", &text)).unwrap_err();
+        assert!(matches!(err, BundleError::Layer(_)), "{err}");
+        // 100,000 nodes from a few hundred bytes.
+        let nodes = format!(
+            "{head}a: &a [1,1,1,1,1,1,1,1,1,1]\n{}{}{}e: [{}]\n",
+            ten("b", "a"),
+            ten("c", "b"),
+            ten("d", "c"),
+            vec!["*d"; 10].join(",")
+        );
+        let err = read_resource(&tar_of("task.yaml", &nodes)).unwrap_err();
+        assert!(err.to_string().chars().count() < 400, "{err}");
+        // A real resource with a few aliases still reads.
+        let fine = format!("{head}a: &a [1, 2]\n{}", ten("b", "a"));
+        assert_eq!(
+            read_resource(&tar_of("task.yaml", &fine)).unwrap()["b"][9][1],
+            2
+        );
     }
 
     #[test]
