@@ -252,7 +252,7 @@ mod tests {
             "x".repeat(10 << 10),
             ten("b", "a"),
             ten("c", "b"),
-            vec!["*c"; 10].join(",")
+            ["*c"; 10].join(",")
         );
         let err = read_resource(&tar_of("task.yaml", &text)).unwrap_err();
         assert!(matches!(err, BundleError::Layer(_)), "{err}");
@@ -262,7 +262,7 @@ mod tests {
             ten("b", "a"),
             ten("c", "b"),
             ten("d", "c"),
-            vec!["*d"; 10].join(",")
+            ["*d"; 10].join(",")
         );
         let err = read_resource(&tar_of("task.yaml", &nodes)).unwrap_err();
         assert!(err.to_string().chars().count() < 400, "{err}");
