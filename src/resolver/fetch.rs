@@ -41,6 +41,8 @@ pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 pub const MAX_REDIRECTS: usize = 5;
 /// Bytes of an error answer read for its message, at most.
 const MAX_ERROR_BYTES: usize = 64 << 10;
+/// Errors of a registry's error answer kept, at most.
+const MAX_ERRORS_KEPT: usize = 4;
 /// What archgate reads from a registry, and the bound on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Content {
@@ -572,10 +574,17 @@ async fn failure(response: reqwest::Response, url: &str) -> Failure {
         .await
         .unwrap_or_default();
     let error = match serde_json::from_slice::<OciEnvelope>(&body) {
-        Ok(envelope)
+        Ok(mut envelope)
             if !matches!(code, 401 | 403 | 404 | 429 | 500..=599)
                 && !envelope.errors.is_empty() =>
         {
+            // The registry's own words reach logs and a lookup's reason: a few, kept short,
+            // like the other server errors below (64 KiB of them is allowed on the wire).
+            envelope.errors.truncate(MAX_ERRORS_KEPT);
+            for e in &mut envelope.errors {
+                e.message = e.message.chars().take(200).collect();
+                e.detail = serde_json::Value::Null;
+            }
             OciDistributionError::RegistryError {
                 envelope,
                 url: url.to_string(),
@@ -807,6 +816,33 @@ mod tests {
         )
         .await;
         assert!(real.challenge.is_some());
+    }
+
+    /// Before: an error answer's envelope was kept as sent, up to 64 KiB of messages and
+    /// details, and went into logs and a lookup's reason whole.
+    #[tokio::test]
+    async fn a_registry_error_envelope_is_kept_short() {
+        let message = "m".repeat(500);
+        let errors: Vec<serde_json::Value> = (0..50)
+            .map(|_| serde_json::json!({"code": "NAME_INVALID", "message": message, "detail": {"x": message}}))
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "errors": errors })).unwrap();
+        let response: reqwest::Response = axum::http::Response::builder()
+            .status(400)
+            .body(body)
+            .unwrap()
+            .into();
+        let failed = failure(response, "https://r.example/v2/a/manifests/1").await;
+        let OciDistributionError::RegistryError { envelope, .. } = &*failed.error else {
+            panic!("{:?}", failed.error)
+        };
+        assert_eq!(envelope.errors.len(), MAX_ERRORS_KEPT);
+        assert!(
+            envelope
+                .errors
+                .iter()
+                .all(|e| e.message.len() == 200 && e.detail.is_null())
+        );
     }
 
     #[test]
