@@ -44,6 +44,9 @@ const CLIENT_ID: &str = "archgate";
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
 /// Tokens are renewed this long before they expire, so a request never carries a dead one.
 const RENEW_EARLY: Duration = Duration::from_secs(10);
+/// A token is kept at most this long, whatever its endpoint says: a revoked grant should not
+/// keep working in archgate for days. Registries issue minutes (Docker Hub 5) to hours.
+const MAX_LIFETIME: Duration = Duration::from_secs(3600);
 /// Bytes of a token endpoint's answer read, at most (a JWT is a few KiB).
 const MAX_TOKEN_BYTES: usize = 64 << 10;
 
@@ -235,11 +238,7 @@ impl Fetcher {
                     "the token endpoint answered without a token".into(),
                 )
             })?;
-        let lifetime = lifetime
-            .or_else(|| jwt_lifetime(&token))
-            .unwrap_or(DEFAULT_LIFETIME)
-            .saturating_sub(RENEW_EARLY)
-            .max(Duration::from_secs(1));
+        let lifetime = kept_for(lifetime, &token);
         Ok((header(&format!("Bearer {token}")), lifetime))
     }
 }
@@ -266,6 +265,17 @@ fn basic(user: &str, password: &str) -> Authorization {
 }
 
 /// A JWT's `exp` from now; `None` for opaque tokens.
+/// How long a token is kept: as long as its endpoint (or its JWT) says, within
+/// [`MAX_LIFETIME`], renewed [`RENEW_EARLY`].
+fn kept_for(stated: Option<Duration>, token: &str) -> Duration {
+    stated
+        .or_else(|| jwt_lifetime(token))
+        .unwrap_or(DEFAULT_LIFETIME)
+        .min(MAX_LIFETIME)
+        .saturating_sub(RENEW_EARLY)
+        .max(Duration::from_secs(1))
+}
+
 fn jwt_lifetime(token: &str) -> Option<Duration> {
     #[derive(serde::Deserialize)]
     struct Claims {
@@ -283,6 +293,22 @@ fn jwt_lifetime(token: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_lifetimes_are_bounded() {
+        // Before: `expires_in` of a year kept the token for a year.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert_eq!(kept_for(Some(year), "opaque"), MAX_LIFETIME - RENEW_EARLY);
+        assert_eq!(
+            kept_for(Some(Duration::from_secs(300)), "opaque"),
+            Duration::from_secs(290)
+        );
+        assert_eq!(kept_for(None, "opaque"), DEFAULT_LIFETIME - RENEW_EARLY);
+        assert_eq!(
+            kept_for(Some(Duration::ZERO), "opaque"),
+            Duration::from_secs(1)
+        );
+    }
 
     #[test]
     fn token_lifetimes_come_from_the_jwt() {
