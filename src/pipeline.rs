@@ -385,10 +385,19 @@ pub async fn resolve(
     // Collected first: a stream holding the mapping closure trips the compiler's `Send`
     // inference (rust-lang/rust#102211) once the handler is spawned. The futures are lazy;
     // at most `LOOKUPS_PER_REVIEW` run (and hold requests) at once.
-    let futures: Vec<BoxFuture<'_, _>> = lookups
-        .iter()
-        .enumerate()
-        .map(|(i, lookup)| -> BoxFuture<'_, _> {
+    // Past what runs at once, images on registries that answered lately go first: an object
+    // can name hundreds of images on hosts that never answer, and in the order written they
+    // would hold every slot until the deadline while a real image waited behind them.
+    // (Empty, so nothing is allocated, when all start at once: the usual review.)
+    let mut order: Vec<usize> = Vec::new();
+    if lookups.len() > LOOKUPS_PER_REVIEW {
+        order = (0..lookups.len()).collect();
+        order.sort_by_cached_key(|&i| !resolver.answered_lately(lookups[i].image.registry()));
+    }
+    let futures: Vec<BoxFuture<'_, _>> = (0..lookups.len())
+        .map(|k| order.get(k).copied().unwrap_or(k))
+        .map(|i| -> BoxFuture<'_, _> {
+            let lookup = &lookups[i];
             Box::pin(async move {
                 let outcome = resolve_within(
                     &lookup.image,

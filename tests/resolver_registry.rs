@@ -751,6 +751,61 @@ async fn review_missing(resolver: &Resolver, images: &[&ImageRef]) -> Vec<Option
     .collect()
 }
 
+/// Before: past the 64 lookups a review runs at once, lookups started in the order written, so
+/// an object naming 100 images on a registry that never answers, before a real one, held every
+/// slot until the deadline and the real image timed out (allowed under the default
+/// `--on-registry-error allow`). Now images on registries that answered lately go first.
+#[tokio::test]
+async fn images_on_silent_registries_cannot_starve_a_real_one() {
+    let setup = Setup::start().await;
+    let silent = CountingProxy::start(setup.registry.host()).await;
+    silent.set_fault(Fault::Delay(Duration::from_secs(30)));
+    let resolver = resolver(RegistryOptions {
+        insecure: vec![setup.proxy.host().to_owned(), silent.host().to_owned()],
+        ..RegistryOptions::default()
+    });
+    // The real registry has answered this process before.
+    let multi = setup.tag_ref(&setup.fixtures.multi);
+    resolver.resolve(&multi, &anonymous()).await.unwrap();
+    assert!(resolver.answered_lately(multi.registry()));
+    assert!(!resolver.answered_lately(silent.host()));
+
+    let mut images: Vec<ImageRef> = (0..100)
+        .map(|i| ImageRef::parse(&format!("{}/pad/p{i}:v1", silent.host())).unwrap())
+        .collect();
+    let real = setup.tag_ref(&setup.fixtures.single_amd64);
+    images.push(real.clone());
+    let nodes = [NodeView::synthetic(
+        &Platform::parse("linux/amd64").unwrap(),
+    )];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let checked = pipeline::resolve(
+        images.iter().map(target).collect(),
+        &nodes,
+        &resolver,
+        |_| Arc::new(anonymous()),
+        &Exemptions::default(),
+        deadline,
+    )
+    .await;
+    let last = checked.last().unwrap();
+    assert_eq!(last.target.image, real.written());
+    assert!(
+        matches!(last.outcome, archgate::policy::Outcome::Resolved(_)),
+        "{:?}",
+        last.outcome
+    );
+    // The silent registry's images were still asked, and timed out.
+    assert!(
+        matches!(
+            &checked[0].outcome,
+            archgate::policy::Outcome::Failed(e) if e.summary().contains("in time")
+        ),
+        "{:?}",
+        checked[0].outcome
+    );
+}
+
 /// A recheck that fails (a 5xx, a 429, a refused connection) leaves a denial archgate already
 /// knows standing: before, the recheck's error replaced it, and `--on-registry-error allow`
 /// admitted an image seen lacking the platform, or seen not to exist.

@@ -125,7 +125,13 @@ pub struct Resolver {
     /// Every registry request, with byte caps, guarded redirects and authentication.
     fetcher: fetch::Fetcher,
     metrics: Arc<Metrics>,
+    /// Registries that answered a lookup lately (see [`Resolver::answered_lately`]).
+    answered: Cache<String, ()>,
 }
+
+/// Registries remembered as having answered, at most, and for how long.
+const ANSWERED_HOSTS: u64 = 4096;
+const ANSWERED_FOR: Duration = Duration::from_secs(600);
 
 impl Resolver {
     pub fn new(options: RegistryOptions, metrics: Arc<Metrics>) -> Result<Self, SetupError> {
@@ -176,6 +182,10 @@ impl Resolver {
             platform_sets: Cache::new(10_000),
             fetcher,
             metrics,
+            answered: Cache::builder()
+                .max_capacity(ANSWERED_HOSTS)
+                .time_to_live(ANSWERED_FOR)
+                .build(),
         })
     }
 
@@ -260,6 +270,13 @@ impl Resolver {
         // pipeline allocates and moves per image (BENCHMARKS.md, "Warm path", fourth pass).
         let result = Box::pin(self.lookup(image, &route, &cold)).await;
         let cache = if cold.load(Ordering::Relaxed) {
+            let no_answer = matches!(
+                result,
+                Err(ResolveError::Timeout { .. } | ResolveError::Unreachable { .. })
+            );
+            if !no_answer {
+                self.answered.insert(image.registry().to_string(), ()).await;
+            }
             CacheResult::Miss
         } else {
             CacheResult::Hit
@@ -333,6 +350,12 @@ impl Resolver {
             self.tags.insert(key, before).await;
         }
         fresh
+    }
+
+    /// Did `registry` answer a lookup in the last ten minutes? A registry that never answers
+    /// (or that no lookup has reached yet) is not known to.
+    pub fn answered_lately(&self, registry: &str) -> bool {
+        self.answered.contains_key(registry)
     }
 
     /// How long ago the tag's answer (digest or not-found) came from the registry; `None` when
