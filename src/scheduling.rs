@@ -110,12 +110,15 @@ pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 /// (pkg/scheduler/framework/plugins/nodeunschedulable, `Filter`) lets a pod onto a cordoned node
 /// when it tolerates `node.kubernetes.io/unschedulable:NoSchedule`, as every DaemonSet pod does.
 fn repels(placement: &Placement, node: &NodeView) -> bool {
-    let cordon = Taint {
-        key: UNSCHEDULABLE_TAINT.into(),
-        effect: "NoSchedule".into(),
-        ..Taint::default()
-    };
-    (node.unschedulable && !tolerates_all(&placement.tolerations, std::slice::from_ref(&cordon)))
+    // Built once: this runs for every node on every review.
+    static CORDON: std::sync::LazyLock<[Taint; 1]> = std::sync::LazyLock::new(|| {
+        [Taint {
+            key: UNSCHEDULABLE_TAINT.into(),
+            effect: "NoSchedule".into(),
+            ..Taint::default()
+        }]
+    });
+    (node.unschedulable && !tolerates_all(&placement.tolerations, &*CORDON))
         || !tolerates_all(&placement.tolerations, &node.taints)
 }
 

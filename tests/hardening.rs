@@ -260,8 +260,17 @@ async fn the_review_deadline_runs_from_arrival_not_from_the_slot() {
                 .map(|r| r.status())
         })
     };
-    // Let the first review take the only slot.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first review holds the only slot once its lookup reaches the registry; the second
+    // comes 300 ms later, so the first's deadline (and the slot) ends well inside the second's.
+    let asked = Instant::now();
+    while world.proxy.counts().total() == 0 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "the first review never looked up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let answer = hook
         .review(
