@@ -498,15 +498,26 @@ async fn resolve_within(
     };
     let first = tokio::time::timeout_at(deadline, resolver.resolve(image, credentials))
         .await
-        .map_err(|_| timeout())?;
-    let would_deny = match &first {
+        .unwrap_or_else(|_| Err(timeout()));
+    let would_deny = |answer: &Result<Resolution, ResolveError>| match answer {
         Ok(r) => needed
             .iter()
             .flat_map(|pod| pod.iter())
             .any(|need| !r.platforms.iter().any(|have| have.satisfies(need))),
         Err(e) => e.is_not_found(),
     };
-    if !would_deny {
+    if let Err(e) = &first
+        && !e.is_not_found()
+    {
+        // The registry cannot be asked now (past the tag's lifetime, say): what it answered
+        // before still stands if it denies, where `--on-registry-error allow` would admit on the
+        // error an image archgate has seen lacking the platform.
+        return match resolver.last_known(image, credentials).await {
+            Some(known) if would_deny(&known) => known,
+            _ => first,
+        };
+    }
+    if !would_deny(&first) {
         return first;
     }
     match resolver.tag_age(image, credentials).await {

@@ -841,6 +841,56 @@ async fn a_recheck_that_fails_keeps_the_denial() {
     }
 }
 
+/// Before: once a denying answer was past the tag's lifetime (60 s by default, 10 s for "not
+/// found"), its revalidation went to the registry, and if that failed (a 503, a 429) the error
+/// alone answered: allowed under the default `--on-registry-error allow`. What the registry said
+/// before now stands when it denies.
+#[tokio::test]
+async fn a_denial_past_its_lifetime_stands_while_the_registry_fails() {
+    let setup = Setup::start().await;
+    let lifetime = Duration::from_secs(1);
+    let resolver = resolver(RegistryOptions {
+        tag_ttl: lifetime,
+        not_found_ttl: lifetime,
+        ..setup.options()
+    });
+    let ai_base = setup.tag_ref(&setup.fixtures.ai_base_cuda);
+    let absent = setup.written("cerebral/absent:v1");
+    let multi = setup.tag_ref(&setup.fixtures.multi);
+    let images = [&ai_base, &absent];
+    let first = review_missing(&resolver, &images).await;
+    assert_eq!(first, [Some(vec!["linux/amd64".to_owned()]), None]);
+    review_missing(&resolver, &[&multi]).await;
+
+    tokio::time::sleep(lifetime + Duration::from_millis(200)).await;
+    setup.proxy.set_fault(Fault::Status {
+        status: 503,
+        retry_after: None,
+    });
+    setup.proxy.reset();
+    // `review_missing` fails the test on any error but "not found".
+    assert_eq!(review_missing(&resolver, &images).await, first);
+    assert!(setup.proxy.counts().total() >= 2, "both were asked again");
+    // An answer that allowed is not kept past its lifetime: the error is the answer.
+    let nodes = [NodeView::synthetic(
+        &Platform::parse("linux/amd64").unwrap(),
+    )];
+    let checked = pipeline::resolve(
+        vec![target(&multi)],
+        &nodes,
+        &resolver,
+        |_| Arc::new(anonymous()),
+        &Exemptions::default(),
+        tokio::time::Instant::now() + Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        matches!(&checked[0].outcome, archgate::policy::Outcome::Failed(e) if !e.is_not_found()),
+        "{:?}",
+        checked[0].outcome
+    );
+}
+
 /// Never deny on a stale tag: an answer that would deny (a missing platform, or not found) is
 /// asked again once it is older than `RECHECK_AFTER`; a younger one stands, and an answer that
 /// allows is never re-asked. Both TTLs are long, so only the recheck can see the new pushes.

@@ -301,11 +301,32 @@ impl Resolver {
         image: &ImageRef,
         identity: Identity,
     ) -> Option<Result<Resolution, ResolveError>> {
+        self.from_caches(image, identity, true).await
+    }
+
+    /// The last answer the caches hold for `image`, however old: what its registry said
+    /// before, for when it cannot be asked now. `None` when nothing is cached.
+    pub async fn last_known(
+        &self,
+        image: &ImageRef,
+        credentials: &Credentials,
+    ) -> Option<Result<Resolution, ResolveError>> {
+        let identity = self.cache_identity(image, credentials);
+        self.from_caches(image, identity, false).await
+    }
+
+    /// Both answers from the caches; with `fresh_only`, a tag past its lifetime is `None`.
+    async fn from_caches(
+        &self,
+        image: &ImageRef,
+        identity: Identity,
+        fresh_only: bool,
+    ) -> Option<Result<Resolution, ResolveError>> {
         let digest = match image.digest() {
             Some(digest) => Digest::new(digest),
             None => {
                 let entry = self.tags.get(&tag_key(identity, image)).await?;
-                if !self.tag_lifetime.is_fresh(&entry) {
+                if fresh_only && !self.tag_lifetime.is_fresh(&entry) {
                     return None;
                 }
                 match by_tag(entry, image) {
