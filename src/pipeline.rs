@@ -95,6 +95,14 @@ impl Pipeline {
             from_tekton_controller,
             deadline,
         } = request;
+        // An UPDATE that leaves the spec as it was (labels, annotations, finalizers: most Pod
+        // updates) runs nothing new: every target would be dropped as the old object's below.
+        if let Some(old) = old
+            && old.kind == subject.kind
+            && old.object.get("spec") == subject.object.get("spec")
+        {
+            return Ok(Reviewed::default());
+        }
         let options = if from_tekton_controller {
             &self.extract_trusted
         } else {
