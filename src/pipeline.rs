@@ -393,14 +393,27 @@ pub async fn resolve(
     // Collected first: a stream holding the mapping closure trips the compiler's `Send`
     // inference (rust-lang/rust#102211) once the handler is spawned. The futures are lazy;
     // at most `LOOKUPS_PER_REVIEW` run (and hold requests) at once.
-    // Past what runs at once, images on registries that answered lately go first: an object
-    // can name hundreds of images on hosts that never answer, and in the order written they
-    // would hold every slot until the deadline while a real image waited behind them.
+    // Past what runs at once, images on registries that answered lately go first, one per
+    // registry in turn: an object can name hundreds of images on hosts that never answer (or
+    // that answered once and now stall), and in the order written they would hold every slot
+    // until the deadline while a real image waited behind them.
     // (Empty, so nothing is allocated, when all start at once: the usual review.)
     let mut order: Vec<usize> = Vec::new();
     if lookups.len() > LOOKUPS_PER_REVIEW {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let turn: Vec<usize> = lookups
+            .iter()
+            .map(|l| {
+                let n = seen.entry(l.image.registry()).or_default();
+                *n += 1;
+                *n
+            })
+            .collect();
         order = (0..lookups.len()).collect();
-        order.sort_by_cached_key(|&i| !resolver.answered_lately(lookups[i].image.registry()));
+        order.sort_by_cached_key(|&i| {
+            let answered = resolver.answered_lately(lookups[i].image.registry());
+            (!answered, turn[i])
+        });
     }
     let futures: Vec<BoxFuture<'_, _>> = (0..lookups.len())
         .map(|k| order.get(k).copied().unwrap_or(k))

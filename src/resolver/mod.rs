@@ -301,7 +301,7 @@ impl Resolver {
         image: &ImageRef,
         identity: Identity,
     ) -> Option<Result<Resolution, ResolveError>> {
-        self.from_caches(image, identity, true).await
+        self.read_caches(image, identity, true).await
     }
 
     /// The last answer the caches hold for `image`, however old: what its registry said
@@ -312,11 +312,11 @@ impl Resolver {
         credentials: &Credentials,
     ) -> Option<Result<Resolution, ResolveError>> {
         let identity = self.cache_identity(image, credentials);
-        self.from_caches(image, identity, false).await
+        self.read_caches(image, identity, false).await
     }
 
     /// Both answers from the caches; with `fresh_only`, a tag past its lifetime is `None`.
-    async fn from_caches(
+    async fn read_caches(
         &self,
         image: &ImageRef,
         identity: Identity,
