@@ -535,24 +535,25 @@ pub const MAX_LISTED: usize = 32;
 
 /// Joins platforms as nodes name them ([`Platform::node_name`]), each once, in order: what a
 /// finding lists, so that `linux/arm64/v8` and `linux/arm64` are one platform, as on the node.
-/// Past [`MAX_LISTED`] names the rest are counted, not written.
+/// Past [`MAX_LISTED`] names the entries left are counted, not read: a finding is written per
+/// container, and a hostile index lists 1000.
 pub fn node_list(platforms: &[Platform]) -> String {
-    let mut seen = std::collections::HashSet::new();
-    let names: Vec<String> = platforms
-        .iter()
-        .map(Platform::node_name)
-        .filter(|name| seen.insert(name.clone()))
-        .collect();
-    match names.len() {
-        0 => "none".to_string(),
-        n if n > MAX_LISTED => {
-            format!(
-                "{} and {} more",
-                names[..MAX_LISTED].join(", "),
-                n - MAX_LISTED
-            )
+    let mut names: Vec<String> = Vec::new();
+    let mut read = 0;
+    for platform in platforms {
+        if names.len() == MAX_LISTED {
+            break;
         }
-        _ => names.join(", "),
+        read += 1;
+        let name = platform.node_name();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    match (names.len(), platforms.len() - read) {
+        (0, _) => "none".to_string(),
+        (_, 0) => names.join(", "),
+        (_, more) => format!("{} and {more} more", names.join(", ")),
     }
 }
 
