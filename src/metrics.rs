@@ -223,27 +223,26 @@ impl Metrics {
     /// A registry's rate-limit headers. Past [`MAX_RATE_LIMITED_HOSTS`] hosts, the one whose
     /// headers came longest ago loses its gauges.
     pub fn observe_rate_limit(&self, host: &str, limit: Option<u64>, remaining: u64) {
-        {
-            let mut guard = self
-                .rate_limited_hosts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let (clock, hosts) = &mut *guard;
-            *clock += 1;
-            if !hosts.contains_key(host) && hosts.len() >= MAX_RATE_LIMITED_HOSTS {
-                let oldest = hosts
-                    .iter()
-                    .min_by_key(|(_, seen)| **seen)
-                    .map(|(h, _)| h.clone());
-                if let Some(oldest) = oldest {
-                    hosts.remove(&oldest);
-                    let labels = HostLabels { registry: oldest };
-                    self.rate_limit_remaining.remove(&labels);
-                    self.rate_limit_limit.remove(&labels);
-                }
+        // Held while the gauges are set, so an eviction cannot interleave and leave more.
+        let mut guard = self
+            .rate_limited_hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (clock, hosts) = &mut *guard;
+        *clock += 1;
+        if !hosts.contains_key(host) && hosts.len() >= MAX_RATE_LIMITED_HOSTS {
+            let oldest = hosts
+                .iter()
+                .min_by_key(|(_, seen)| **seen)
+                .map(|(h, _)| h.clone());
+            if let Some(oldest) = oldest {
+                hosts.remove(&oldest);
+                let labels = HostLabels { registry: oldest };
+                self.rate_limit_remaining.remove(&labels);
+                self.rate_limit_limit.remove(&labels);
             }
-            hosts.insert(host.to_string(), *clock);
         }
+        hosts.insert(host.to_string(), *clock);
         let labels = HostLabels {
             registry: host.to_string(),
         };

@@ -264,7 +264,6 @@ fn basic(user: &str, password: &str) -> Authorization {
     header(&format!("Basic {pair}"))
 }
 
-/// A JWT's `exp` from now; `None` for opaque tokens.
 /// How long a token is kept: as long as its endpoint (or its JWT) says, within
 /// [`MAX_LIFETIME`], renewed [`RENEW_EARLY`].
 fn kept_for(stated: Option<Duration>, token: &str) -> Duration {
@@ -276,6 +275,7 @@ fn kept_for(stated: Option<Duration>, token: &str) -> Duration {
         .max(Duration::from_secs(1))
 }
 
+/// A JWT's `exp` from now; `None` for opaque tokens.
 fn jwt_lifetime(token: &str) -> Option<Duration> {
     #[derive(serde::Deserialize)]
     struct Claims {

@@ -248,9 +248,9 @@ fn tekton_looked_up(c: &Container) -> bool {
     let is_step = c.name.starts_with("step-")
         && matches!(c.command.as_deref(), Some([only]) if only == TEKTON_ENTRYPOINT);
     // Any spelling Go's flag package reads counts as naming a command.
-    let names_command = |flag: &Cow<'_, str>| {
-        let flag = flag.trim_start_matches('-');
-        flag == "entrypoint" || flag.starts_with("entrypoint=")
+    let names_command = |arg: &Cow<'_, str>| {
+        let flag = arg.trim_start_matches('-');
+        arg.starts_with('-') && (flag == "entrypoint" || flag.starts_with("entrypoint="))
     };
     let mut flags = c.args.iter().flatten().take_while(|a| *a != "--");
     is_step && !flags.any(names_command)
