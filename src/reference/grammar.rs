@@ -160,16 +160,22 @@ fn is_digest(digest: &str) -> bool {
 
 fn check_digest_length(digest: &str) -> Result<(), Invalid> {
     let (algorithm, hex) = digest.split_once(':').ok_or(Invalid::DigestFormat)?;
-    let expected = match algorithm {
-        "sha256" => 64,
-        "sha384" => 96,
-        "sha512" => 128,
-        _ => return Err(Invalid::DigestAlgorithm),
-    };
+    let expected = digest_hex_length(algorithm).ok_or(Invalid::DigestAlgorithm)?;
     if hex.len() == expected {
         Ok(())
     } else {
         Err(Invalid::DigestLength)
+    }
+}
+
+/// Hex digits of a digest in `algorithm`, for the algorithms registries use (distribution's
+/// `digest` package registers these three); `None` for any other.
+pub fn digest_hex_length(algorithm: &str) -> Option<usize> {
+    match algorithm {
+        "sha256" => Some(64),
+        "sha384" => Some(96),
+        "sha512" => Some(128),
+        _ => None,
     }
 }
 

@@ -650,13 +650,14 @@ fn checkable(
     digest: &str,
 ) -> std::result::Result<(&'static ring::digest::Algorithm, &str), OciDistributionError> {
     let (name, hex) = digest.split_once(':').unwrap_or((digest, ""));
-    let known = match name {
-        "sha256" => Some((&ring::digest::SHA256, 64)),
-        "sha384" => Some((&ring::digest::SHA384, 96)),
-        "sha512" => Some((&ring::digest::SHA512, 128)),
+    let algorithm = match name {
+        "sha256" => Some(&ring::digest::SHA256),
+        "sha384" => Some(&ring::digest::SHA384),
+        "sha512" => Some(&ring::digest::SHA512),
         _ => None,
     };
-    if let Some((algorithm, length)) = known
+    let length = crate::reference::grammar::digest_hex_length(name);
+    if let (Some(algorithm), Some(length)) = (algorithm, length)
         && hex.len() == length
         && hex.bytes().all(|b| b.is_ascii_hexdigit())
     {
