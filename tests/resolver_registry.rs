@@ -723,32 +723,50 @@ fn target(image: &ImageRef) -> Target {
 /// Runs the review pipeline for `images` on linux/amd64 nodes; returns each image's missing
 /// platforms, or `None` when its lookup failed (not found).
 async fn review_missing(resolver: &Resolver, images: &[&ImageRef]) -> Vec<Option<Vec<String>>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    review(resolver, images, deadline)
+        .await
+        .iter()
+        .map(|checked| match &checked.outcome {
+            archgate::policy::Outcome::Resolved(_) => {
+                Some(checked.missing().iter().map(Platform::to_string).collect())
+            }
+            archgate::policy::Outcome::Failed(e) => {
+                assert!(e.is_not_found(), "{e:?}");
+                None
+            }
+            archgate::policy::Outcome::Invalid(e) => panic!("{e}"),
+        })
+        .collect()
+}
+
+/// The review pipeline's lookups for `images` on linux/amd64 nodes, due by `deadline`.
+async fn review(
+    resolver: &Resolver,
+    images: &[&ImageRef],
+    deadline: tokio::time::Instant,
+) -> Vec<archgate::policy::Checked> {
     let nodes = [NodeView::synthetic(
         &Platform::parse("linux/amd64").unwrap(),
     )];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let targets = images.iter().map(|i| target(i)).collect();
     pipeline::resolve(
-        targets,
+        images.iter().map(|i| target(i)).collect(),
         &nodes,
         resolver,
-        |_| std::sync::Arc::new(anonymous()),
+        |_| Arc::new(anonymous()),
         &Exemptions::default(),
         deadline,
     )
     .await
-    .iter()
-    .map(|checked| match &checked.outcome {
-        archgate::policy::Outcome::Resolved(_) => {
-            Some(checked.missing().iter().map(Platform::to_string).collect())
-        }
-        archgate::policy::Outcome::Failed(e) => {
-            assert!(e.is_not_found(), "{e:?}");
-            None
-        }
-        archgate::policy::Outcome::Invalid(e) => panic!("{e}"),
+}
+
+/// A resolver through `setup`'s proxy whose tag and "not found" answers live `lifetime`.
+fn resolver_living(setup: &Setup, lifetime: Duration) -> Resolver {
+    resolver(RegistryOptions {
+        tag_ttl: lifetime,
+        not_found_ttl: lifetime,
+        ..setup.options()
     })
-    .collect()
 }
 
 /// Before: past the 64 lookups a review runs at once, lookups started in the order written, so
@@ -779,19 +797,8 @@ async fn images_on_silent_registries_cannot_starve_a_real_one() {
         .collect();
     let real = setup.tag_ref(&setup.fixtures.single_amd64);
     images.push(real.clone());
-    let nodes = [NodeView::synthetic(
-        &Platform::parse("linux/amd64").unwrap(),
-    )];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let checked = pipeline::resolve(
-        images.iter().map(target).collect(),
-        &nodes,
-        &resolver,
-        |_| Arc::new(anonymous()),
-        &Exemptions::default(),
-        deadline,
-    )
-    .await;
+    let checked = review(&resolver, &images.iter().collect::<Vec<_>>(), deadline).await;
     let last = checked.last().unwrap();
     assert_eq!(last.target.image, real.written());
     assert!(
@@ -816,11 +823,7 @@ async fn images_on_silent_registries_cannot_starve_a_real_one() {
 #[tokio::test]
 async fn a_recheck_that_fails_keeps_the_denial() {
     let setup = Setup::start().await;
-    let resolver = resolver(RegistryOptions {
-        tag_ttl: Duration::from_secs(600),
-        not_found_ttl: Duration::from_secs(600),
-        ..setup.options()
-    });
+    let resolver = resolver_living(&setup, Duration::from_secs(600));
     let ai_base = setup.tag_ref(&setup.fixtures.ai_base_cuda);
     let absent = setup.written("cerebral/absent:v1");
     let images = [&ai_base, &absent];
@@ -853,11 +856,7 @@ async fn a_recheck_that_fails_keeps_the_denial() {
 async fn a_denial_past_its_lifetime_stands_while_the_registry_fails() {
     let setup = Setup::start().await;
     let lifetime = Duration::from_secs(1);
-    let resolver = resolver(RegistryOptions {
-        tag_ttl: lifetime,
-        not_found_ttl: lifetime,
-        ..setup.options()
-    });
+    let resolver = resolver_living(&setup, lifetime);
     let ai_base = setup.tag_ref(&setup.fixtures.ai_base_cuda);
     let absent = setup.written("cerebral/absent:v1");
     let multi = setup.tag_ref(&setup.fixtures.multi);
@@ -876,18 +875,8 @@ async fn a_denial_past_its_lifetime_stands_while_the_registry_fails() {
     assert_eq!(review_missing(&resolver, &images).await, first);
     assert!(setup.proxy.counts().total() >= 2, "both were asked again");
     // An answer that allowed is not kept past its lifetime: the error is the answer.
-    let nodes = [NodeView::synthetic(
-        &Platform::parse("linux/amd64").unwrap(),
-    )];
-    let checked = pipeline::resolve(
-        vec![target(&multi)],
-        &nodes,
-        &resolver,
-        |_| Arc::new(anonymous()),
-        &Exemptions::default(),
-        tokio::time::Instant::now() + Duration::from_secs(10),
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let checked = review(&resolver, &[&multi], deadline).await;
     assert!(
         matches!(&checked[0].outcome, archgate::policy::Outcome::Failed(e) if !e.is_not_found()),
         "{:?}",
@@ -901,11 +890,7 @@ async fn a_denial_past_its_lifetime_stands_while_the_registry_fails() {
 #[tokio::test]
 async fn a_denying_answer_older_than_recheck_after_is_asked_again() {
     let setup = Setup::start().await;
-    let resolver = resolver(RegistryOptions {
-        tag_ttl: Duration::from_secs(600),
-        not_found_ttl: Duration::from_secs(600),
-        ..setup.options()
-    });
+    let resolver = resolver_living(&setup, Duration::from_secs(600));
     let ai_base = setup.tag_ref(&setup.fixtures.ai_base_cuda);
     let multi = setup.tag_ref(&setup.fixtures.multi);
     let late = setup.written("cerebral/late:v1");
