@@ -333,6 +333,13 @@ mod tests {
         p.iter().map(|p| p.to_string()).collect()
     }
 
+    /// Each placement's candidates on `nodes` are the platforms it is paired with.
+    fn assert_candidates(cases: &[(Placement, Vec<&str>)], nodes: &[NodeView]) {
+        for (placement, want) in cases {
+            assert_eq!(names(&candidates(placement, nodes)), *want, "{placement:?}");
+        }
+    }
+
     #[test]
     fn fixed_platforms_do_not_depend_on_nodes() {
         let nodes = static_nodes(&["linux/amd64"]);
@@ -392,13 +399,7 @@ mod tests {
                 vec![],
             ),
         ];
-        for (placement, want) in cases {
-            assert_eq!(
-                names(&candidates(&placement, &nodes)),
-                want,
-                "{placement:?}"
-            );
-        }
+        assert_candidates(&cases, &nodes);
     }
 
     fn node(name: &str, arch: &str, extra: &[(&str, &str)]) -> NodeView {
@@ -542,13 +543,7 @@ mod tests {
                 vec!["linux/s390x"],
             ),
         ];
-        for (placement, want) in cases {
-            assert_eq!(
-                names(&candidates(&placement, &nodes)),
-                want,
-                "{placement:?}"
-            );
-        }
+        assert_candidates(&cases, &nodes);
     }
 
     /// A DaemonSet's pods tolerate the cordon (the DaemonSet controller adds the toleration), so
@@ -600,13 +595,7 @@ mod tests {
                 vec!["linux/amd64"],
             ),
         ];
-        for (placement, want) in cases {
-            assert_eq!(
-                names(&candidates(&placement, &nodes)),
-                want,
-                "{placement:?}"
-            );
-        }
+        assert_candidates(&cases, &nodes);
     }
 
     /// A pod bound by `nodeName` runs on that node whatever its taints, cordon and labels; a

@@ -315,9 +315,17 @@ mod tests {
         serde_json::to_vec(&v).unwrap()
     }
 
+    /// The platforms of an index, which `v` must be.
+    fn index(v: serde_json::Value) -> Vec<Platform> {
+        match parse_manifest(&body(v)).unwrap() {
+            Document::Index(platforms) => platforms,
+            doc => panic!("{doc:?}"),
+        }
+    }
+
     #[test]
     fn index_skips_attestations_and_keeps_spelling() {
-        let doc = parse_manifest(&body(json!({
+        let platforms = index(json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [
@@ -327,11 +335,7 @@ mod tests {
                  "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
                 {"digest": "sha256:d", "size": 1, "mediaType": "x", "platform": {"os": "windows", "architecture": "amd64", "os.version": "10.0.17763.5329"}}
             ]
-        })))
-        .unwrap();
-        let Document::Index(platforms) = doc else {
-            panic!("{doc:?}")
-        };
+        }));
         let shown: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             shown,
@@ -354,7 +358,7 @@ mod tests {
         })));
         // A malformed field is a malformed manifest, not a silently narrower platform.
         assert!(doc.is_err(), "{doc:?}");
-        let doc = parse_manifest(&body(json!({
+        let platforms = index(json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [
@@ -363,11 +367,7 @@ mod tests {
                  "os.version": "10.0.20348.2227", "os.features": ["win32k"]}},
                 {"digest": "sha256:c", "size": 1, "mediaType": "x", "platform": {"os": "linux"}}
             ]
-        })))
-        .unwrap();
-        let Document::Index(platforms) = doc else {
-            panic!("{doc:?}")
-        };
+        }));
         let shown: Vec<String> = platforms.iter().map(|p| p.node_name()).collect();
         assert_eq!(shown, ["*/amd64", "windows(10.0.20348.2227+win32k)/amd64"]);
         assert!(platforms[0].satisfies(&Platform::parse("linux/amd64").unwrap()));
@@ -461,17 +461,13 @@ mod tests {
     fn index_platform_fields_are_bounded() {
         let at = "a".repeat(MAX_FIELD_BYTES);
         let past = "a".repeat(MAX_FIELD_BYTES + 1);
-        let doc = parse_manifest(&body(json!({
+        let platforms = index(json!({
             "schemaVersion": 2,
             "manifests": [
                 {"platform": {"os": past, "architecture": past, "variant": past}},
                 {"platform": {"os": "linux", "architecture": at}}
             ]
-        })))
-        .unwrap();
-        let Document::Index(platforms) = doc else {
-            panic!("{doc:?}")
-        };
+        }));
         let shown: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             shown,
