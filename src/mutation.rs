@@ -38,12 +38,8 @@ fn with_patch(response: AdmissionResponse, patch: &Patch) -> Result<Value, serde
 
 impl Admission {
     /// Answers one review in placement mode: always allowed, with a patch when the Pod is steered.
-    pub async fn steer(&self, req: AdmissionRequest<ReviewObject>) -> Value {
-        self.steer_by(req, self.due()).await
-    }
-
-    /// [`Admission::steer`] answered by `due` (see [`Admission::review_by`]).
-    pub async fn steer_by(
+    /// Answered by `due` (see [`Admission::review_by`]).
+    pub async fn steer(
         &self,
         mut req: AdmissionRequest<ReviewObject>,
         due: tokio::time::Instant,

@@ -189,7 +189,7 @@ async fn validate(State(reviews): State<Arc<Reviews>>, request: Request) -> Resp
 async fn mutate(State(reviews): State<Arc<Reviews>>, request: Request) -> Response {
     let due = reviews.admission.due();
     match admit(&reviews, request, due).await {
-        Ok((request, _held)) => json(&reviews.admission.steer_by(request, due).await),
+        Ok((request, _held)) => json(&reviews.admission.steer(request, due).await),
         Err(refused) => refused,
     }
 }
