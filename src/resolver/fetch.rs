@@ -9,14 +9,14 @@
 //! body parses as an error envelope (a 429 carrying `DENIED` read as "unreachable"). So the
 //! requests are made here, with: bodies read as a stream against a cap ([`MAX_MANIFEST_BYTES`],
 //! [`manifest::MAX_CONFIG_BYTES`]) and checked against their digest; the status kept; and a
-//! redirect policy ([`check_redirect`]) plus a DNS filter that refuse link-local and
+//! redirect policy ([`check_redirect`]) plus a resolver (`dns.rs`) that refuse link-local and
 //! cloud-metadata addresses before any connection is made. Every request is counted in
 //! `archgate_registry_requests_total` as it is sent.
 //!
 //! Errors keep oci-client's vocabulary ([`Failure`] wraps its error), so that classification,
 //! rate limiting and messages in the parent module see one error type.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,6 +30,7 @@ use reqwest::{Method, Url};
 
 use super::auth::{self, Authorization, TokenKey};
 use super::credentials::{Auth, Identity};
+use super::dns::GuardedDns;
 use super::headers::{self, Challenge};
 use super::manifest;
 use crate::metrics::{Metrics, StatusClass};
@@ -147,33 +148,6 @@ pub fn check_redirect(
         return Err(RedirectRefused::ManifestElsewhere(shown()));
     }
     Ok(())
-}
-
-/// Resolves names with the system resolver and drops forbidden addresses, so a host name that
-/// points at a metadata service is refused before connecting.
-struct GuardedDns;
-
-impl reqwest::dns::Resolve for GuardedDns {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = found
-                .iter()
-                .copied()
-                .filter(|a| !forbidden(a.ip()))
-                .collect();
-            if allowed.is_empty() && !found.is_empty() {
-                let refused: Box<dyn std::error::Error + Send + Sync> = format!(
-                    "{host} resolves only to link-local or metadata addresses; archgate does not connect there"
-                )
-                .into();
-                return Err(refused);
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
 }
 
 /// A registry request that failed: oci-client's vocabulary for what went wrong (the
@@ -525,7 +499,7 @@ impl ClientSettings {
         });
         let mut builder = reqwest::Client::builder()
             .redirect(policy)
-            .dns_resolver(GuardedDns)
+            .dns_resolver(GuardedDns::system())
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
             .pool_max_idle_per_host(self.concurrency)

@@ -22,12 +22,13 @@
 //! By concern: `cache` (entries, keys, expiry), `route` (mirrors then origin, with credentials),
 //! `errors` (what went wrong, classified), `fetch` (every request, bounded and counted), `auth`
 //! and `headers` (challenges, tokens, Retry-After), `manifest` (what a manifest says),
-//! `credentials` (who we are), `throttle` (manners per host); this file is the [`Resolver`]
-//! that ties them together.
+//! `credentials` (who we are), `throttle` (manners per host), `dns` (host names, bounded); this
+//! file is the [`Resolver`] that ties them together.
 
 mod auth;
 mod cache;
 pub mod credentials;
+pub mod dns;
 mod errors;
 pub mod fetch;
 mod headers;
