@@ -229,6 +229,7 @@ async fn archgate_behind_a_real_api_server() {
     pods_and_workloads_are_denied(&w).await;
     namespace_modes(&w, &archgate).await;
     live_nodes_change_verdicts(&w).await;
+    a_nodes_runtime_is_read_from_the_api_server(&w).await;
     bound_pods_and_image_updates(&w).await;
     pull_secrets_of_pods_and_service_accounts(&w).await;
     tekton_runs(&w, &archgate).await;
@@ -410,6 +411,55 @@ async fn live_nodes_change_verdicts(w: &World) {
         (!out.ok()).then_some(()).ok_or(out.stderr())
     })
     .await;
+}
+
+/// The node's container runtime, reported in its status, picks the platforms it falls back to:
+/// containerd 1.7 runs a 386-only image on amd64, a runtime archgate does not know is matched
+/// strictly. The node watch once dropped the runtime, so every live node was strict.
+async fn a_nodes_runtime_is_read_from_the_api_server(w: &World) {
+    w.namespace("runtime", None);
+    let i386 = ImageSpec::oci_index("team/i386-only", "v1", [PlatformSpec::new("linux", "386")])
+        .push(&w.registry)
+        .await;
+    let i386 = w.image(&i386);
+    let dry = || w.plane.apply(&pod("runtime", "legacy", &i386), true);
+    let runtime = |version: &str| {
+        let status = json!({"status": {"nodeInfo": {
+            "operatingSystem": "linux", "architecture": "amd64",
+            "containerRuntimeVersion": version, "kernelVersion": "6.1.0"}}});
+        let patch = status.to_string();
+        let args = [
+            "patch",
+            "node",
+            "amd-1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+        ];
+        w.plane.must(&[&args[..], &[patch.as_str()]].concat(), None);
+    };
+    assert!(
+        !dry().ok(),
+        "a 386-only image on an amd64 node of unknown runtime"
+    );
+
+    runtime("containerd://1.7.22");
+    eventually("archgate reads the node's containerd 1.7", || {
+        let out = dry();
+        out.ok().then_some(()).ok_or(out.stderr())
+    })
+    .await;
+
+    runtime("cri-o://1.30.0");
+    eventually("archgate reads the node's CRI-O", || {
+        let out = dry();
+        let want = format!("image \"{i386}\" is missing linux/amd64 (available: linux/386)");
+        (!out.ok() && out.stderr().contains(&want))
+            .then_some(())
+            .ok_or(out.stderr())
+    })
+    .await;
+    runtime("");
 }
 
 /// A Pod bound by `nodeName` skips the scheduler, so it runs on that node even when the

@@ -186,9 +186,13 @@ impl Reduce for Node {
         let info = self
             .status
             .and_then(|s| s.node_info)
+            // The runtime picks the node's platform fallbacks and a Windows kernel version is
+            // its build (`state::node_view`); both change only when the node is upgraded.
             .map(|i| NodeSystemInfo {
                 operating_system: i.operating_system,
                 architecture: i.architecture,
+                container_runtime_version: i.container_runtime_version,
+                kernel_version: i.kernel_version,
                 ..NodeSystemInfo::default()
             });
         Node {

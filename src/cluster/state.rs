@@ -455,6 +455,7 @@ impl Catalog for StoreCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Reduce;
     use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo};
     use kube::api::ObjectMeta;
 
@@ -489,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn node_view_reads_runtime_and_windows_build() {
+    fn node_view_reads_runtime_and_windows_build_also_from_a_reduced_node() {
         let cases = [
             (
                 node(&[], info("linux", "amd64", "containerd://1.7.13", "6.1.0")),
@@ -535,6 +536,8 @@ mod tests {
             let view = node_view(&node).unwrap();
             assert_eq!(view.platform.node_name(), name);
             assert_eq!(view.platform.runtime, runtime, "{name}");
+            // What the node watch stores (`Reduce`) must keep all of that.
+            assert_eq!(node_view(&node.reduce()), Some(view), "{name} reduced");
         }
     }
 }
