@@ -118,13 +118,12 @@ impl Pipeline {
         if let Some(old) = old {
             // On UPDATE an image is left alone only if the old object already ran it on the same
             // candidate platforms: a changed nodeSelector or affinity moves the pod somewhere new.
+            // Every target is compared (none dropped for the bound first: an UPDATE that adds
+            // thousands of containers after unchanged ones must still have them checked).
             let before = self.placed_images(old, cluster, options, &nodes);
-            targets.retain(|t| {
-                !before.contains(&(
-                    t.image.clone(),
-                    scheduling::candidates(&t.placement, &nodes),
-                ))
-            });
+            let mut placed = Placed::new(&nodes);
+            targets
+                .retain(|t| !before.contains(&(t.image.clone(), placed.candidates(&t.placement))));
         }
         // Each target pulls with its own pod's credentials: a Tekton task can run under a
         // ServiceAccount of its own (taskRunSpecs[].serviceAccountName).
@@ -221,19 +220,52 @@ impl Pipeline {
         cluster: &dyn ClusterView,
         options: &ExtractOptions,
         nodes: &[NodeView],
-    ) -> HashSet<(String, Vec<Platform>)> {
+    ) -> HashSet<(String, Arc<[Platform]>)> {
         let catalog = cluster.catalog();
+        let mut placed = Placed::new(nodes);
         workload::extract(old.kind, &old.object, catalog.as_ref(), options)
             .map(|e| {
                 e.targets
                     .into_iter()
                     .map(|t| {
-                        let candidates = scheduling::candidates(&t.placement, nodes);
+                        let candidates = placed.candidates(&t.placement);
                         (t.image, candidates)
                     })
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// Candidate platforms, worked out once per pod: a pod's targets share one placement (one
+/// `Arc`), and placing walks every node. Placed per target, an UPDATE naming 40,000 containers
+/// on a 1,000-node cluster was 80 million node checks before any bound applied.
+struct Placed<'a> {
+    nodes: &'a [NodeView],
+    by_pod: Vec<(Arc<Placement>, Arc<[Platform]>)>,
+}
+
+impl<'a> Placed<'a> {
+    fn new(nodes: &'a [NodeView]) -> Self {
+        Self {
+            nodes,
+            by_pod: Vec::new(),
+        }
+    }
+
+    fn candidates(&mut self, placement: &Arc<Placement>) -> Arc<[Platform]> {
+        // From the end: a pod's targets come one after another.
+        if let Some((_, candidates)) = self
+            .by_pod
+            .iter()
+            .rev()
+            .find(|(p, _)| Arc::ptr_eq(p, placement))
+        {
+            return candidates.clone();
+        }
+        let candidates: Arc<[Platform]> = scheduling::candidates(placement, self.nodes).into();
+        self.by_pod.push((placement.clone(), candidates.clone()));
+        candidates
     }
 }
 
@@ -559,6 +591,32 @@ async fn resolve_within(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::subject::Kind;
+    use crate::workload::{EmptyCatalog, ExtractOptions};
+
+    #[test]
+    fn a_pod_is_placed_once_however_many_containers_it_has() {
+        let containers: Vec<serde_json::Value> = (0..1000)
+            .map(|i| serde_json::json!({"name": format!("c{i}"), "image": "a"}))
+            .collect();
+        let pod = serde_json::json!({"kind": "Pod", "spec": {"containers": containers}});
+        let kind = Kind::of("", "Pod").unwrap();
+        let targets = workload::extract(kind, &pod, &EmptyCatalog, &ExtractOptions::default())
+            .unwrap()
+            .targets;
+        let nodes: Vec<NodeView> = ["linux/amd64", "linux/arm64"]
+            .iter()
+            .map(|p| NodeView::synthetic(&p.parse().unwrap()))
+            .collect();
+        let mut placed = Placed::new(&nodes);
+        let first = placed.candidates(&targets[0].placement);
+        assert_eq!(first.len(), 2);
+        for t in &targets {
+            assert!(Arc::ptr_eq(&placed.candidates(&t.placement), &first));
+        }
+        assert_eq!(targets.len(), 1000);
+        assert_eq!(placed.by_pod.len(), 1, "one placement for one pod");
+    }
 
     #[test]
     fn glob_table() {

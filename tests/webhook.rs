@@ -587,6 +587,31 @@ async fn an_update_that_moves_a_workload_is_checked_again() {
     assert_eq!(world.proxy.counts().kind(RequestKind::Manifest), 0);
 }
 
+/// An UPDATE is compared with the old object target by target, all of them: containers added
+/// after thousands of unchanged ones are still checked (a bound applied before the comparison
+/// would leave only the unchanged ones, and allow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_adding_containers_after_thousands_of_unchanged_ones_is_checked() {
+    let world = World::new().await;
+    let hook = Webhook::start(&world, &[]).await;
+    let container = |i: usize, image: &str| json!({"name": format!("c{i}"), "image": image});
+    let old: Vec<Value> = (0..2500).map(|i| container(i, &world.multi())).collect();
+    let mut new = old.clone();
+    new.push(container(2500, &world.arm_only()));
+    let pod_of = |containers: Vec<Value>| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "big", "namespace": "dev"},
+               "spec": {"containers": containers}})
+    };
+    let mut r = review_of("", "Pod", "pods", "dev", pod_of(new));
+    r["request"]["operation"] = json!("UPDATE");
+    r["request"]["oldObject"] = pod_of(old);
+    let answer = hook.review(&r).await;
+    assert_eq!(answer["allowed"], false, "{answer}");
+    let msg = message(&answer);
+    assert!(msg.starts_with("container \"c2500\""), "{msg}");
+}
+
 /// Before: an object archgate could not read (here a PipelineRun whose custom task nests its
 /// spec deeper than the JSON reader's 128 levels, which the API server accepts) was allowed
 /// whatever the policy, its other tasks' images unchecked. Not read is not checked: it follows
