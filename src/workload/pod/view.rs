@@ -77,8 +77,8 @@ const CONTAINER: Keep = Keep::Fields(&[
     ("args", Keep::Whole),
 ]);
 
-/// What [`super::PodSpec`] reads (`hostNetwork` only for a DaemonSet's tolerations), and
-/// `nodeName`, `nodeSelector` and `affinity`, which placement mode reads.
+/// What [`super::PodSpec`] reads, and `nodeName`, `nodeSelector` and `affinity`, which placement
+/// mode reads.
 const POD_SPEC: Keep = Keep::Fields(&[
     ("containers", Keep::Each(&CONTAINER)),
     ("initContainers", Keep::Each(&CONTAINER)),
@@ -89,7 +89,6 @@ const POD_SPEC: Keep = Keep::Fields(&[
     ("imagePullSecrets", Keep::Whole),
     ("serviceAccountName", Keep::Whole),
     ("nodeName", Keep::Whole),
-    ("hostNetwork", Keep::Whole),
 ]);
 
 /// Reads an object's `spec` whose pod spec sits at `path` below it (`[]` for a Pod,
