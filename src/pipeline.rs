@@ -27,7 +27,8 @@ use crate::reference::ImageRef;
 use crate::resolver::credentials::Identity;
 use crate::resolver::{Credentials, Resolution, ResolveError, Resolver};
 use crate::scheduling::{self, NodeView};
-use crate::subject::Subject;
+use crate::subject::{Kind, Subject};
+use crate::workload::tekton::{self, update::RunUpdate};
 use crate::workload::{
     self, BundleRef, ExtractError, ExtractOptions, Extraction, Placement, Target,
 };
@@ -97,11 +98,18 @@ impl Pipeline {
         } = request;
         // An UPDATE that leaves the spec as it was (labels, annotations, finalizers: most Pod
         // updates) runs nothing new: every target would be dropped as the old object's below.
-        if let Some(old) = old
-            && old.kind == subject.kind
-            && old.object.get("spec") == subject.object.get("spec")
-        {
-            return Ok(Reviewed::default());
+        let mut old = old.filter(|old| old.kind == subject.kind);
+        if let Some(previous) = old {
+            if previous.object.get("spec") == subject.object.get("spec") {
+                return Ok(Reviewed::default());
+            }
+            if matches!(subject.kind, Kind::PipelineRun | Kind::TaskRun) {
+                match tekton::update::run_update(&previous.object, &subject.object) {
+                    RunUpdate::Nothing => return Ok(Reviewed::default()),
+                    RunUpdate::Everything => old = None,
+                    RunUpdate::Changed => {}
+                }
+            }
         }
         let options = if from_tekton_controller {
             &self.extract_trusted
@@ -591,7 +599,6 @@ async fn resolve_within(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::subject::Kind;
     use crate::workload::{EmptyCatalog, ExtractOptions};
 
     #[test]

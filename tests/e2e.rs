@@ -233,6 +233,7 @@ async fn archgate_behind_a_real_api_server() {
     bound_pods_and_image_updates(&w).await;
     pull_secrets_of_pods_and_service_accounts(&w).await;
     tekton_runs(&w, &archgate).await;
+    tekton_pending_runs_are_checked_when_released(&w).await;
     tekton_when_skips_a_task(&w).await;
     static_platforms_keep_the_cluster(&w, &archgate).await;
     placement_steers_a_pod(&w, &archgate).await;
@@ -691,6 +692,59 @@ async fn tekton_runs(w: &World, archgate: &Archgate) {
         })
         .await;
     }
+}
+
+/// A pending run is reviewed again when it is released: it starts with the Tasks as they are
+/// then. Before, runs were reviewed on CREATE only, so editing the Task a held run refers to (Tasks
+/// are not reviewed) and then releasing the run started an arm64-only image unchecked. A cancel
+/// that changes nothing else is never blocked.
+async fn tekton_pending_runs_are_checked_when_released(w: &World) {
+    w.namespace("held", None);
+    let task = |image: &str| {
+        json!({
+            "apiVersion": "tekton.dev/v1", "kind": "Task",
+            "metadata": {"name": "later", "namespace": "held"},
+            "spec": {"steps": [{"name": "build", "image": image, "script": "make"}]},
+        })
+    };
+    let held = |name: &str, status: Option<&str>| {
+        let mut spec =
+            json!({"pipelineSpec": {"tasks": [{"name": "compile", "taskRef": {"name": "later"}}]}});
+        if let Some(status) = status {
+            spec["status"] = json!(status);
+        }
+        json!({
+            "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+            "metadata": {"name": name, "namespace": "held"},
+            "spec": spec,
+        })
+    };
+    let (multi, arm) = (w.image(&w.multi), w.image(&w.arm));
+    w.plane
+        .must(&["apply", "-f", "-"], Some(&task(&multi).to_string()));
+    for name in ["release-me", "cancel-me"] {
+        eventually("a held run of a Task that runs everywhere", || {
+            let out = w
+                .plane
+                .apply(&held(name, Some("PipelineRunPending")), false);
+            out.ok().then_some(()).ok_or(out.stderr())
+        })
+        .await;
+    }
+
+    w.plane
+        .must(&["apply", "-f", "-"], Some(&task(&arm).to_string()));
+    let want =
+        format!("step \"build\" image \"{arm}\" is missing linux/amd64 (available: linux/arm64)");
+    eventually("releasing the run after its Task changed", || {
+        let out = w.plane.apply(&held("release-me", None), false);
+        (!out.ok() && out.stderr().contains(HOOK) && out.stderr().contains(&want))
+            .then_some(())
+            .ok_or(out.stderr())
+    })
+    .await;
+    let out = w.plane.apply(&held("cancel-me", Some("Cancelled")), false);
+    assert!(out.ok(), "a cancel is never blocked: {}", out.stderr());
 }
 
 /// Issue 13 through the real API server: a task whose `when` is false with the run's params is

@@ -73,11 +73,12 @@ fn ports_and_paths_match_the_server() {
     assert_eq!(w["sideEffects"], "None");
     assert_eq!(w["timeoutSeconds"], 10);
     assert_eq!(w["matchPolicy"], "Equivalent");
-    // A Pod's images are mutable: an UPDATE can put an image on nodes it lacks.
-    let operations = |resource: &str| -> Vec<Value> {
+    // A Pod's images are mutable: an UPDATE can put an image on nodes it lacks; a pending
+    // Tekton run can be edited, and starts when released.
+    let operations = |group: &str, resource: &str| -> Vec<Value> {
         let rules = w["rules"].as_array().unwrap();
         let rule = rules.iter().find(|r| {
-            r["apiGroups"] == serde_json::json!([""])
+            r["apiGroups"] == serde_json::json!([group])
                 && r["resources"]
                     .as_array()
                     .unwrap()
@@ -89,8 +90,11 @@ fn ports_and_paths_match_the_server() {
             .unwrap()
             .clone()
     };
-    assert_eq!(operations("pods"), ["CREATE", "UPDATE"]);
-    assert_eq!(operations("pods/ephemeralcontainers"), ["UPDATE"]);
+    assert_eq!(operations("", "pods"), ["CREATE", "UPDATE"]);
+    assert_eq!(operations("", "pods/ephemeralcontainers"), ["UPDATE"]);
+    for run in ["pipelineruns", "taskruns"] {
+        assert_eq!(operations("tekton.dev", run), ["CREATE", "UPDATE"], "{run}");
+    }
     let rules = w["rules"].to_string();
     for resource in [
         "pods",

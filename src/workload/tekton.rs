@@ -13,6 +13,7 @@ mod params;
 mod placement;
 #[cfg(test)]
 mod tests;
+pub mod update;
 mod when;
 
 use std::sync::Arc;
