@@ -211,7 +211,9 @@ impl Walker<'_> {
             Err(unplaced) => return self.unplaced(unplaced, "its images"),
         };
         let body = if let Some(task) = spec.get("taskSpec").filter(|v| !v.is_null()) {
-            embedded_task(task, "spec.taskSpec")?
+            // A TaskRun's `taskSpec` is a plain TaskSpec: it has no apiVersion or kind to make it
+            // a custom task.
+            embedded_task(task, "spec.taskSpec", false)?
         } else if let Some(reference) = spec.get("taskRef").filter(|v| !v.is_null()) {
             self.task_ref_body(reference, "", &run_scope, "spec.taskRef")?
         } else {
@@ -517,8 +519,11 @@ impl Walker<'_> {
     ) -> Result<Body, Bad> {
         let field = |name: &str| task.get(name).filter(|v| !v.is_null());
         if let Some(spec) = field("taskSpec") {
-            embedded_task(spec, &format!("{path}.taskSpec"))
+            embedded_task(spec, &format!("{path}.taskSpec"), true)
         } else if let Some(reference) = field("taskRef") {
+            if is_custom_task(reference) {
+                return Ok(Body::Nothing);
+            }
             self.task_ref_body(reference, at, scope, &format!("{path}.taskRef"))
         } else if let Some(spec) = field("pipelineSpec") {
             Ok(Body::Pipeline {
@@ -550,9 +555,10 @@ impl Walker<'_> {
         if !reference.is_object() {
             return Err(Bad(format!("{path} is not an object")));
         }
-        if is_custom_task_ref(reference) {
-            return Ok(Body::Nothing);
-        }
+        // Tekton v1.0 removed ClusterTasks and since then looks a `taskRef` up as a Task whatever
+        // its kind; v0.x still reads `kind: ClusterTask` (pkg/reconciler/taskrun/resources/
+        // taskref.go `LocalTaskRefResolver.GetTask`, before and after "remove deprecated
+        // clustertask source"), so that one kind is still followed.
         let cluster_task = reference
             .get("kind")
             .and_then(Value::as_str)
@@ -938,12 +944,12 @@ fn validate_templates(templates: &Templates, spec: &Value) -> Result<(), Bad> {
     Ok(())
 }
 
-fn embedded_task(spec: &Value, path: &str) -> Result<Body, Bad> {
+fn embedded_task(spec: &Value, path: &str, may_be_custom: bool) -> Result<Body, Bad> {
     if !spec.is_object() {
         return Err(Bad(format!("{path} is not an object")));
     }
     // An embedded custom task carries its own apiVersion and kind; its controller runs no steps.
-    if spec.get("apiVersion").is_some() || spec.get("kind").is_some() {
+    if may_be_custom && is_custom_task(spec) {
         return Ok(Body::Nothing);
     }
     Ok(Body::Task {
@@ -952,14 +958,19 @@ fn embedded_task(spec: &Value, path: &str) -> Result<Body, Bad> {
     })
 }
 
-/// A taskRef to something other than a Tekton Task is a custom task, run by its own controller.
-fn is_custom_task_ref(reference: &Value) -> bool {
-    let api_version = reference.get("apiVersion").and_then(Value::as_str);
-    let kind = reference.get("kind").and_then(Value::as_str);
-    let tekton = api_version.is_none_or(|v| v.starts_with("tekton.dev/"));
-    let task_kind = kind
-        .is_none_or(|k| k.eq_ignore_ascii_case("Task") || k.eq_ignore_ascii_case("ClusterTask"));
-    !(tekton && task_kind)
+/// A pipeline task's `taskRef` or embedded `taskSpec` is a custom task, run by its own controller
+/// with no steps, when it names both an `apiVersion` and a `kind`, whatever they say (Tekton's
+/// `TaskRef.IsCustomTask` and `EmbeddedTask.IsCustomTask`, pkg/apis/pipeline/v1; even
+/// `tekton.dev/v1` `Task` counts, tektoncd/pipeline#6457). A TaskRun's `taskRef` never is: its
+/// reconciler looks the name up as a Task (see [`Walker::task_ref_body`]).
+fn is_custom_task(reference: &Value) -> bool {
+    let named = |key: &str| {
+        reference
+            .get(key)
+            .and_then(Value::as_str)
+            .is_some_and(|v| !v.is_empty())
+    };
+    named("apiVersion") && named("kind")
 }
 
 /// Resolver params spell kinds in lower case (`task`, `pipeline`, `stepaction`).

@@ -976,3 +976,59 @@ fn runs_carry_service_accounts_pull_secrets_and_pin_sites() {
     assert_eq!(ex.targets[0].placement.pull_secrets, ["c"]);
     assert_eq!(ex.targets[0].placement.pin_at, ["spec.podTemplate"]);
 }
+
+// ---- Tekton decides what a custom task is ---------------------------------------------------------
+
+/// Tekton's TaskRun reconciler resolves `taskRef` by name (or resolver) whatever its `kind` says
+/// (pkg/reconciler/taskrun/resources/taskref.go `GetTaskFunc`, `LocalTaskRefResolver.GetTask`):
+/// custom tasks exist only as pipeline tasks.
+#[test]
+fn taskrun_taskref_kind_is_ignored_as_tekton_ignores_it() {
+    let catalog = TestCatalog::default().with("Task", "build", step_task("golang:1.22"));
+    for reference in [
+        json!({"name": "build", "apiVersion": "example.dev/v1", "kind": "Whatever"}),
+        json!({"name": "build", "apiVersion": "", "kind": "Whatever"}),
+        json!({"name": "build", "kind": "Whatever"}),
+        json!({"name": "build", "apiVersion": "example.dev/v1"}),
+    ] {
+        let ex = run_tr(json!({"taskRef": reference}), &catalog);
+        assert_eq!(
+            pairs(&ex),
+            vec![p("step \"s\"", "golang:1.22")],
+            "{reference}"
+        );
+    }
+}
+
+/// A pipeline task is a custom task only when `apiVersion` and `kind` are both non-empty
+/// (pkg/apis/pipeline/v1/taskref_types.go `TaskRef.IsCustomTask`, pipeline_types.go
+/// `EmbeddedTask.IsCustomTask`).
+#[test]
+fn pipeline_task_is_custom_only_with_both_api_version_and_kind() {
+    let catalog = TestCatalog::default().with("Task", "build", step_task("golang:1.22"));
+    let task = |body: Value| {
+        let mut task = json!({"name": "t"});
+        task.as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        json!({"pipelineSpec": {"tasks": [task]}})
+    };
+    let runs = [
+        json!({"taskRef": {"name": "build", "kind": "Whatever"}}),
+        json!({"taskRef": {"name": "build", "apiVersion": "", "kind": "Whatever"}}),
+        json!({"taskRef": {"name": "build", "apiVersion": "example.dev/v1", "kind": ""}}),
+        json!({"taskSpec": {"apiVersion": "", "kind": "Example", "steps": [{"name": "s", "image": "golang:1.22"}]}}),
+    ];
+    for body in runs {
+        let ex = run_pr(task(body.clone()), &catalog);
+        assert_eq!(
+            pairs(&ex),
+            vec![p("pipeline task \"t\" step \"s\"", "golang:1.22")],
+            "{body}"
+        );
+    }
+    // Both set: a custom task, even when they name Tekton's own Task (tektoncd/pipeline#6457).
+    let custom =
+        json!({"taskRef": {"name": "build", "apiVersion": "tekton.dev/v1", "kind": "Task"}});
+    assert_eq!(run_pr(task(custom), &catalog), Extraction::default());
+}
