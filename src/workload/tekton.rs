@@ -15,19 +15,21 @@ mod placement;
 mod tests;
 mod when;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use self::params::{
-    Param, Params, context_key, declared_defaults, declared_names, list, overlay, overlay_objects,
-    passed,
+    Forms, Param, Params, Unsubstituted, context_key, declared_defaults, declared_names, list,
+    lookup, overlay, overlay_objects, passed,
 };
 use self::placement::{Templates, Unplaced};
 use super::{
     BundleRef, Catalog, ExtractError, ExtractOptions, Extraction, Location, Placement, Target,
     object_name,
 };
+use crate::reference::MAX_REFERENCE_BYTES;
 
 /// The run annotation listing extra images to check (comma-separated).
 pub const IMAGES_ANNOTATION: &str = "archgate.io/images";
@@ -43,6 +45,18 @@ const MAX_TASK_RUNS: usize = 1024;
 /// Images one run may name; past this the rest is skipped with a warning (each target is compared
 /// with those before it, and every one of them is later resolved).
 const MAX_TARGETS: usize = 2048;
+
+/// Pipeline tasks, steps and sidecars one run may visit, whether or not they name an image; past
+/// this the rest is skipped with a warning. `MAX_TARGETS` only counts images that could be
+/// checked, and a step whose image is unknown or absent costs a visit (and a warning) too: 100,000
+/// empty steps fit in 300 KB. Four times the largest real pipeline's count (`MAX_TASK_RUNS` task
+/// runs of eight steps).
+const MAX_WALK: usize = 1 << 15;
+
+/// Distinct warnings one run keeps; past this one line counts the rest. The policy shows far fewer
+/// (`policy::MAX_WARNINGS`) and counts the rest in its own last line; this bound is for memory and
+/// for the logs and `archgate check`, which print every warning kept.
+const MAX_WARNINGS_KEPT: usize = 256;
 
 /// Why a run (or a resource it refers to) cannot be read: the field path and what is wrong.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +137,10 @@ fn extract_run(
         out: Extraction::default(),
         depth: 0,
         task_runs: 0,
+        visits: 0,
+        warned: HashSet::new(),
+        warnings_dropped: 0,
+        long_images: 0,
     };
     walk(&mut walker, object).map_err(|Bad(reason)| error(reason))?;
     Ok(walker.finish())
@@ -170,6 +188,14 @@ struct Walker<'a> {
     depth: usize,
     /// Pipeline tasks expanded so far, against `MAX_TASK_RUNS`.
     task_runs: usize,
+    /// Pipeline tasks, steps and sidecars visited so far, against `MAX_WALK`.
+    visits: usize,
+    /// Every warning in `out.warnings`, to say each once in constant time.
+    warned: HashSet<String>,
+    /// Warnings past `MAX_WARNINGS_KEPT`, counted in one last line.
+    warnings_dropped: usize,
+    /// Images over `MAX_REFERENCE_BYTES` met so far; only the first becomes a target.
+    long_images: usize,
 }
 
 impl Walker<'_> {
@@ -324,6 +350,9 @@ impl Walker<'_> {
         templates: Option<&Templates>,
         path: &str,
     ) -> Result<(), Bad> {
+        if !self.visit() {
+            return Ok(());
+        }
         let name = match task.get("name") {
             Some(Value::String(name)) => name.as_str(),
             _ => return Err(Bad(format!("{path}.name is missing or not a string"))),
@@ -430,10 +459,9 @@ impl Walker<'_> {
         }
         if self.task_runs == MAX_TASK_RUNS {
             self.task_runs += 1;
-            self.warn(
-                "",
-                &format!("the run expands to more than {MAX_TASK_RUNS} task runs, the rest were not checked"),
-            );
+            self.warn_first(&format!(
+                "the run expands to more than {MAX_TASK_RUNS} task runs, the rest were not checked"
+            ));
         }
         if self.task_runs > MAX_TASK_RUNS {
             return false;
@@ -442,9 +470,25 @@ impl Walker<'_> {
         true
     }
 
-    /// `MAX_TARGETS` reached (and said, as a warning): nothing more is walked.
+    /// `MAX_TARGETS` or `MAX_WALK` reached (and said, as a warning): nothing more is walked.
     fn is_full(&self) -> bool {
-        self.out.targets.len() >= MAX_TARGETS
+        self.out.targets.len() >= MAX_TARGETS || self.visits > MAX_WALK
+    }
+
+    /// Counts one more pipeline task, step or sidecar; `false` (said once, as a warning) past
+    /// `MAX_WALK` or when the walk is otherwise full.
+    fn visit(&mut self) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        self.visits += 1;
+        if self.visits > MAX_WALK {
+            self.warn_first(&format!(
+                "the run has more than {MAX_WALK} pipeline tasks, steps and sidecars to walk, the rest were not checked"
+            ));
+            return false;
+        }
+        true
     }
 
     fn run_body(
@@ -673,7 +717,7 @@ impl Walker<'_> {
         kind: &str,
         at: &str,
     ) -> Option<(String, Value)> {
-        let text = |key: &str| match given.get(key) {
+        let text = |key: &str| match lookup(given, key) {
             Some(Param::Known(Value::String(s))) => Ok(Some(s.clone())),
             Some(Param::Unknown(expr)) => Err(expr.clone()),
             _ => Ok(None),
@@ -723,7 +767,7 @@ impl Walker<'_> {
             None => None,
         };
         for (i, step) in list(spec.get("steps"), "steps")?.iter().enumerate() {
-            if self.is_full() {
+            if !self.visit() {
                 return Ok(());
             }
             let path = format!("steps[{i}]");
@@ -735,7 +779,7 @@ impl Walker<'_> {
             }
         }
         for (i, sidecar) in list(spec.get("sidecars"), "sidecars")?.iter().enumerate() {
-            if self.is_full() {
+            if !self.visit() {
                 return Ok(());
             }
             let path = format!("sidecars[{i}]");
@@ -799,7 +843,19 @@ impl Walker<'_> {
         scope: &Params,
     ) {
         let at = join(site.prefix, label);
-        match params::substitute(raw, scope) {
+        // A template's image is inherited by every step: a long one is never copied per step.
+        if raw.len() > MAX_REFERENCE_BYTES {
+            return self.long_image(at, container, raw, &site.placement);
+        }
+        let substituted =
+            params::substitute_within(raw, scope, Forms::Lenient, MAX_REFERENCE_BYTES);
+        match substituted {
+            Ok(image) if image.len() > MAX_REFERENCE_BYTES => {
+                self.long_image(at, container, &image, &site.placement);
+            }
+            Err(Unsubstituted::TooLong { partial, .. }) => {
+                self.long_image(at, container, &partial, &site.placement);
+            }
             Ok(image) if image.contains("$(") => {
                 self.warn(
                     &at,
@@ -813,12 +869,24 @@ impl Walker<'_> {
                 );
             }
             Ok(image) => self.push(at, container, image, site.placement.clone()),
-            Err(expr) => {
+            Err(Unsubstituted::Unknown(expr)) => {
                 self.warn(
                     &at,
                     &format!("image not checked: {expr} is unknown at admission"),
                 );
             }
+        }
+    }
+
+    /// An image longer than any valid reference: no registry can be asked for it, so it goes to
+    /// the policy as written, where it is an invalid reference like any other (denied in enforce
+    /// mode). Only the first becomes a target: one step template's image is inherited by every
+    /// step, and a copy per step was the whole 4 MiB body many times over (128 KiB x 2048 steps
+    /// was 256 MiB). The rest are counted in one warning.
+    fn long_image(&mut self, at: String, container: &str, image: &str, placement: &Arc<Placement>) {
+        self.long_images += 1;
+        if self.long_images == 1 {
+            self.push(at, container, image.to_string(), placement.clone());
         }
     }
 
@@ -837,7 +905,7 @@ impl Walker<'_> {
         names.dedup();
         for name in names {
             let at = join(prefix, &format!("param {name:?}"));
-            match scope.get(name) {
+            match lookup(scope, name) {
                 Some(Param::Known(Value::String(image))) => self.image(&at, image, placement),
                 Some(Param::Known(Value::Array(images))) => {
                     for image in images.iter().filter_map(Value::as_str) {
@@ -873,7 +941,10 @@ impl Walker<'_> {
 
     /// An image given as a value (param, annotation): it must already be a plain reference.
     fn image(&mut self, at: &str, image: &str, placement: &Arc<Placement>) {
-        if image.contains("$(") {
+        // A param holds up to 16 KiB, and its images are named again for every task run.
+        if image.len() > MAX_REFERENCE_BYTES {
+            self.long_image(at.to_string(), "", image, placement);
+        } else if image.contains("$(") {
             self.warn(
                 at,
                 &format!("image {image:?} is only known at run time, not checked"),
@@ -904,11 +975,10 @@ impl Walker<'_> {
             placement,
             known_platforms: None,
         });
-        if self.is_full() {
-            self.warn(
-                "",
-                &format!("the run names more than {MAX_TARGETS} images, the rest were not checked"),
-            );
+        if self.out.targets.len() >= MAX_TARGETS {
+            self.warn_first(&format!(
+                "the run names more than {MAX_TARGETS} images, the rest were not checked"
+            ));
         }
     }
 
@@ -920,12 +990,41 @@ impl Walker<'_> {
             format!("{at}: {message}")
         };
         // Fitting it into the API server's warning budget is the policy's job (`policy::clip`).
-        if !self.out.warnings.contains(&text) {
-            self.out.warnings.push(text);
+        if self.warned.contains(&text) {
+            return;
+        }
+        if self.out.warnings.len() >= MAX_WARNINGS_KEPT {
+            self.warnings_dropped += 1;
+            return;
+        }
+        self.warned.insert(text.clone());
+        self.out.warnings.push(text);
+    }
+
+    /// A warning that the walk stopped short: first, where the policy's few lines show it
+    /// whatever else was said, and never dropped. Said at most once per bound.
+    fn warn_first(&mut self, message: &str) {
+        if self.warned.insert(message.to_string()) {
+            self.out.warnings.insert(0, message.to_string());
         }
     }
 
-    fn finish(self) -> Extraction {
+    fn finish(mut self) -> Extraction {
+        if self.long_images > 1 {
+            let more = self.long_images - 1;
+            self.warn(
+                "",
+                &format!(
+                    "{more} more images longer than {MAX_REFERENCE_BYTES} bytes were not checked"
+                ),
+            );
+        }
+        if self.warnings_dropped > 0 {
+            let more = self.warnings_dropped;
+            self.out.warnings.push(format!(
+                "… and {more} more warnings about this run were not kept"
+            ));
+        }
         self.out
     }
 }
