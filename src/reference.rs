@@ -43,12 +43,33 @@ static PARSED: LazyLock<Mutex<ParseCache>> = LazyLock::new(Mutex::default);
 
 type ParseCache = HashMap<Box<str>, Result<ImageRef, String>>;
 
+/// The longest text read as a reference. The grammar allows a 255-character name, a 128-character
+/// tag and a digest (at most 135 characters, sha512), about 520 in all; anything longer is invalid
+/// without parsing. Extraction holds images to this bound too, so that one long string (a Tekton
+/// step template's image, inherited by every step) is never copied per container.
+pub const MAX_REFERENCE_BYTES: usize = 1024;
+
+/// Characters of an invalid reference quoted in its message: enough to recognise it, and short
+/// enough that the reason after it survives the API server's 256-character warnings.
+const QUOTED_CHARS: usize = 96;
+
 /// A reference that the runtime could not pull either.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid image reference {written:?}: {reason}")]
+#[error("invalid image reference {:?}: {reason}", quoted(written))]
 pub struct ReferenceError {
     pub written: String,
     pub reason: String,
+}
+
+/// `written`, or for a long one its start and end around a `…`.
+fn quoted(written: &str) -> std::borrow::Cow<'_, str> {
+    let count = written.chars().count();
+    if count <= QUOTED_CHARS {
+        return written.into();
+    }
+    let head: String = written.chars().take(QUOTED_CHARS - 24).collect();
+    let tail: String = written.chars().skip(count - 23).collect();
+    format!("{head}…{tail}").into()
 }
 
 impl ImageRef {
@@ -88,6 +109,12 @@ impl ImageRef {
         };
         if trimmed.is_empty() {
             return Err(fail("the image is empty".into()));
+        }
+        if trimmed.len() > MAX_REFERENCE_BYTES {
+            return Err(fail(format!(
+                "it is {} bytes long, longer than any valid reference ({MAX_REFERENCE_BYTES} bytes here)",
+                trimmed.len()
+            )));
         }
         if trimmed.contains("$(") {
             return Err(fail("it still holds an unresolved $(...) variable".into()));

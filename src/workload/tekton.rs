@@ -16,19 +16,21 @@ mod tests;
 pub mod update;
 mod when;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use self::params::{
-    Param, Params, context_key, declared_defaults, declared_names, list, overlay, overlay_objects,
-    passed,
+    Forms, Param, Params, Unsubstituted, context_key, declared_defaults, declared_names, list,
+    lookup, overlay, overlay_objects, passed,
 };
 use self::placement::{Templates, Unplaced};
 use super::{
     BundleRef, Catalog, ExtractError, ExtractOptions, Extraction, Location, Placement, Target,
     object_name,
 };
+use crate::reference::MAX_REFERENCE_BYTES;
 
 /// The run annotation listing extra images to check (comma-separated).
 pub const IMAGES_ANNOTATION: &str = "archgate.io/images";
@@ -44,6 +46,18 @@ const MAX_TASK_RUNS: usize = 1024;
 /// Images one run may name; past this the rest is skipped with a warning (each target is compared
 /// with those before it, and every one of them is later resolved).
 const MAX_TARGETS: usize = 2048;
+
+/// Pipeline tasks, steps and sidecars one run may visit, whether or not they name an image; past
+/// this the rest is skipped with a warning. `MAX_TARGETS` only counts images that could be
+/// checked, and a step whose image is unknown or absent costs a visit (and a warning) too: 100,000
+/// empty steps fit in 300 KB. Four times the largest real pipeline's count (`MAX_TASK_RUNS` task
+/// runs of eight steps).
+const MAX_WALK: usize = 1 << 15;
+
+/// Distinct warnings one run keeps; past this one line counts the rest. The policy shows far fewer
+/// (`policy::MAX_WARNINGS`) and counts the rest in its own last line; this bound is for memory and
+/// for the logs and `archgate check`, which print every warning kept.
+const MAX_WARNINGS_KEPT: usize = 256;
 
 /// Why a run (or a resource it refers to) cannot be read: the field path and what is wrong.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +138,10 @@ fn extract_run(
         out: Extraction::default(),
         depth: 0,
         task_runs: 0,
+        visits: 0,
+        warned: HashSet::new(),
+        warnings_dropped: 0,
+        long_images: 0,
     };
     walk(&mut walker, object).map_err(|Bad(reason)| error(reason))?;
     Ok(walker.finish())
@@ -171,6 +189,14 @@ struct Walker<'a> {
     depth: usize,
     /// Pipeline tasks expanded so far, against `MAX_TASK_RUNS`.
     task_runs: usize,
+    /// Pipeline tasks, steps and sidecars visited so far, against `MAX_WALK`.
+    visits: usize,
+    /// Every warning in `out.warnings`, to say each once in constant time.
+    warned: HashSet<String>,
+    /// Warnings past `MAX_WARNINGS_KEPT`, counted in one last line.
+    warnings_dropped: usize,
+    /// Images over `MAX_REFERENCE_BYTES` met so far; only the first becomes a target.
+    long_images: usize,
 }
 
 impl Walker<'_> {
@@ -212,7 +238,9 @@ impl Walker<'_> {
             Err(unplaced) => return self.unplaced(unplaced, "its images"),
         };
         let body = if let Some(task) = spec.get("taskSpec").filter(|v| !v.is_null()) {
-            embedded_task(task, "spec.taskSpec")?
+            // A TaskRun's `taskSpec` is a plain TaskSpec: it has no apiVersion or kind to make it
+            // a custom task.
+            embedded_task(task, "spec.taskSpec", false)?
         } else if let Some(reference) = spec.get("taskRef").filter(|v| !v.is_null()) {
             self.task_ref_body(reference, "", &run_scope, "spec.taskRef")?
         } else {
@@ -323,6 +351,9 @@ impl Walker<'_> {
         templates: Option<&Templates>,
         path: &str,
     ) -> Result<(), Bad> {
+        if !self.visit() {
+            return Ok(());
+        }
         let name = match task.get("name") {
             Some(Value::String(name)) => name.as_str(),
             _ => return Err(Bad(format!("{path}.name is missing or not a string"))),
@@ -429,10 +460,9 @@ impl Walker<'_> {
         }
         if self.task_runs == MAX_TASK_RUNS {
             self.task_runs += 1;
-            self.warn(
-                "",
-                &format!("the run expands to more than {MAX_TASK_RUNS} task runs, the rest were not checked"),
-            );
+            self.warn_first(&format!(
+                "the run expands to more than {MAX_TASK_RUNS} task runs, the rest were not checked"
+            ));
         }
         if self.task_runs > MAX_TASK_RUNS {
             return false;
@@ -441,9 +471,25 @@ impl Walker<'_> {
         true
     }
 
-    /// `MAX_TARGETS` reached (and said, as a warning): nothing more is walked.
+    /// `MAX_TARGETS` or `MAX_WALK` reached (and said, as a warning): nothing more is walked.
     fn is_full(&self) -> bool {
-        self.out.targets.len() >= MAX_TARGETS
+        self.out.targets.len() >= MAX_TARGETS || self.visits > MAX_WALK
+    }
+
+    /// Counts one more pipeline task, step or sidecar; `false` (said once, as a warning) past
+    /// `MAX_WALK` or when the walk is otherwise full.
+    fn visit(&mut self) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        self.visits += 1;
+        if self.visits > MAX_WALK {
+            self.warn_first(&format!(
+                "the run has more than {MAX_WALK} pipeline tasks, steps and sidecars to walk, the rest were not checked"
+            ));
+            return false;
+        }
+        true
     }
 
     fn run_body(
@@ -518,8 +564,11 @@ impl Walker<'_> {
     ) -> Result<Body, Bad> {
         let field = |name: &str| task.get(name).filter(|v| !v.is_null());
         if let Some(spec) = field("taskSpec") {
-            embedded_task(spec, &format!("{path}.taskSpec"))
+            embedded_task(spec, &format!("{path}.taskSpec"), true)
         } else if let Some(reference) = field("taskRef") {
+            if is_custom_task(reference) {
+                return Ok(Body::Nothing);
+            }
             self.task_ref_body(reference, at, scope, &format!("{path}.taskRef"))
         } else if let Some(spec) = field("pipelineSpec") {
             Ok(Body::Pipeline {
@@ -551,9 +600,10 @@ impl Walker<'_> {
         if !reference.is_object() {
             return Err(Bad(format!("{path} is not an object")));
         }
-        if is_custom_task_ref(reference) {
-            return Ok(Body::Nothing);
-        }
+        // Tekton v1.0 removed ClusterTasks and since then looks a `taskRef` up as a Task whatever
+        // its kind; v0.x still reads `kind: ClusterTask` (pkg/reconciler/taskrun/resources/
+        // taskref.go `LocalTaskRefResolver.GetTask`, before and after "remove deprecated
+        // clustertask source"), so that one kind is still followed.
         let cluster_task = reference
             .get("kind")
             .and_then(Value::as_str)
@@ -668,7 +718,7 @@ impl Walker<'_> {
         kind: &str,
         at: &str,
     ) -> Option<(String, Value)> {
-        let text = |key: &str| match given.get(key) {
+        let text = |key: &str| match lookup(given, key) {
             Some(Param::Known(Value::String(s))) => Ok(Some(s.clone())),
             Some(Param::Unknown(expr)) => Err(expr.clone()),
             _ => Ok(None),
@@ -718,7 +768,7 @@ impl Walker<'_> {
             None => None,
         };
         for (i, step) in list(spec.get("steps"), "steps")?.iter().enumerate() {
-            if self.is_full() {
+            if !self.visit() {
                 return Ok(());
             }
             let path = format!("steps[{i}]");
@@ -730,7 +780,7 @@ impl Walker<'_> {
             }
         }
         for (i, sidecar) in list(spec.get("sidecars"), "sidecars")?.iter().enumerate() {
-            if self.is_full() {
+            if !self.visit() {
                 return Ok(());
             }
             let path = format!("sidecars[{i}]");
@@ -794,7 +844,19 @@ impl Walker<'_> {
         scope: &Params,
     ) {
         let at = join(site.prefix, label);
-        match params::substitute(raw, scope) {
+        // A template's image is inherited by every step: a long one is never copied per step.
+        if raw.len() > MAX_REFERENCE_BYTES {
+            return self.long_image(at, container, raw, &site.placement);
+        }
+        let substituted =
+            params::substitute_within(raw, scope, Forms::Lenient, MAX_REFERENCE_BYTES);
+        match substituted {
+            Ok(image) if image.len() > MAX_REFERENCE_BYTES => {
+                self.long_image(at, container, &image, &site.placement);
+            }
+            Err(Unsubstituted::TooLong { partial, .. }) => {
+                self.long_image(at, container, &partial, &site.placement);
+            }
             Ok(image) if image.contains("$(") => {
                 self.warn(
                     &at,
@@ -808,12 +870,24 @@ impl Walker<'_> {
                 );
             }
             Ok(image) => self.push(at, container, image, site.placement.clone()),
-            Err(expr) => {
+            Err(Unsubstituted::Unknown(expr)) => {
                 self.warn(
                     &at,
                     &format!("image not checked: {expr} is unknown at admission"),
                 );
             }
+        }
+    }
+
+    /// An image longer than any valid reference: no registry can be asked for it, so it goes to
+    /// the policy as written, where it is an invalid reference like any other (denied in enforce
+    /// mode). Only the first becomes a target: one step template's image is inherited by every
+    /// step, and a copy per step was the whole 4 MiB body many times over (128 KiB x 2048 steps
+    /// was 256 MiB). The rest are counted in one warning.
+    fn long_image(&mut self, at: String, container: &str, image: &str, placement: &Arc<Placement>) {
+        self.long_images += 1;
+        if self.long_images == 1 {
+            self.push(at, container, image.to_string(), placement.clone());
         }
     }
 
@@ -832,7 +906,7 @@ impl Walker<'_> {
         names.dedup();
         for name in names {
             let at = join(prefix, &format!("param {name:?}"));
-            match scope.get(name) {
+            match lookup(scope, name) {
                 Some(Param::Known(Value::String(image))) => self.image(&at, image, placement),
                 Some(Param::Known(Value::Array(images))) => {
                     for image in images.iter().filter_map(Value::as_str) {
@@ -868,7 +942,10 @@ impl Walker<'_> {
 
     /// An image given as a value (param, annotation): it must already be a plain reference.
     fn image(&mut self, at: &str, image: &str, placement: &Arc<Placement>) {
-        if image.contains("$(") {
+        // A param holds up to 16 KiB, and its images are named again for every task run.
+        if image.len() > MAX_REFERENCE_BYTES {
+            self.long_image(at.to_string(), "", image, placement);
+        } else if image.contains("$(") {
             self.warn(
                 at,
                 &format!("image {image:?} is only known at run time, not checked"),
@@ -899,11 +976,10 @@ impl Walker<'_> {
             placement,
             known_platforms: None,
         });
-        if self.is_full() {
-            self.warn(
-                "",
-                &format!("the run names more than {MAX_TARGETS} images, the rest were not checked"),
-            );
+        if self.out.targets.len() >= MAX_TARGETS {
+            self.warn_first(&format!(
+                "the run names more than {MAX_TARGETS} images, the rest were not checked"
+            ));
         }
     }
 
@@ -915,12 +991,41 @@ impl Walker<'_> {
             format!("{at}: {message}")
         };
         // Fitting it into the API server's warning budget is the policy's job (`policy::clip`).
-        if !self.out.warnings.contains(&text) {
-            self.out.warnings.push(text);
+        if self.warned.contains(&text) {
+            return;
+        }
+        if self.out.warnings.len() >= MAX_WARNINGS_KEPT {
+            self.warnings_dropped += 1;
+            return;
+        }
+        self.warned.insert(text.clone());
+        self.out.warnings.push(text);
+    }
+
+    /// A warning that the walk stopped short: first, where the policy's few lines show it
+    /// whatever else was said, and never dropped. Said at most once per bound.
+    fn warn_first(&mut self, message: &str) {
+        if self.warned.insert(message.to_string()) {
+            self.out.warnings.insert(0, message.to_string());
         }
     }
 
-    fn finish(self) -> Extraction {
+    fn finish(mut self) -> Extraction {
+        if self.long_images > 1 {
+            let more = self.long_images - 1;
+            self.warn(
+                "",
+                &format!(
+                    "{more} more images longer than {MAX_REFERENCE_BYTES} bytes were not checked"
+                ),
+            );
+        }
+        if self.warnings_dropped > 0 {
+            let more = self.warnings_dropped;
+            self.out.warnings.push(format!(
+                "… and {more} more warnings about this run were not kept"
+            ));
+        }
         self.out
     }
 }
@@ -939,12 +1044,12 @@ fn validate_templates(templates: &Templates, spec: &Value) -> Result<(), Bad> {
     Ok(())
 }
 
-fn embedded_task(spec: &Value, path: &str) -> Result<Body, Bad> {
+fn embedded_task(spec: &Value, path: &str, may_be_custom: bool) -> Result<Body, Bad> {
     if !spec.is_object() {
         return Err(Bad(format!("{path} is not an object")));
     }
     // An embedded custom task carries its own apiVersion and kind; its controller runs no steps.
-    if spec.get("apiVersion").is_some() || spec.get("kind").is_some() {
+    if may_be_custom && is_custom_task(spec) {
         return Ok(Body::Nothing);
     }
     Ok(Body::Task {
@@ -953,14 +1058,19 @@ fn embedded_task(spec: &Value, path: &str) -> Result<Body, Bad> {
     })
 }
 
-/// A taskRef to something other than a Tekton Task is a custom task, run by its own controller.
-fn is_custom_task_ref(reference: &Value) -> bool {
-    let api_version = reference.get("apiVersion").and_then(Value::as_str);
-    let kind = reference.get("kind").and_then(Value::as_str);
-    let tekton = api_version.is_none_or(|v| v.starts_with("tekton.dev/"));
-    let task_kind = kind
-        .is_none_or(|k| k.eq_ignore_ascii_case("Task") || k.eq_ignore_ascii_case("ClusterTask"));
-    !(tekton && task_kind)
+/// A pipeline task's `taskRef` or embedded `taskSpec` is a custom task, run by its own controller
+/// with no steps, when it names both an `apiVersion` and a `kind`, whatever they say (Tekton's
+/// `TaskRef.IsCustomTask` and `EmbeddedTask.IsCustomTask`, pkg/apis/pipeline/v1; even
+/// `tekton.dev/v1` `Task` counts, tektoncd/pipeline#6457). A TaskRun's `taskRef` never is: its
+/// reconciler looks the name up as a Task (see [`Walker::task_ref_body`]).
+fn is_custom_task(reference: &Value) -> bool {
+    let named = |key: &str| {
+        reference
+            .get(key)
+            .and_then(Value::as_str)
+            .is_some_and(|v| !v.is_empty())
+    };
+    named("apiVersion") && named("kind")
 }
 
 /// Resolver params spell kinds in lower case (`task`, `pipeline`, `stepaction`).

@@ -31,11 +31,41 @@ pub fn context_key(variable: &str) -> String {
     format!("${variable}")
 }
 
+/// Where a scope records that its param list was cut at [`MAX_SCOPE_BYTES`]: every name the
+/// scope does not hold is then unknown, since the list may have given it past the cut. One entry,
+/// so that a list of 100,000 params costs what the budget allows and no more. Starts with `$`, as
+/// context keys do, so no param can be named so.
+const OVER_BUDGET: &str = "$over-budget";
+
+/// A param by name; a name a cut list may have held is [`Param::Unknown`].
+pub fn lookup<'s>(scope: &'s Params, name: &str) -> Option<&'s Param> {
+    scope.get(name).or_else(|| {
+        // Context keys come from archgate, never from a list.
+        (!name.starts_with('$'))
+            .then(|| scope.get(OVER_BUDGET))
+            .flatten()
+    })
+}
+
 /// Layer `top` over `base`: later scopes win, as Tekton's precedence rules say.
 pub fn overlay(base: &Params, top: &Params) -> Params {
-    let mut out = base.clone();
+    let mut out = beneath(base, top);
     out.extend(top.iter().map(|(k, v)| (k.clone(), v.clone())));
     out
+}
+
+/// What of `base` shows beneath `top`: all of it, or when `top` was cut, only the context (any
+/// other name may have been given in the part of `top` that was cut, so a default beneath it must
+/// not show through).
+fn beneath(base: &Params, top: &Params) -> Params {
+    if top.contains_key(OVER_BUDGET) {
+        base.iter()
+            .filter(|(k, _)| k.starts_with('$'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    } else {
+        base.clone()
+    }
 }
 
 /// The most bytes one substituted value may hold. References multiply text (`$(params.a)$(params.a)`,
@@ -48,6 +78,11 @@ pub const MAX_VALUE_BYTES: usize = 16 << 10;
 /// may hold together; past it the remaining values are unknown. With [`MAX_VALUE_BYTES`] this
 /// bounds a scope whatever the number of params.
 pub const MAX_SCOPE_BYTES: usize = 256 << 10;
+
+/// What one param costs against [`MAX_SCOPE_BYTES`] besides its name and value: a map entry and
+/// its strings. Counted so that params with short names and empty values, which hold almost no
+/// text, still come to an end (at most 1024 per list), since every task run copies its scope.
+pub const ENTRY_BYTES: usize = 256;
 
 /// How many rounds of "a default names another param" are followed. Tekton's Pipeline reconciler
 /// stops at the same depth (`maxParamReferenceDepth`, pkg/reconciler/pipelinerun/resources/apply.go)
@@ -71,6 +106,10 @@ pub fn declared_defaults(params: Option<&Value>, refs: &Params, path: &str) -> R
     for (i, param) in list(params, path)?.iter().enumerate() {
         let here = format!("{path}[{i}]");
         let name = param_name(param, &here)?;
+        if !budget.admit(&name) {
+            out.insert(OVER_BUDGET.to_string(), over_budget(path));
+            break;
+        }
         if let Some(default) = param.get("default") {
             let here = format!("{here}.default");
             let value = normalise(default, &here)?;
@@ -125,7 +164,7 @@ fn mentions_variable(value: &Value) -> bool {
 /// values for just a subset of keys in spec's default"; pkg/reconciler/taskrun/resources/apply.go
 /// `getTaskParameters` merges key by key). Pipelines take a run's object whole.
 pub fn overlay_objects(defaults: &Params, given: &Params) -> Params {
-    let mut out = defaults.clone();
+    let mut out = beneath(defaults, given);
     for (name, value) in given {
         let merged = match (out.get(name), value) {
             (Some(Param::Known(Value::Object(base))), Param::Known(Value::Object(top))) => {
@@ -140,13 +179,19 @@ pub fn overlay_objects(defaults: &Params, given: &Params) -> Params {
     out
 }
 
-/// The names a spec declares, with or without a default.
+/// The names a spec declares, with or without a default, as far as [`MAX_SCOPE_BYTES`] reaches
+/// (as [`declared_defaults`] reads them).
 pub fn declared_names(params: Option<&Value>, path: &str) -> Result<Vec<String>, Bad> {
-    list(params, path)?
-        .iter()
-        .enumerate()
-        .map(|(i, p)| param_name(p, &format!("{path}[{i}]")))
-        .collect()
+    let mut budget = Budget::default();
+    let mut names = Vec::new();
+    for (i, param) in list(params, path)?.iter().enumerate() {
+        let name = param_name(param, &format!("{path}[{i}]"))?;
+        if !budget.admit(&name) {
+            break;
+        }
+        names.push(name);
+    }
+    Ok(names)
 }
 
 /// `params: [{name, value}]` of a run, pipeline task or step, each value substituted in `scope`.
@@ -156,6 +201,10 @@ pub fn passed(params: Option<&Value>, scope: &Params, path: &str) -> Result<Para
     for (i, param) in list(params, path)?.iter().enumerate() {
         let here = format!("{path}[{i}]");
         let name = param_name(param, &here)?;
+        if !budget.admit(&name) {
+            out.insert(OVER_BUDGET.to_string(), over_budget(path));
+            break;
+        }
         let value = param.get("value").unwrap_or(&Value::Null);
         let value = substitute_value(value, scope, &format!("{here}.value"))?;
         out.insert(name, budget.spend(value, &here));
@@ -163,23 +212,34 @@ pub fn passed(params: Option<&Value>, scope: &Params, path: &str) -> Result<Para
     Ok(out)
 }
 
-/// What one param list has spent of [`MAX_SCOPE_BYTES`].
+/// What one param list has spent of [`MAX_SCOPE_BYTES`]: names, values and [`ENTRY_BYTES`] each.
 #[derive(Default)]
 struct Budget(usize);
 
 impl Budget {
+    /// Counts one more param named `name`; `false` once the list is over the budget (its value
+    /// has not been counted yet, so a param with a huge value is still named, as unknown).
+    fn admit(&mut self, name: &str) -> bool {
+        self.0 = self.0.saturating_add(name.len() + ENTRY_BYTES);
+        self.0 <= MAX_SCOPE_BYTES
+    }
+
     fn spend(&mut self, param: Param, path: &str) -> Param {
         if let Param::Known(value) = &param {
             self.0 = self.0.saturating_add(size(value));
             if self.0 > MAX_SCOPE_BYTES {
-                return Param::Unknown(format!(
-                    "{path} (params over {} KiB)",
-                    MAX_SCOPE_BYTES >> 10
-                ));
+                return over_budget(path);
             }
         }
         param
     }
+}
+
+fn over_budget(path: &str) -> Param {
+    Param::Unknown(format!(
+        "{path} (params over {} KiB)",
+        MAX_SCOPE_BYTES >> 10
+    ))
 }
 
 /// The bytes of text a value holds.
@@ -241,24 +301,50 @@ fn scalar(value: &Value, path: &str) -> Result<Value, Bad> {
     }
 }
 
+/// Which spellings of a param reference are substituted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forms {
+    /// Also `$( params.x )` and v1alpha1's `$(inputs.params.x)`: for images, where a wrong guess
+    /// only checks an image the step could not pull anyway.
+    Lenient,
+    /// Only the text Tekton's pipeline reconciler replaces: `params.x`, `params["x"]` and
+    /// `params['x']`, each alone or with `[N]` (arrays) or `[*]`, and `params.x.key` (objects)
+    /// (pkg/reconciler/pipelinerun/resources/apply.go `paramPatterns` and
+    /// `objectIndividualVariablePattern`), plus context and run-time variables written exactly.
+    /// `pkg/substitution/replacements.go` `ApplyReplacements` matches whole `$(key)` texts, so any
+    /// other spelling stays as written. For `when`, where a wrong guess skips a task that runs.
+    Literal,
+}
+
 /// Substitute a param value: a string, an array (where `$(params.a[*])` splices an array param) or
 /// an object. A whole-value reference to an array or object param passes that value through.
 pub fn substitute_value(value: &Value, scope: &Params, path: &str) -> Result<Param, Bad> {
+    substitute_value_as(value, scope, path, Forms::Lenient)
+}
+
+/// [`substitute_value`] reading only the given [`Forms`].
+pub fn substitute_value_as(
+    value: &Value,
+    scope: &Params,
+    path: &str,
+    forms: Forms,
+) -> Result<Param, Bad> {
     let value = normalise(value, path)?;
+    let text = |text: &str| substitute_as(text, scope, forms);
     Ok(match &value {
-        Value::String(text) => match whole_reference(text, scope) {
+        Value::String(s) => match whole_reference(s, scope, forms) {
             Some(param) => param,
-            None => known_or_unknown(substitute(text, scope).map(Value::String)),
+            None => known_or_unknown(text(s).map(Value::String)),
         },
         Value::Array(items) => {
             let mut out = Vec::new();
             let mut bytes = 0usize;
             for item in items {
-                let text = item.as_str().unwrap_or_default();
-                let added = match whole_reference(text, scope) {
+                let item = item.as_str().unwrap_or_default();
+                let added = match whole_reference(item, scope, forms) {
                     Some(Param::Known(Value::Array(spliced))) => spliced,
                     Some(Param::Unknown(expr)) => return Ok(Param::Unknown(expr)),
-                    _ => match substitute(text, scope) {
+                    _ => match text(item) {
                         Ok(s) => vec![Value::String(s)],
                         Err(expr) => return Ok(Param::Unknown(expr)),
                     },
@@ -275,7 +361,7 @@ pub fn substitute_value(value: &Value, scope: &Params, path: &str) -> Result<Par
             let mut out = serde_json::Map::new();
             let mut bytes = 0usize;
             for (key, item) in map {
-                let s = match substitute(item.as_str().unwrap_or_default(), scope) {
+                let s = match text(item.as_str().unwrap_or_default()) {
                     Ok(s) => s,
                     Err(expr) => return Ok(Param::Unknown(expr)),
                 };
@@ -299,16 +385,21 @@ fn known_or_unknown(result: Result<Value, String>) -> Param {
 }
 
 /// `$(params.x)` or `$(params.x[*])` standing alone for an array or object param.
-fn whole_reference(text: &str, scope: &Params) -> Option<Param> {
-    let inner = text.trim().strip_prefix("$(")?.strip_suffix(')')?;
-    if inner.contains("$(") {
+fn whole_reference(text: &str, scope: &Params, forms: Forms) -> Option<Param> {
+    let text = match forms {
+        Forms::Lenient => text.trim(),
+        // `ApplyArrayReplacements` splices only when the text is exactly `$(key)`.
+        Forms::Literal => text,
+    };
+    let inner = text.strip_prefix("$(")?.strip_suffix(')')?;
+    if inner.contains("$(") || !counts(inner, forms) {
         return None;
     }
     let reference = parse_reference(inner)?;
     if !matches!(reference.access.as_slice(), [] | [Access::All]) {
         return None;
     }
-    match scope.get(&reference.name) {
+    match lookup(scope, &reference.name) {
         Some(Param::Known(v @ (Value::Array(_) | Value::Object(_)))) => {
             Some(Param::Known(v.clone()))
         }
@@ -317,26 +408,96 @@ fn whole_reference(text: &str, scope: &Params) -> Option<Param> {
     }
 }
 
+/// Why [`substitute_within`] stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unsubstituted {
+    /// The first expression admission cannot know, as written (or as the value that made it
+    /// unknown says).
+    Unknown(String),
+    /// The text grew past the bound with this expression; what was built so far (already longer
+    /// than the bound) is kept for the message.
+    TooLong { expr: String, partial: String },
+}
+
 /// Replace every `$(...)` in `text`. `Err` carries the first expression admission cannot know.
 pub fn substitute(text: &str, scope: &Params) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
+    substitute_as(text, scope, Forms::Lenient)
+}
+
+/// [`substitute`] reading only the given [`Forms`].
+pub fn substitute_as(text: &str, scope: &Params, forms: Forms) -> Result<String, String> {
+    substitute_within(text, scope, forms, MAX_VALUE_BYTES).map_err(|stop| match stop {
+        Unsubstituted::Unknown(expr) => expr,
+        Unsubstituted::TooLong { expr, .. } => oversize(&expr),
+    })
+}
+
+/// [`substitute`], stopping as soon as an expression makes the text longer than `max` bytes.
+pub fn substitute_within(
+    text: &str,
+    scope: &Params,
+    forms: Forms,
+    max: usize,
+) -> Result<String, Unsubstituted> {
+    let mut out = String::with_capacity(text.len().min(max));
     let mut rest = text;
     while let Some(start) = rest.find("$(") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = closing_paren(after) else {
             // An unterminated `$(` is not a Tekton variable; Tekton leaves it as written.
-            return Err(rest[start..].to_string());
+            return Err(Unsubstituted::Unknown(rest[start..].to_string()));
         };
         let expr = &after[..end];
-        out.push_str(&evaluate(expr, scope)?);
-        if out.len() > MAX_VALUE_BYTES {
-            return Err(oversize(&format!("$({expr})")));
+        if counts(expr, forms) {
+            out.push_str(evaluate(expr, scope).map_err(Unsubstituted::Unknown)?);
+        } else {
+            out.push_str(&rest[start..start + 2 + end + 1]);
+        }
+        if out.len() > max {
+            return Err(Unsubstituted::TooLong {
+                expr: format!("$({expr})"),
+                partial: out,
+            });
         }
         rest = &after[end + 1..];
     }
+    // Text after the last expression is the caller's own to bound (it was not multiplied).
     out.push_str(rest);
     Ok(out)
+}
+
+/// Whether Tekton would replace `$(expr)` under `forms` (see [`Forms::Literal`]); one it would not
+/// stays in the text as written.
+fn counts(expr: &str, forms: Forms) -> bool {
+    if forms == Forms::Lenient {
+        return true;
+    }
+    if expr != expr.trim() || expr.starts_with("inputs.") {
+        return false;
+    }
+    if !expr.starts_with("params") {
+        // Context and run-time variables (`tasks.…`, `workspaces.…`): evaluated, or unknown.
+        return true;
+    }
+    let Some(reference) = parse_reference(expr) else {
+        return false;
+    };
+    let name = &reference.name;
+    let suffix = match reference.access.as_slice() {
+        [] => String::new(),
+        [Access::Index(i)] => format!("[{i}]"),
+        [Access::All] => "[*]".to_string(),
+        // Object keys only in the dotted form (`objectIndividualVariablePattern`).
+        [Access::Key(key)] => return expr == format!("params.{name}.{key}"),
+        _ => return false,
+    };
+    [
+        format!("params.{name}{suffix}"),
+        format!("params[\"{name}\"]{suffix}"),
+        format!("params['{name}']{suffix}"),
+    ]
+    .contains(&expr.to_string())
 }
 
 /// The `)` closing an expression, skipping any inside quoted keys (`$(params["a)b"])`).
@@ -354,35 +515,31 @@ fn closing_paren(text: &str) -> Option<usize> {
     None
 }
 
-/// The string one expression stands for, or `Err` with the expression as the user wrote it.
-fn evaluate(expr: &str, scope: &Params) -> Result<String, String> {
+/// The string one expression stands for, borrowed from the scope (an array or object param may
+/// hold 16 KiB, and `$(params.a[0])` needs one element of it), or `Err` with the expression as the
+/// user wrote it.
+fn evaluate<'s>(expr: &str, scope: &'s Params) -> Result<&'s str, String> {
     let unknown = || format!("$({expr})");
     if expr.trim().starts_with("context.") {
         return match scope.get(&context_key(expr.trim())) {
-            Some(Param::Known(Value::String(value))) => Ok(value.clone()),
+            Some(Param::Known(Value::String(value))) => Ok(value),
             _ => Err(unknown()),
         };
     }
     let reference = parse_reference(expr).ok_or_else(unknown)?;
-    let Some(Param::Known(mut value)) = scope.get(&reference.name).cloned() else {
-        return Err(match scope.get(&reference.name) {
-            Some(Param::Unknown(inner)) => inner.clone(),
-            _ => unknown(),
-        });
+    let mut value = match lookup(scope, &reference.name) {
+        Some(Param::Known(value)) => value,
+        Some(Param::Unknown(inner)) => return Err(inner.clone()),
+        None => return Err(unknown()),
     };
     for access in &reference.access {
         value = match (access, value) {
-            (Access::Key(key), Value::Object(mut map)) => map.remove(key).ok_or_else(unknown)?,
-            (Access::Index(i), Value::Array(mut items)) if *i < items.len() => {
-                items.swap_remove(*i)
-            }
+            (Access::Key(key), Value::Object(map)) => map.get(key).ok_or_else(unknown)?,
+            (Access::Index(i), Value::Array(items)) => items.get(*i).ok_or_else(unknown)?,
             _ => return Err(unknown()),
         };
     }
-    match value {
-        Value::String(s) => Ok(s),
-        _ => Err(unknown()),
-    }
+    value.as_str().ok_or_else(unknown)
 }
 
 /// One step into a param value after its name.
@@ -872,6 +1029,34 @@ mod tests {
             })
             .sum();
         assert!(known <= MAX_SCOPE_BYTES, "{known}");
-        assert!(matches!(&given["n99"], Param::Unknown(e) if e.contains("params over")));
+        assert!(
+            matches!(lookup(&given, "n99"), Some(Param::Unknown(e)) if e.contains("params over"))
+        );
+    }
+    /// 100,000 params with empty values held no value bytes, so the budget never stopped them,
+    /// and every task run cloned the whole scope. Names count too; past the budget one entry
+    /// stands for every name not kept, and shadows what lies beneath it (a default must not show
+    /// through where the run may have given a value).
+    #[test]
+    fn param_names_count_against_the_scope_budget() {
+        let many: Vec<Value> = (0..100_000)
+            .map(|i| json!({"name": format!("p{i}"), "value": ""}))
+            .collect();
+        let given = passed(Some(&Value::Array(many)), &Params::new(), "spec.params").unwrap();
+        assert!(
+            given.len() <= MAX_SCOPE_BYTES / ENTRY_BYTES + 1,
+            "{}",
+            given.len()
+        );
+        let late = substitute("img:$(params.p99999)", &given).unwrap_err();
+        assert!(late.contains("params over"), "{late}");
+        let defaults = scope(&[("p99999", json!("alpine"))]);
+        for merged in [
+            overlay(&defaults, &given),
+            overlay_objects(&defaults, &given),
+        ] {
+            assert!(substitute("$(params.p99999)", &merged).is_err());
+            assert_eq!(substitute("$(params.p0)", &merged).as_deref(), Ok(""));
+        }
     }
 }

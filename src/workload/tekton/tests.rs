@@ -976,3 +976,108 @@ fn runs_carry_service_accounts_pull_secrets_and_pin_sites() {
     assert_eq!(ex.targets[0].placement.pull_secrets, ["c"]);
     assert_eq!(ex.targets[0].placement.pin_at, ["spec.podTemplate"]);
 }
+
+// ---- hardening: bounds on what one run may cost -------------------------------------------------
+
+/// A step template's image is inherited by every step without one: a long one must not be copied
+/// per step (128 KiB x 2048 steps was 256 MiB). It stands once for all, as an invalid reference.
+#[test]
+fn a_long_template_image_is_one_target_not_one_per_step() {
+    let long = format!("registry.example/{}:1", "a".repeat(4096));
+    let steps = vec![json!({}); 64];
+    let spec = json!({"taskSpec": {"stepTemplate": {"image": long}, "steps": steps}});
+    let ex = run_tr(spec, &TestCatalog::default());
+    assert_eq!(ex.targets.len(), 1, "{} targets", ex.targets.len());
+    let error = crate::reference::ImageRef::parse(&ex.targets[0].image).unwrap_err();
+    assert!(error.reason.contains("longer than"), "{}", error.reason);
+    // A value that grows long only after substitution is held to the same bound.
+    let spec = json!({"taskSpec": {
+        "params": [{"name": "big", "default": "b".repeat(8192)}],
+        "stepTemplate": {"image": "$(params.big)"}, "steps": vec![json!({}); 64]
+    }});
+    let ex = run_tr(spec, &TestCatalog::default());
+    assert_eq!(ex.targets.len(), 1, "{} targets", ex.targets.len());
+}
+
+/// 40,000 steps whose image is unknown: every warning used to be compared with every earlier one,
+/// and none of them counted against `MAX_TARGETS`, so the walk never stopped.
+#[test]
+fn many_unknown_step_images_stay_linear() {
+    let steps = vec![json!({}); 40_000];
+    let spec = json!({"taskSpec": {"stepTemplate": {"image": "$(params.nope)"}, "steps": steps}});
+    let ex = run_tr(spec, &TestCatalog::default());
+    assert!(ex.targets.is_empty());
+    // The walk's own warning first, the kept ones, then one line counting the rest.
+    assert_eq!(
+        ex.warnings.len(),
+        MAX_WARNINGS_KEPT + 2,
+        "{}",
+        ex.warnings.len()
+    );
+    assert!(
+        ex.warnings[0].contains(&format!(
+            "more than {MAX_WALK} pipeline tasks, steps and sidecars"
+        )),
+        "{}",
+        ex.warnings[0]
+    );
+    let dropped = MAX_WALK - MAX_WARNINGS_KEPT;
+    assert_eq!(
+        ex.warnings.last().unwrap(),
+        &format!("… and {dropped} more warnings about this run were not kept")
+    );
+}
+
+/// Tekton's TaskRun reconciler resolves `taskRef` by name (or resolver) whatever its `kind` says
+/// (pkg/reconciler/taskrun/resources/taskref.go `GetTaskFunc`, `LocalTaskRefResolver.GetTask`):
+/// custom tasks exist only as pipeline tasks.
+#[test]
+fn taskrun_taskref_kind_is_ignored_as_tekton_ignores_it() {
+    let catalog = TestCatalog::default().with("Task", "build", step_task("golang:1.22"));
+    for reference in [
+        json!({"name": "build", "apiVersion": "example.dev/v1", "kind": "Whatever"}),
+        json!({"name": "build", "apiVersion": "", "kind": "Whatever"}),
+        json!({"name": "build", "kind": "Whatever"}),
+        json!({"name": "build", "apiVersion": "example.dev/v1"}),
+    ] {
+        let ex = run_tr(json!({"taskRef": reference}), &catalog);
+        assert_eq!(
+            pairs(&ex),
+            vec![p("step \"s\"", "golang:1.22")],
+            "{reference}"
+        );
+    }
+}
+
+/// A pipeline task is a custom task only when `apiVersion` and `kind` are both non-empty
+/// (pkg/apis/pipeline/v1/taskref_types.go `TaskRef.IsCustomTask`, pipeline_types.go
+/// `EmbeddedTask.IsCustomTask`).
+#[test]
+fn pipeline_task_is_custom_only_with_both_api_version_and_kind() {
+    let catalog = TestCatalog::default().with("Task", "build", step_task("golang:1.22"));
+    let task = |body: Value| {
+        let mut task = json!({"name": "t"});
+        task.as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        json!({"pipelineSpec": {"tasks": [task]}})
+    };
+    let runs = [
+        json!({"taskRef": {"name": "build", "kind": "Whatever"}}),
+        json!({"taskRef": {"name": "build", "apiVersion": "", "kind": "Whatever"}}),
+        json!({"taskRef": {"name": "build", "apiVersion": "example.dev/v1", "kind": ""}}),
+        json!({"taskSpec": {"apiVersion": "", "kind": "Example", "steps": [{"name": "s", "image": "golang:1.22"}]}}),
+    ];
+    for body in runs {
+        let ex = run_pr(task(body.clone()), &catalog);
+        assert_eq!(
+            pairs(&ex),
+            vec![p("pipeline task \"t\" step \"s\"", "golang:1.22")],
+            "{body}"
+        );
+    }
+    // Both set: a custom task, even when they name Tekton's own Task (tektoncd/pipeline#6457).
+    let custom =
+        json!({"taskRef": {"name": "build", "apiVersion": "tekton.dev/v1", "kind": "Task"}});
+    assert_eq!(run_pr(task(custom), &catalog), Extraction::default());
+}

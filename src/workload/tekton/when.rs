@@ -13,6 +13,9 @@
 //! running pod (docs/tasks.md "Guarding Step execution using when expressions"), whose image is pulled
 //! either way.
 //!
+//! Inputs and values are read as Tekton reads them: only the exact reference forms are replaced
+//! ([`Forms::Literal`]); `$( params.env )` stays that text, and the expression compares it.
+//!
 //! CEL (`cel:`, an alpha feature behind `enable-cel-in-whenexpression`) is not evaluated: Tekton's
 //! CEL environment is its own (cel-go with substituted strings), and a Rust interpreter that
 //! disagreed with it on one expression would skip a task Tekton runs. Unknown is the safe answer.
@@ -20,7 +23,7 @@
 use serde_json::Value;
 
 use super::Bad;
-use super::params::{Param, Params, list, substitute, substitute_value};
+use super::params::{Forms, Param, Params, list, substitute_as, substitute_value_as};
 
 /// Whether Tekton surely skips a task guarded by `when` (`true`), or may run it.
 pub fn surely_skipped(when: Option<&Value>, scope: &Params, path: &str) -> Result<bool, Bad> {
@@ -67,15 +70,17 @@ fn input(input: Option<&Value>, scope: &Params, path: &str) -> Result<Option<Str
         Some(Value::String(text)) => text,
         Some(_) => return Err(Bad(format!("{path}.input is not a string"))),
     };
-    if text.trim().ends_with("[*])") {
+    if text.ends_with("[*])") {
+        let whole = Value::String(text.clone());
         return Ok(
-            match substitute_value(&Value::String(text.clone()), scope, path)? {
+            match substitute_value_as(&whole, scope, path, Forms::Literal)? {
                 Param::Known(Value::Array(items)) => Some(Value::Array(items).to_string()),
+                Param::Known(Value::String(literal)) => Some(literal),
                 _ => None,
             },
         );
     }
-    Ok(substitute(text, scope).ok())
+    Ok(substitute_as(text, scope, Forms::Literal).ok())
 }
 
 /// The values after substitution, `$(params.list[*])` spliced in.
@@ -86,7 +91,7 @@ fn values(values: Option<&Value>, scope: &Params, path: &str) -> Result<Option<V
     }
     let array = Value::Array(items.to_vec());
     Ok(
-        match substitute_value(&array, scope, &format!("{path}.values"))? {
+        match substitute_value_as(&array, scope, &format!("{path}.values"), Forms::Literal)? {
             Param::Known(Value::Array(items)) => Some(
                 items
                     .into_iter()
@@ -200,6 +205,48 @@ mod tests {
         ] {
             assert!(
                 surely_skipped(Some(&when), &scope(), "when").is_err(),
+                "{when}"
+            );
+        }
+    }
+    /// Tekton replaces only the literal forms (`$(params.x)`, `$(params["x"])`, `$(params['x'])`;
+    /// pkg/reconciler/pipelinerun/resources/apply.go `paramPatterns`, applied by
+    /// pkg/substitution/replacements.go `ApplyReplacements` as exact text). `$( params.env )` and
+    /// v1alpha1's `$(inputs.params.env)` stay as written, and the expression compares that text.
+    #[test]
+    fn when_with_spaced_or_v1alpha1_reference_compares_the_literal_text() {
+        let cases = [
+            // env is "prod", but Tekton compares the literal text: notin holds, the task runs.
+            (
+                json!([{"input": "$( params.env )", "operator": "notin", "values": ["prod"]}]),
+                false,
+            ),
+            (
+                json!([{"input": "$(inputs.params.env)", "operator": "notin", "values": ["prod"]}]),
+                false,
+            ),
+            (
+                json!([{"input": "prod", "operator": "in", "values": ["$( params.env )"]}]),
+                true,
+            ),
+            (
+                json!([{"input": "$(inputs.params.env)", "operator": "in", "values": ["$(inputs.params.env)"]}]),
+                false,
+            ),
+            // The literal forms still substitute.
+            (
+                json!([{"input": "$(params['env'])", "operator": "notin", "values": ["prod"]}]),
+                true,
+            ),
+            (
+                json!([{"input": "$(params[\"archs\"][1])", "operator": "in", "values": ["arm64"]}]),
+                false,
+            ),
+        ];
+        for (when, skipped) in cases {
+            assert_eq!(
+                surely_skipped(Some(&when), &scope(), "when").unwrap(),
+                skipped,
                 "{when}"
             );
         }
