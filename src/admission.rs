@@ -294,8 +294,12 @@ impl Admission {
             mode,
             ..self.policy
         };
-        let notes = [reviewed.unchecked, reviewed.notes].concat();
-        let verdict = policy::decide(&reviewed.checked, &notes, &policy);
+        let verdict = policy::decide(
+            &reviewed.checked,
+            &reviewed.unchecked,
+            &reviewed.notes,
+            &policy,
+        );
         if !verdict.findings.is_empty() {
             span.identify(req);
         }

@@ -64,7 +64,9 @@ pub struct Reviewed {
     /// Warnings from extraction, in the user's words (values known only at run time, references
     /// that could not be followed).
     pub notes: Vec<String>,
-    /// Resources that could not be fetched (Tekton bundles), so their images were not checked.
+    /// What was not checked, said as a reason: Tekton bundles that could not be fetched, a run
+    /// past extraction's bounds. Like an image whose registry was not asked, each follows
+    /// `--on-registry-error`.
     pub unchecked: Vec<String>,
 }
 
@@ -117,9 +119,10 @@ impl Pipeline {
             &self.extract
         };
         let namespace = subject.namespace();
-        let (extraction, unchecked) = self
+        let (extraction, mut unchecked) = self
             .complete(subject, cluster, namespace, options, deadline)
             .await?;
+        unchecked.extend(extraction.incomplete);
         let notes = extraction.warnings;
         let nodes = cluster.nodes();
         let mut targets = extraction.targets;

@@ -376,15 +376,30 @@ pub const MAX_WARNINGS: usize = 25;
 /// A denial message, at most (an index may list thousands of platforms).
 pub const MAX_MESSAGE_CHARS: usize = 4096;
 
-/// Turns checked targets (and extraction's own warnings) into a verdict under `policy`.
-pub fn decide(checked: &[Checked], notes: &[String], policy: &Policy) -> Verdict {
+/// Turns checked targets into a verdict under `policy`. `unchecked` says what was not checked at
+/// all (a bundle not fetched, a run past extraction's bounds): like a registry that could not be
+/// asked, it denies under `--on-registry-error deny` and is a warning otherwise. `notes` are
+/// extraction's own warnings (values known only at run time).
+pub fn decide(
+    checked: &[Checked],
+    unchecked: &[String],
+    notes: &[String],
+    policy: &Policy,
+) -> Verdict {
     let findings: Vec<Finding> = checked.iter().filter_map(finding).collect();
     let denying: Vec<usize> = (0..findings.len())
         .filter(|&i| findings[i].denies(policy))
         .collect();
+    let enforce = policy.mode == Mode::Enforce;
+    let unchecked_denies =
+        enforce && policy.on_registry_error == OnRegistryError::Deny && !unchecked.is_empty();
 
-    let mut warnings: Vec<String> = notes.iter().map(|n| clip(n)).collect();
-    let deny = policy.mode == Mode::Enforce && !denying.is_empty();
+    let mut warnings: Vec<String> = if unchecked_denies {
+        notes.iter().map(|n| clip(n)).collect()
+    } else {
+        unchecked.iter().chain(notes).map(|n| clip(n)).collect()
+    };
+    let deny = enforce && (!denying.is_empty() || unchecked_denies);
     for (i, finding) in findings.iter().enumerate() {
         let shown_as_warning = match policy.mode {
             Mode::Enforce => !denying.contains(&i),
@@ -400,6 +415,9 @@ pub fn decide(checked: &[Checked], notes: &[String], policy: &Policy) -> Verdict
         // Written only until past the bound (a char is at most 4 bytes): an object may deny in
         // 2000 containers, and the API server shows one screen of it anyway.
         let mut text = String::new();
+        if unchecked_denies {
+            text = unchecked.join("\n");
+        }
         for &i in &denying {
             if text.len() > 4 * MAX_MESSAGE_CHARS {
                 break;
@@ -660,7 +678,7 @@ mod tests {
                 outcome: outcome.clone(),
             })
             .collect();
-        let verdict = decide(&checked, &[], &Policy::default());
+        let verdict = decide(&checked, &[], &[], &Policy::default());
         assert!(!verdict.allowed);
         assert_eq!(verdict.findings.len(), 2000);
         for finding in &verdict.findings {
@@ -703,7 +721,7 @@ mod tests {
                 resolved(&[p("linux/amd64")]),
             ),
         ];
-        let v = decide(&c, &[], &Policy::default());
+        let v = decide(&c, &[], &[], &Policy::default());
         assert!(!v.allowed);
         assert_eq!(
             v.message.as_deref().unwrap(),
@@ -721,7 +739,7 @@ mod tests {
             .map(|i| Platform::new("linux", &format!("arch{i}"), None))
             .collect();
         let c = vec![checked("app", REF, &["linux/amd64"], resolved(&many))];
-        let v = decide(&c, &[], &Policy::default());
+        let v = decide(&c, &[], &[], &Policy::default());
         let message = v.message.unwrap();
         assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS);
         assert!(message.ends_with('…') && message.starts_with("container \"app\""));
@@ -732,7 +750,7 @@ mod tests {
         let c: Vec<Checked> = (0..1000)
             .map(|i| checked(&format!("c{i}"), "r/x:1", &["linux/amd64"], trouble.clone()))
             .collect();
-        let v = decide(&c, &[], &Policy::default());
+        let v = decide(&c, &[], &[], &Policy::default());
         assert!(v.allowed);
         assert_eq!(v.warnings.len(), MAX_WARNINGS);
         assert_eq!(
@@ -748,7 +766,7 @@ mod tests {
             registry: "r".into(),
         });
         let c = vec![checked("app", "r/x:1", &["linux/amd64"], nf)];
-        let v = decide(&c, &[], &Policy::default());
+        let v = decide(&c, &[], &[], &Policy::default());
         assert_eq!(
             v.message.as_deref(),
             Some("container \"app\" image \"r/x:1\" not found in registry")
@@ -757,7 +775,7 @@ mod tests {
             on_missing_image: OnMissingImage::Warn,
             ..Policy::default()
         };
-        let v = decide(&c, &[], &lenient);
+        let v = decide(&c, &[], &[], &lenient);
         assert!(v.allowed);
         assert_eq!(
             v.warnings,
@@ -771,7 +789,7 @@ mod tests {
             registry: "10.0.0.1:5000".into(),
         });
         let c = vec![checked("app", "10.0.0.1:5000/x", &["linux/amd64"], down)];
-        let v = decide(&c, &[], &Policy::default());
+        let v = decide(&c, &[], &[], &Policy::default());
         assert!(v.allowed);
         assert_eq!(v.warnings.len(), 1);
         assert!(
@@ -783,7 +801,7 @@ mod tests {
             on_registry_error: OnRegistryError::Deny,
             ..Policy::default()
         };
-        assert!(!decide(&c, &[], &strict).allowed);
+        assert!(!decide(&c, &[], &[], &strict).allowed);
     }
 
     #[test]
@@ -796,6 +814,7 @@ mod tests {
         )];
         let warn = decide(
             &c,
+            &[],
             &[],
             &Policy {
                 mode: Mode::Warn,
@@ -811,6 +830,7 @@ mod tests {
         let audit = decide(
             &c,
             &[],
+            &[],
             &Policy {
                 mode: Mode::Audit,
                 ..Policy::default()
@@ -822,13 +842,13 @@ mod tests {
     #[test]
     fn no_candidate_allows_with_a_warning() {
         let mut c = vec![checked("app", "x", &[], resolved(&[p("linux/amd64")]))];
-        let v = decide(&c, &["a note".to_string()], &Policy::default());
+        let v = decide(&c, &[], &["a note".to_string()], &Policy::default());
         assert!(v.allowed);
         assert_eq!(v.warnings.len(), 2);
         assert!(v.warnings[1].contains("no node platform matches"));
         // The reason scheduling found is the one named.
         c[0].unplaceable = Some(Unplaceable::Repelled { every_node: true });
-        let v = decide(&c, &[], &Policy::default());
+        let v = decide(&c, &[], &[], &Policy::default());
         assert_eq!(
             v.warnings,
             [r#"every node is cordoned or tainted; not checked: container "app" image "x""#]
@@ -864,7 +884,7 @@ mod tests {
                 resolved(&[p("linux/amd64"), p("linux/arm64")]),
             ),
         ];
-        let v = decide(&c, &[], &Policy::default());
+        let v = decide(&c, &[], &[], &Policy::default());
         let msg = v.message.unwrap();
         assert!(
             msg.ends_with("pin it: nodeSelector kubernetes.io/arch: amd64"),
@@ -890,7 +910,7 @@ mod tests {
         let amd = [p("linux/amd64")];
         let all = [p("linux/amd64"), p("linux/arm64")];
         let hint = |c: &[Checked]| {
-            let msg = decide(c, &[], &Policy::default()).message.unwrap();
+            let msg = decide(c, &[], &[], &Policy::default()).message.unwrap();
             msg.lines().last().unwrap().to_string()
         };
         let one_task = [in_task("a", "build", &amd), in_task("b", "test", &all)];
@@ -925,7 +945,7 @@ mod tests {
             unplaceable: None,
             outcome: resolved(&[Platform::new("linux", "arm64", Some("v8")), image_2022]),
         }];
-        let msg = decide(&c, &[], &Policy::default()).message.unwrap();
+        let msg = decide(&c, &[], &[], &Policy::default()).message.unwrap();
         assert_eq!(
             msg,
             "container \"app\" image \"x\" is missing linux/amd64, windows(10.0.17763)/amd64 \
@@ -945,7 +965,7 @@ mod tests {
             &["linux/arm/v6", "linux/arm/v7"],
             resolved(&[p("linux/arm/v7")]),
         )];
-        let msg = decide(&c, &[], &Policy::default()).message.unwrap();
+        let msg = decide(&c, &[], &[], &Policy::default()).message.unwrap();
         assert!(!msg.contains("pin it"), "{msg}");
     }
 
@@ -958,7 +978,7 @@ mod tests {
             &["linux/amd64"],
             Outcome::Invalid(err),
         )];
-        let v = decide(&c, &[], &Policy::default());
+        let v = decide(&c, &[], &[], &Policy::default());
         assert!(!v.allowed);
         assert!(
             v.message
@@ -985,7 +1005,7 @@ mod tests {
             &["linux/amd64"],
             resolved(&[p("linux/arm64")]),
         )];
-        let v = decide(&c, &[], &warn);
+        let v = decide(&c, &[], &[], &warn);
         let w = &v.warnings[0];
         assert!(w.starts_with("missing linux/amd64: container \"payments-worker-sidecar\" image \"10.34.0.202:5000/"), "{w}");
         assert!(
@@ -1006,7 +1026,7 @@ mod tests {
             resolved(&[p("linux/arm64")]),
         )];
         assert_eq!(
-            decide(&c, &[], &warn).warnings,
+            decide(&c, &[], &[], &warn).warnings,
             [
                 "missing linux/amd64: container \"app\" image \"nginx:1.27\" (available: linux/arm64)"
             ]
@@ -1022,7 +1042,7 @@ mod tests {
                 )
             })
             .collect();
-        let v = decide(&many, &[], &warn);
+        let v = decide(&many, &[], &[], &warn);
         let total: usize = v.warnings.iter().map(String::len).sum();
         assert!(total <= MAX_WARNINGS_BYTES, "{total}");
         assert!(

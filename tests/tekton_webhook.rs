@@ -292,7 +292,7 @@ async fn bundles_past_the_bound_are_reported_not_skipped() {
     assert_eq!(warnings(&r).len(), 1, "{r}");
     assert!(warnings(&r)[0].contains("\"absent\""), "{r}");
 
-    let r = hook.review(&review("PipelineRun", "v1", run)).await;
+    let r = hook.review(&review("PipelineRun", "v1", run.clone())).await;
     assert_eq!(r["allowed"], true, "{r}");
     let over: Vec<String> = warnings(&r)
         .into_iter()
@@ -305,6 +305,50 @@ async fn bundles_past_the_bound_are_reported_not_skipped() {
             "{w}"
         );
     }
+
+    // Not checked is not checked: under `--on-registry-error deny` it denies, as an image whose
+    // registry could not be asked does (it was a warning whatever the setting).
+    let strict = Webhook::start(&world, &["--on-registry-error", "deny"]).await;
+    let r = strict.review(&review("PipelineRun", "v1", run)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert!(
+        message(&r).contains("over the limit of 64 bundle resources per object"),
+        "{r}"
+    );
+}
+
+/// A run padded past extraction's bounds (here more than 1024 task runs, by matrix) leaves the
+/// rest unchecked: a warning by default, a denial under `--on-registry-error deny`. Before, it
+/// was a warning whatever the setting, so the padding let an image past a strict cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_past_extractions_bounds_follow_on_registry_error() {
+    let world = World::new().await;
+    let values: Vec<String> = (0..256).map(|v| v.to_string()).collect();
+    let tasks: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({"name": format!("t{i}"),
+                   "matrix": {"params": [{"name": "n", "value": values}]},
+                   "taskSpec": {"params": [{"name": "n"}],
+                                "steps": [{"name": "run", "image": world.multi()}]}})
+        })
+        .collect();
+    let run = json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "PipelineRun",
+        "metadata": {"generateName": "padded-"},
+        "spec": {"pipelineSpec": {"tasks": tasks}}
+    });
+    let stopped = "the run expands to more than 1024 task runs, the rest were not checked";
+    let lenient = Webhook::start(&world, &[]).await;
+    let r = lenient
+        .review(&review("PipelineRun", "v1", run.clone()))
+        .await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(warnings(&r), [stopped], "{r}");
+    let strict = Webhook::start(&world, &["--on-registry-error", "deny"]).await;
+    let r = strict.review(&review("PipelineRun", "v1", run)).await;
+    assert_eq!(r["allowed"], false, "{r}");
+    assert_eq!(message(&r), stopped, "{r}");
 }
 
 // ---- issue 13: evaluate what Tekton evaluates --------------------------------------------------

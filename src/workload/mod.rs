@@ -101,6 +101,10 @@ pub struct Placement {
 pub struct Extraction {
     pub targets: Vec<Target>,
     pub warnings: Vec<String>,
+    /// What the walk left unchecked at one of its bounds (a run with more task runs, steps or
+    /// images than archgate reads): like an image whose registry was not asked, it follows
+    /// `--on-registry-error`.
+    pub incomplete: Vec<String>,
     /// Tekton bundles (`resolver: bundles`) the catalog did not hold yet: the caller fetches them
     /// from their registry and extracts again.
     pub unresolved_bundles: Vec<BundleRef>,

@@ -460,7 +460,7 @@ impl Walker<'_> {
         }
         if self.task_runs == MAX_TASK_RUNS {
             self.task_runs += 1;
-            self.warn_first(&format!(
+            self.stop_short(&format!(
                 "the run expands to more than {MAX_TASK_RUNS} task runs, the rest were not checked"
             ));
         }
@@ -484,7 +484,7 @@ impl Walker<'_> {
         }
         self.visits += 1;
         if self.visits > MAX_WALK {
-            self.warn_first(&format!(
+            self.stop_short(&format!(
                 "the run has more than {MAX_WALK} pipeline tasks, steps and sidecars to walk, the rest were not checked"
             ));
             return false;
@@ -977,7 +977,7 @@ impl Walker<'_> {
             known_platforms: None,
         });
         if self.out.targets.len() >= MAX_TARGETS {
-            self.warn_first(&format!(
+            self.stop_short(&format!(
                 "the run names more than {MAX_TARGETS} images, the rest were not checked"
             ));
         }
@@ -1002,11 +1002,12 @@ impl Walker<'_> {
         self.out.warnings.push(text);
     }
 
-    /// A warning that the walk stopped short: first, where the policy's few lines show it
-    /// whatever else was said, and never dropped. Said at most once per bound.
-    fn warn_first(&mut self, message: &str) {
+    /// The walk stopped short at a bound: not a warning but what was left unchecked
+    /// (`Extraction::incomplete`), which `--on-registry-error deny` denies; padding a run past a
+    /// bound must not smuggle an image through. Said at most once per bound.
+    fn stop_short(&mut self, message: &str) {
         if self.warned.insert(message.to_string()) {
-            self.out.warnings.insert(0, message.to_string());
+            self.out.incomplete.push(message.to_string());
         }
     }
 
