@@ -160,9 +160,7 @@ impl Start {
                 })
             }),
         );
-        // Lists come from the API server's watch cache (resourceVersion=0), not etcd: every
-        // replica relisting after an outage must not become a load spike.
-        let events = watcher(api, config.any_semantic()).default_backoff();
+        let events = watcher(api, listed_in_pages(config)).default_backoff();
         tokio::spawn(drive(
             self.kind,
             events,
@@ -173,6 +171,18 @@ impl Start {
         ));
         store
     }
+}
+
+/// Lists are read in pages of [`LIST_PAGE`] objects, each page cut down ([`Reduce`]) before the
+/// next is asked for. A list at `resourceVersion=0` (kube's "any" semantic) comes from the watch
+/// cache whole, whatever the page size asks (apiserver `cacher.go`, `shouldDelegateList`): a few
+/// thousand Nodes with their image lists are hundreds of MB of JSON read at once, past the pod's
+/// 256 MiB. The default semantic's consistent list is paged, and since Kubernetes 1.31 served
+/// from the watch cache too (ConsistentListFromCache), so a relist is still no load spike.
+pub const LIST_PAGE: u32 = 250;
+
+fn listed_in_pages(config: watcher::Config) -> watcher::Config {
+    config.page_size(LIST_PAGE)
 }
 
 /// Cuts an object down to what archgate reads before it enters a store: memory, and for Nodes
