@@ -258,9 +258,23 @@ fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
         None | Some("") => toleration.operator.as_deref() == Some("Exists"),
         Some(key) => key == taint.key,
     };
+    let (wanted, found) = (
+        toleration.value.as_deref().unwrap_or(""),
+        taint.value.as_deref().unwrap_or(""),
+    );
+    // `Gt`/`Lt` compare the taint's value with the toleration's as integers; values that are not
+    // integers tolerate nothing (k8s.io/api core/v1 `Toleration.ToleratesTaint`, behind the
+    // TaintTolerationComparisonOperators gate). Read as `Equal`, a pod tolerating `sla Gt 900`
+    // kept the `sla=950` nodes out of its candidates.
+    let number = |text: &str| text.parse::<i64>().ok();
     let value_ok = match toleration.operator.as_deref() {
         Some("Exists") => true,
-        _ => toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+        Some(op @ ("Gt" | "Lt")) => match (number(found), number(wanted)) {
+            (Some(found), Some(wanted)) if op == "Gt" => found > wanted,
+            (Some(found), Some(wanted)) => found < wanted,
+            _ => false,
+        },
+        _ => wanted == found,
     };
     key_ok && value_ok
 }
@@ -575,6 +589,39 @@ mod tests {
 
     /// A DaemonSet's pods tolerate the cordon (the DaemonSet controller adds the toleration), so
     /// a cordoned arm64 node is still where its new image will run.
+    #[test]
+    fn gt_and_lt_tolerations_compare_numbers() {
+        let taint = |value: &str| Taint {
+            key: "sla".into(),
+            value: Some(value.into()),
+            effect: "NoSchedule".into(),
+            ..Taint::default()
+        };
+        let toleration = |op: &str, value: &str| Toleration {
+            key: Some("sla".into()),
+            operator: Some(op.into()),
+            value: Some(value.into()),
+            ..Toleration::default()
+        };
+        let cases = [
+            ("Gt", "900", "950", true),
+            ("Gt", "950", "800", false),
+            ("Gt", "950", "950", false),
+            ("Lt", "20", "5", true),
+            ("Lt", "-3", "-5", true),
+            ("Lt", "5", "20", false),
+            ("Gt", "900", "high", false),
+            ("Equal", "950", "950", true),
+        ];
+        for (op, wanted, found, tolerated) in cases {
+            assert_eq!(
+                tolerates(&toleration(op, wanted), &taint(found)),
+                tolerated,
+                "{op} {wanted} against {found}"
+            );
+        }
+    }
+
     #[test]
     fn taints_that_clear_on_their_own_keep_a_node_a_candidate() {
         let taint = |key: &str, effect: &str| Taint {
