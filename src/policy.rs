@@ -387,9 +387,8 @@ pub fn decide(
     policy: &Policy,
 ) -> Verdict {
     let findings: Vec<Finding> = checked.iter().filter_map(finding).collect();
-    let denying: Vec<usize> = (0..findings.len())
-        .filter(|&i| findings[i].denies(policy))
-        .collect();
+    let denies: Vec<bool> = findings.iter().map(|f| f.denies(policy)).collect();
+    let denying: Vec<usize> = (0..findings.len()).filter(|&i| denies[i]).collect();
     let enforce = policy.mode == Mode::Enforce;
     let unchecked_denies =
         enforce && policy.on_registry_error == OnRegistryError::Deny && !unchecked.is_empty();
@@ -402,7 +401,7 @@ pub fn decide(
     let deny = enforce && (!denying.is_empty() || unchecked_denies);
     for (i, finding) in findings.iter().enumerate() {
         let shown_as_warning = match policy.mode {
-            Mode::Enforce => !denying.contains(&i),
+            Mode::Enforce => !denies[i],
             Mode::Warn => true,
             Mode::Audit | Mode::Off => false,
         };
