@@ -743,7 +743,16 @@ impl Walker<'_> {
         let kind = kind_param.map_or(kind.to_string(), |k| normalise_kind(&k));
         match (resolver, name) {
             ("cluster", Some(name)) => {
-                let namespace = namespace.unwrap_or_else(|| self.namespace.clone());
+                // Without the param Tekton takes its resolver config's `default-namespace` (and
+                // fails the run without one), never the run's namespace
+                // (pkg/resolution/resolver/cluster/resolver.go, `populateParamsWithDefaults`).
+                let Some(namespace) = namespace.filter(|ns| !ns.trim().is_empty()) else {
+                    let message = format!(
+                        "{words} {name:?} from the cluster resolver names no namespace (Tekton's resolver config decides it), not checked"
+                    );
+                    self.warn(at, &message);
+                    return None;
+                };
                 self.lookup(&kind, &namespace, &name, at)
             }
             ("bundles", Some(name)) => self.bundle(&bundle.unwrap_or_default(), &kind, &name, at),
@@ -775,7 +784,11 @@ impl Walker<'_> {
             let (label, container) = container_label("step", step, i, &path)?;
             if let Some(reference) = step.get("ref").filter(|v| !v.is_null()) {
                 self.step_action(reference, step, scope, site, &label, &container, &path)?;
-            } else if let Some(image) = string_field(step, "image", &path)?.or(template) {
+            } else if let Some(image) = string_field(step, "image", &path)?
+                // An empty image is no image: Tekton's merge with the template skips it (omitempty).
+                .filter(|image| !image.is_empty())
+                .or(template)
+            {
                 self.target(site, &label, &container, image, scope);
             }
         }

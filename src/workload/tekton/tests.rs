@@ -327,7 +327,8 @@ fn references_are_read_through_the_catalog() {
             "Task shared/t",
         ),
         (
-            json!({"taskRef": {"resolver": "cluster", "params": [{"name": "name", "value": "$(params.which)"}]}}),
+            json!({"taskRef": {"resolver": "cluster", "params": [
+                {"name": "name", "value": "$(params.which)"}, {"name": "namespace", "value": "ci"}]}}),
             "Task ci/t",
         ),
     ];
@@ -347,6 +348,17 @@ fn references_are_read_through_the_catalog() {
         assert!(ex.warnings.is_empty(), "{:?}", ex.warnings);
         assert_eq!(catalog.asked.lock().unwrap().pop().as_deref(), Some(asked));
     }
+    // No namespace param: Tekton asks its resolver config, which archgate cannot read.
+    let unnamespaced = json!({"name": "x", "taskRef": {"resolver": "cluster", "params": [
+        {"name": "name", "value": "t"}]}});
+    let ex = run_pr(json!({"pipelineSpec": {"tasks": [unnamespaced]}}), &catalog);
+    assert!(ex.targets.is_empty());
+    assert_eq!(
+        ex.warnings,
+        [
+            "pipeline task \"x\": task \"t\" from the cluster resolver names no namespace (Tekton's resolver config decides it), not checked"
+        ]
+    );
     // Pipelines in pipelines, by reference and embedded, name the outer task first.
     let spec = json!({"pipelineSpec": {"tasks": [
         {"name": "outer", "pipelineRef": {"name": "inner"}},
@@ -1082,4 +1094,14 @@ fn pipeline_task_is_custom_only_with_both_api_version_and_kind() {
     let custom =
         json!({"taskRef": {"name": "build", "apiVersion": "tekton.dev/v1", "kind": "Task"}});
     assert_eq!(run_pr(task(custom), &catalog), Extraction::default());
+}
+
+/// Tekton merges a step over `stepTemplate` with omitempty: `image: ""` takes the template's.
+#[test]
+fn an_empty_step_image_takes_the_templates() {
+    let spec = json!({"taskSpec": {"stepTemplate": {"image": "golang:1.22"},
+                                   "steps": [{"name": "build", "image": ""}]}});
+    let ex = run_tr(spec, &TestCatalog::default());
+    assert_eq!(pairs(&ex), vec![p("step \"build\"", "golang:1.22")]);
+    assert!(ex.warnings.is_empty(), "{:?}", ex.warnings);
 }
