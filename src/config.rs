@@ -100,8 +100,8 @@ impl TryFrom<serde_json::Value> for DurationValue {
         match &v {
             serde_json::Value::Number(n) => n
                 .as_f64()
-                .map(seconds)
-                .ok_or_else(|| format!("{v} is not a duration")),
+                .ok_or_else(|| format!("{v} is not a duration"))
+                .and_then(seconds),
             serde_json::Value::String(s) => parse_duration(s),
             _ => Err(format!(
                 "{v} is not a duration: use seconds or a string like \"8s\""
@@ -111,8 +111,9 @@ impl TryFrom<serde_json::Value> for DurationValue {
     }
 }
 
-fn seconds(s: f64) -> Duration {
-    Duration::from_secs_f64(s.max(0.0))
+/// `s` seconds; `Duration::from_secs_f64` panics past ~584 billion years (`1e20`).
+fn seconds(s: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(s.max(0.0)).map_err(|_| format!("{s} seconds is not a duration"))
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -129,7 +130,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         (t, 1.0)
     };
     match number.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(seconds(v * scale)),
+        Ok(v) if v.is_finite() && v >= 0.0 => seconds(v * scale),
         _ => Err(format!(
             "{text:?} is not a duration: use e.g. \"8s\", \"500ms\", \"1m\" or \"1h\""
         )),
@@ -295,6 +296,10 @@ pub enum ConfigError {
     SelfSignedOnly,
     #[error("tlsCert and tlsKey must be set together")]
     HalfTls,
+    #[error(
+        "the config file sets both selfSigned: true and tlsCert/tlsKey: keep the one the webhook's caBundle trusts"
+    )]
+    TwoTlsSources,
     #[error("--platform: {0}")]
     Platform(String),
     #[error(
@@ -434,6 +439,17 @@ impl Settings {
             cache,
         } = file;
 
+        // A flag overrides the file; within the file, two sources of the serving certificate
+        // cannot both take effect. Silently preferring the self-signed one served a certificate
+        // the API server does not trust: every review failed, and `failurePolicy: Ignore`
+        // admitted everything unchecked.
+        if self_signed == Some(true)
+            && (tls_cert.is_some() || tls_key.is_some())
+            && !args.self_signed
+            && args.tls_cert.is_none()
+        {
+            return Err(ConfigError::TwoTlsSources);
+        }
         let self_signed =
             args.self_signed || (args.tls_cert.is_none() && self_signed == Some(true));
         if !self_signed && (args.self_signed_ca_out.is_some() || !args.dns_names.is_empty()) {
@@ -456,7 +472,10 @@ impl Settings {
         };
 
         let deadline = match args.review_deadline {
-            Some(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+            // Past what a Duration holds is past the bound below.
+            Some(secs) if secs.is_finite() && secs >= 0.0 => {
+                Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+            }
             Some(_) => Duration::ZERO,
             None => review_deadline.map(|d| d.0).unwrap_or(DEFAULT_DEADLINE),
         };
@@ -767,6 +786,51 @@ mod tests {
         assert_eq!(dns_names, ["hook.local"]);
         let err = serve(&["--tls-cert", "a", "--tls-key", "b", "--dns-name", "x"]).unwrap_err();
         assert!(err.to_string().contains("--self-signed"), "{err}");
+    }
+
+    /// Before, a file with both served the self-signed certificate without a word (and nothing
+    /// the API server trusts); a flag still overrides the file.
+    #[test]
+    fn a_file_with_two_serving_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "selfSigned: true\ntlsCert: /c/tls.crt\ntlsKey: /c/tls.key\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let err = serve(&["--config", p]).unwrap_err().to_string();
+        assert!(err.contains("selfSigned: true and tlsCert/tlsKey"), "{err}");
+        assert!(matches!(
+            serve(&["--config", p, "--self-signed"]).unwrap().tls,
+            TlsSource::SelfSigned { .. }
+        ));
+        assert!(matches!(
+            serve(&["--config", p, "--tls-cert", "a", "--tls-key", "b"])
+                .unwrap()
+                .tls,
+            TlsSource::Files(_)
+        ));
+    }
+
+    /// `Duration::from_secs_f64` panicked on these (exit 101).
+    #[test]
+    fn durations_past_what_a_duration_holds_are_errors_not_panics() {
+        assert!(
+            parse_duration("1e300h")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "selfSigned: true\nreviewDeadline: 1e20\n").unwrap();
+        let err = serve(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a duration"), "{err}");
+        let err = serve(&["--self-signed", "--review-deadline", "1e20"]).unwrap_err();
+        assert!(matches!(err, ConfigError::Deadline(_)), "{err}");
     }
 
     #[test]
