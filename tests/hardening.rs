@@ -785,6 +785,26 @@ mod hostile {
                 "http://localhost:{port}/bucket/{config}?signature=x"
             )),
             ("storage-meta", true) => redirect("http://169.254.169.254/computeMetadata/v1/".into()),
+            ("storage-401", false) => answer(
+                200,
+                &[(
+                    "content-type",
+                    "application/vnd.oci.image.manifest.v1+json".into(),
+                )],
+                full(manifest),
+            ),
+            ("storage-401", true) => redirect(format!("http://localhost:{port}/locked/{config}")),
+            _ if path.starts_with("/locked/") => answer(
+                401,
+                &[(
+                    "www-authenticate",
+                    format!(r#"Bearer realm="http://localhost:{port}/token",service="x""#),
+                )],
+                full(Bytes::new()),
+            ),
+            _ if path.starts_with("/token") => {
+                answer(200, &[], full(Bytes::from_static(br#"{"token":"t"}"#)))
+            }
             _ if path.starts_with("/bucket/") => answer(200, &[], full(CONFIG)),
             _ => answer(404, &[], full(Bytes::new())),
         }
@@ -919,6 +939,39 @@ async fn redirects_to_metadata_or_other_hosts_are_refused() {
     assert!(
         requests.iter().any(|r| r.starts_with("GET /bucket/")),
         "the blob redirect to storage was followed: {requests:?}"
+    );
+}
+
+/// A 401 from the storage host a blob was redirected to is that host's, not the registry's:
+/// before, its challenge was learned as the registry's and the retry asked the realm it named
+/// for a token with the registry's credentials (Basic user:password to a host of the storage's
+/// choosing). Now the 401 is the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_from_a_blob_redirect_target_is_not_learned() {
+    let registry = hostile::start().await;
+    let resolver = hostile_resolver(&registry.host);
+    let config = format!(
+        r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
+        registry.host,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "owner:s3cret")
+    );
+    let credentials =
+        archgate::resolver::Credentials::from_docker_config(config.as_bytes(), "test").unwrap();
+    let image =
+        archgate::reference::ImageRef::parse(&format!("{}/storage-401:v1", registry.host)).unwrap();
+    let error = resolver.resolve(&image, &credentials).await.unwrap_err();
+    let requests = registry.requests.lock().unwrap().clone();
+    assert!(
+        requests.iter().any(|r| r.starts_with("GET /locked/")),
+        "the blob redirect was followed: {requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.contains("/token")),
+        "the storage host's realm was asked for a token: {requests:?}"
+    );
+    assert!(
+        error.to_string().contains("401") || error.to_string().contains("refused"),
+        "{error}"
     );
 }
 

@@ -540,7 +540,22 @@ async fn failure(response: reqwest::Response, url: &str) -> Failure {
         .then(|| header(RETRY_AFTER))
         .flatten()
         .and_then(|v| headers::retry_after(v, SystemTime::now()));
-    let challenge = (code == 401)
+    // A challenge is the registry's only when its answer came from the registry: a 401 from a
+    // host it redirected to (blob storage) would otherwise be learned as the registry's, and its
+    // realm, of that host's choosing, sent the registry's credentials.
+    let from_registry = Url::parse(url).is_ok_and(|asked| {
+        let answered = response.url();
+        (
+            asked.scheme(),
+            asked.host_str(),
+            asked.port_or_known_default(),
+        ) == (
+            answered.scheme(),
+            answered.host_str(),
+            answered.port_or_known_default(),
+        )
+    });
+    let challenge = (code == 401 && from_registry)
         .then(|| header(WWW_AUTHENTICATE))
         .flatten()
         .and_then(Challenge::parse);
