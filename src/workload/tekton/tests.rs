@@ -276,6 +276,44 @@ fn matrix_params_choose_the_node_selector_per_combination() {
     );
 }
 
+/// Tekton substitutes the pipeline's params into an embedded task spec before it fans the matrix
+/// out (pkg/reconciler/pipelinerun/resources/apply.go `propagateParams`, called from
+/// `ApplyParameters`), and only the pipeline task's own `params` override them there; the matrix
+/// values reach the TaskRun's params, but no `$(params.builder)` is left in its spec to take them.
+/// Whether the spec declares the param does not matter: `propagateParams` replaces text.
+#[test]
+fn matrix_params_do_not_override_propagated_pipeline_params_in_embedded_specs() {
+    let catalog = TestCatalog::default().with(
+        "Task",
+        "ref",
+        json!({"params": [{"name": "builder"}], "steps": [{"name": "s", "image": "$(params.builder)"}]}),
+    );
+    let fan = json!({"params": [{"name": "builder", "value": ["builder-arm64", "builder-s390x"]}]});
+    for declared in [json!([]), json!([{"name": "builder"}])] {
+        let spec = json!({"pipelineSpec": {
+            "params": [{"name": "builder", "default": "builder-amd64"}],
+            "tasks": [
+                {"name": "emb", "matrix": fan,
+                 "taskSpec": {"params": declared, "steps": [{"name": "s", "image": "$(params.builder)"}]}},
+                // A referenced task gets nothing propagated: each TaskRun's matrix value counts.
+                {"name": "referenced", "matrix": fan, "taskRef": {"name": "ref"}},
+                // The pipeline task's own params do override the pipeline's in an embedded spec.
+                {"name": "own", "params": [{"name": "builder", "value": "mine"}],
+                 "matrix": {"params": [{"name": "other", "value": ["x", "y"]}]},
+                 "taskSpec": {"params": declared, "steps": [{"name": "s", "image": "$(params.builder)"}]}}
+            ]
+        }});
+        let ex = run_pr(spec, &catalog);
+        let images: Vec<&str> = ex.targets.iter().map(|t| t.image.as_str()).collect();
+        assert_eq!(
+            images,
+            // Two TaskRuns each for `emb` and `own`; the same image at the same site is one target.
+            ["builder-amd64", "builder-arm64", "builder-s390x", "mine"],
+            "declared: {declared}"
+        );
+    }
+}
+
 /// pkg/apis/pipeline/v1/matrix_types.go: `overwriteCombinations` compares an include with the
 /// combination as earlier includes left it (`contains`), so `tag: "2"` does not overwrite the
 /// `tag: "1"` the first include added; `addNewCombinations` then appends it as a combination of
