@@ -199,6 +199,27 @@ struct Walker<'a> {
     long_images: usize,
 }
 
+/// What an embedded task spec reads for each param of one combination (`given`: the pipeline
+/// task's `params` over the matrix values). Tekton puts the pipeline's params into an embedded
+/// spec before it fans the matrix out (pkg/reconciler/pipelinerun/resources/apply.go
+/// `propagateParams`, from `ApplyParameters`), letting only the pipeline task's own `params`
+/// override them; so where the pipeline has a string param of a matrix param's name, every
+/// TaskRun's spec already holds the pipeline's value, declared in the spec or not. An array or
+/// object pipeline param is replaced only in its `[*]`, `[i]` and `.key` forms, leaving
+/// `$(params.name)` for the TaskRun's (matrix) value.
+fn propagated_over_matrix(pipeline: &Params, explicit: &Params, mut given: Params) -> Params {
+    let shadowed: Vec<(String, Param)> = given
+        .keys()
+        .filter(|name| !explicit.contains_key(*name))
+        .filter_map(|name| match lookup(pipeline, name) {
+            Some(Param::Known(Value::Array(_) | Value::Object(_))) | None => None,
+            Some(value) => Some((name.clone(), value.clone())),
+        })
+        .collect();
+    given.extend(shadowed);
+    given
+}
+
 impl Walker<'_> {
     fn pipeline_run(&mut self, object: &Value) -> Result<(), Bad> {
         let spec = spec_of(object, "spec")?;
@@ -405,6 +426,13 @@ impl Walker<'_> {
                 prefix: &at,
                 placement: Arc::new(placement),
                 context: self.task_context(task_run),
+            };
+            let given = match &body {
+                Body::Task {
+                    from: Origin::Embedded,
+                    ..
+                } => propagated_over_matrix(pipeline_scope, &explicit, given),
+                _ => given,
             };
             self.run_body(&body, pipeline_scope, &given, &site, templates)?;
         }

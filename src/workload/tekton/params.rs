@@ -609,12 +609,14 @@ fn bracket_key(text: &str) -> Option<(String, &str)> {
 /// expanding one here would let a run of a few hundred bytes exhaust the webhook's memory.
 pub const MAX_MATRIX_COMBINATIONS: usize = 256;
 
-/// Every parameter set a `matrix` fans a pipeline task out to (one empty set without a matrix,
-/// none when a matrix param is an empty array: Tekton then skips the task).
+/// The params of each TaskRun a `matrix` fans a pipeline task out to, in TaskRun order (one empty
+/// set without a matrix, none when a matrix param is an empty array: Tekton then skips the task).
 ///
-/// `matrix.params` give the Cartesian product; each `matrix.include` entry either adds its params to
-/// the combinations whose matrix values it matches, or, when it matches none, is a combination of
-/// its own (Tekton's rules, simplified where they do not change which images run).
+/// Follows pkg/apis/pipeline/v1/matrix_types.go: `FanOut` gives the combinations and
+/// `CountCombinations` how many TaskRuns the reconciler creates, the i-th running the i-th
+/// combination, or no matrix params at all past the end (pkg/reconciler/pipelinerun/pipelinerun.go
+/// `createTaskRuns`). The two disagree for some includes, and the TaskRuns are what runs images.
+/// Values are compared as archgate holds them: an unknown value equals only the same unknown.
 pub fn matrix_combinations(
     matrix: Option<&Value>,
     scope: &Params,
@@ -626,8 +628,8 @@ pub fn matrix_combinations(
     if !matrix.is_object() {
         return Err(Bad(format!("{path} is not an object")));
     }
-    let mut combos = vec![Params::new()];
-    let mut fanned = Vec::new();
+    let mut fanned: Vec<(String, Vec<Param>)> = Vec::new();
+    let mut product = 1usize;
     for (i, param) in list(matrix.get("params"), &format!("{path}.params"))?
         .iter()
         .enumerate()
@@ -643,36 +645,43 @@ pub fn matrix_combinations(
         if values.is_empty() {
             return Ok(Vec::new());
         }
-        if combos.len().saturating_mul(values.len()) > MAX_MATRIX_COMBINATIONS {
+        product = product.saturating_mul(values.len());
+        if product > MAX_MATRIX_COMBINATIONS {
             return Err(too_many_combinations(path));
         }
-        combos = combos
-            .iter()
-            .flat_map(|combo| {
-                values.iter().map(|v| {
-                    let mut next = combo.clone();
-                    next.insert(name.clone(), v.clone());
-                    next
-                })
-            })
-            .collect();
-        fanned.push(name);
+        fanned.push((name, values));
     }
-    let includes = list(matrix.get("include"), &format!("{path}.include"))?;
-    if fanned.is_empty() && !includes.is_empty() {
-        combos.clear();
-    }
-    for (i, include) in includes.iter().enumerate() {
+    let mut includes = Vec::new();
+    for (i, include) in list(matrix.get("include"), &format!("{path}.include"))?
+        .iter()
+        .enumerate()
+    {
         let here = format!("{path}.include[{i}]");
-        let params = passed(include.get("params"), scope, &format!("{here}.params"))?;
-        include_combination(&mut combos, &fanned, params);
-        if combos.len() > MAX_MATRIX_COMBINATIONS {
+        includes.push(passed(
+            include.get("params"),
+            scope,
+            &format!("{here}.params"),
+        )?);
+    }
+    if fanned.is_empty() {
+        // Include only (or an empty matrix): each include is one TaskRun, as `FanOut` and
+        // `CountCombinations` agree.
+        if includes.len() > MAX_MATRIX_COMBINATIONS {
             return Err(too_many_combinations(path));
         }
+        if includes.is_empty() {
+            includes.push(Params::new());
+        }
+        return Ok(includes);
     }
-    if combos.is_empty() {
-        combos.push(Params::new());
+    let count = product.saturating_add(counted_includes(&fanned, matrix, scope, path)?);
+    if count > MAX_MATRIX_COMBINATIONS {
+        return Err(too_many_combinations(path));
     }
+    let mut combos = cartesian(&fanned);
+    overwrite_with_includes(&mut combos, &includes);
+    append_new_includes(&mut combos, &includes, count);
+    combos.resize(count, Params::new());
     Ok(combos)
 }
 
@@ -682,29 +691,97 @@ fn too_many_combinations(path: &str) -> Bad {
     ))
 }
 
-fn include_combination(combos: &mut Vec<Params>, fanned: &[String], params: Params) {
-    let matches = |combo: &Params| {
-        params
+/// The Cartesian product in Tekton's order (matrix_types.go `distribute`): each further param
+/// repeats the combinations so far once per value, value by value, so with `os: [linux, windows]`
+/// then `arch: [amd64, arm64]` TaskRun 1 is `windows`/`amd64`, which `$(context.taskRun.name)`
+/// shows.
+fn cartesian(fanned: &[(String, Vec<Param>)]) -> Vec<Params> {
+    let mut combos = vec![Params::new()];
+    for (name, values) in fanned {
+        combos = values
             .iter()
-            .filter(|(k, _)| fanned.contains(k))
-            .all(|(k, v)| combo.get(k) == Some(v))
-    };
-    let mut matched = false;
-    for combo in combos
-        .iter_mut()
-        .filter(|c| !fanned.is_empty() && matches(c))
-    {
-        matched = true;
-        for (k, v) in &params {
-            // An include never overrides the value a matrix param fanned out to.
-            if !fanned.contains(k) {
-                combo.insert(k.clone(), v.clone());
+            .flat_map(|value| {
+                combos.iter().map(move |combo| {
+                    let mut next = combo.clone();
+                    next.insert(name.clone(), value.clone());
+                    next
+                })
+            })
+            .collect();
+    }
+    combos
+}
+
+/// matrix_types.go `overwriteCombinations`: every include adds its params to each of the
+/// matrix's combinations that agrees with it on every name they share, earlier includes' names
+/// included, so a second include cannot overwrite what a first one added.
+fn overwrite_with_includes(combos: &mut [Params], includes: &[Params]) {
+    for combo in combos {
+        for include in includes {
+            let agrees = include
+                .iter()
+                .all(|(name, value)| combo.get(name).is_none_or(|held| held == value));
+            if agrees {
+                combo.extend(include.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
         }
     }
-    if !matched {
-        combos.push(params);
+}
+
+/// matrix_types.go `addNewCombinations`: a non-empty include becomes a combination of its own
+/// unless some combination (one appended before it included) already holds one of its values.
+/// Appended includes are not overwritten by later ones: that step has already run.
+///
+/// Stops at `count`: a combination past the TaskRuns never runs, and one appended there could
+/// only keep later includes from being appended further on. Without the stop, thousands of
+/// includes that each add an unrelated value (which `CountCombinations` does not count) would
+/// cost their number squared.
+fn append_new_includes(combos: &mut Vec<Params>, includes: &[Params], count: usize) {
+    for include in includes.iter().filter(|include| !include.is_empty()) {
+        if combos.len() >= count {
+            return;
+        }
+        let shares_a_value = combos
+            .iter()
+            .any(|combo| include.iter().any(|(k, v)| combo.get(k) == Some(v)));
+        if !shares_a_value {
+            combos.push(include.clone());
+        }
     }
+}
+
+/// The TaskRuns includes add (matrix_types.go `countNewCombinationsFromInclude`): walking an
+/// include's params in their written order, one for each matrix param whose value the matrix
+/// lacks, stopping at the first whose value it has. Names that are not matrix params add none, so
+/// an include that only adds params never gets a TaskRun of its own.
+fn counted_includes(
+    fanned: &[(String, Vec<Param>)],
+    matrix: &Value,
+    scope: &Params,
+    path: &str,
+) -> Result<usize, Bad> {
+    let mut count = 0usize;
+    for (i, include) in list(matrix.get("include"), &format!("{path}.include"))?
+        .iter()
+        .enumerate()
+    {
+        let here = format!("{path}.include[{i}].params");
+        // Written order matters here and a `Params` map has lost it, so read the list again.
+        for (j, param) in list(include.get("params"), &here)?.iter().enumerate() {
+            let at = format!("{here}[{j}]");
+            let name = param_name(param, &at)?;
+            let Some((_, values)) = fanned.iter().find(|(fanned, _)| *fanned == name) else {
+                continue;
+            };
+            let value = param.get("value").unwrap_or(&Value::Null);
+            let value = substitute_value(value, scope, &format!("{at}.value"))?;
+            if values.contains(&value) {
+                break;
+            }
+            count = count.saturating_add(1);
+        }
+    }
+    Ok(count)
 }
 
 #[cfg(test)]
@@ -815,7 +892,21 @@ mod tests {
             ]
         });
         let combos = matrix_combinations(Some(&matrix), &s, "m").unwrap();
-        let names: Vec<String> = combos
+        // Tekton's order (`distribute`): the later param's values on the outside.
+        assert_eq!(
+            rendered(&combos),
+            [
+                "browser=chrome,platform=linux,url=u",
+                "browser=chrome,platform=windows,url=u",
+                "browser=safari,platform=linux",
+                "browser=safari,platform=windows",
+                "platform=mac",
+            ]
+        );
+    }
+
+    fn rendered(combos: &[Params]) -> Vec<String> {
+        combos
             .iter()
             .map(|c| {
                 c.iter()
@@ -826,17 +917,71 @@ mod tests {
                     .collect::<Vec<_>>()
                     .join(",")
             })
+            .collect()
+    }
+
+    /// Includes as pkg/apis/pipeline/v1/matrix_types.go has them: `overwriteCombinations` touches
+    /// only the matrix's own combinations, `addNewCombinations` appends an include unless some
+    /// combination already holds one of its values, and the TaskRuns are `CountCombinations()` many,
+    /// the i-th running the i-th combination or, past the end, none (pipelinerun.go
+    /// `createTaskRuns`).
+    #[test]
+    fn includes_follow_tektons_fan_out_and_count() {
+        let cases = [
+            // An appended include is not overwritten by a later include that matches everything.
+            (
+                json!({"params": [{"name": "p", "value": ["a"]}], "include": [
+                    {"params": [{"name": "p", "value": "b"}, {"name": "tag", "value": "1"}]},
+                    {"params": [{"name": "extra", "value": "z"}]}
+                ]}),
+                vec!["extra=z,p=a", "p=b,tag=1"],
+            ),
+            // Matches no combination, but shares `p=a` with one: not appended, yet counted (its
+            // first matrix param's value is new), so one TaskRun runs without matrix params.
+            (
+                json!({"params": [{"name": "p", "value": ["a", "b"]}, {"name": "r", "value": ["x", "y"]}],
+                       "include": [{"params": [{"name": "r", "value": "z"}, {"name": "p", "value": "a"}]}]}),
+                vec!["p=a,r=x", "p=b,r=x", "p=a,r=y", "p=b,r=y", ""],
+            ),
+            // Two new matrix values in one include count twice; a repeated include is appended once.
+            (
+                json!({"params": [{"name": "p", "value": ["a"]}, {"name": "r", "value": ["x"]}],
+                       "include": [{"params": [{"name": "p", "value": "b"}, {"name": "r", "value": "y"}]}]}),
+                vec!["p=a,r=x", "p=b,r=y", ""],
+            ),
+            (
+                json!({"params": [{"name": "p", "value": ["a"]}], "include": [
+                    {"params": [{"name": "p", "value": "b"}]},
+                    {"params": [{"name": "p", "value": "b"}]}
+                ]}),
+                vec!["p=a", "p=b", ""],
+            ),
+        ];
+        for (matrix, want) in cases {
+            let combos = matrix_combinations(Some(&matrix), &Params::new(), "m").unwrap();
+            assert_eq!(rendered(&combos), want, "{matrix}");
+        }
+    }
+
+    /// The limit is on TaskRuns (`CountCombinations`, as Tekton's `validateCombinationsCount`),
+    /// so includes that only add params are allowed in any number, and cost linear time.
+    #[test]
+    fn includes_are_bounded_by_the_task_runs_they_add() {
+        let adding: Vec<Value> = (0..20_000)
+            .map(|i| json!({"params": [{"name": "tag", "value": format!("{i}")}]}))
             .collect();
-        assert_eq!(
-            names,
-            [
-                "browser=chrome,platform=linux,url=u",
-                "browser=safari,platform=linux",
-                "browser=chrome,platform=windows,url=u",
-                "browser=safari,platform=windows",
-                "platform=mac",
-            ]
-        );
+        let matrix = json!({"params": [{"name": "p", "value": ["a", "b"]}], "include": adding});
+        let started = std::time::Instant::now();
+        let combos = matrix_combinations(Some(&matrix), &Params::new(), "m").unwrap();
+        assert_eq!(rendered(&combos), ["p=a,tag=0", "p=b,tag=0"]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let new_values: Vec<Value> = (0..300)
+            .map(|i| json!({"params": [{"name": "p", "value": format!("n{i}")}]}))
+            .collect();
+        let matrix = json!({"params": [{"name": "p", "value": ["a"]}], "include": new_values});
+        assert!(matrix_combinations(Some(&matrix), &Params::new(), "m").is_err());
+        let only: Vec<Value> = (0..257).map(|_| json!({"params": []})).collect();
+        assert!(matrix_combinations(Some(&json!({"include": only})), &Params::new(), "m").is_err());
     }
 
     #[test]

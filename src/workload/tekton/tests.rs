@@ -276,6 +276,106 @@ fn matrix_params_choose_the_node_selector_per_combination() {
     );
 }
 
+/// Tekton substitutes the pipeline's params into an embedded task spec before it fans the matrix
+/// out (pkg/reconciler/pipelinerun/resources/apply.go `propagateParams`, called from
+/// `ApplyParameters`), and only the pipeline task's own `params` override them there; the matrix
+/// values reach the TaskRun's params, but no `$(params.builder)` is left in its spec to take them.
+/// Whether the spec declares the param does not matter: `propagateParams` replaces text.
+#[test]
+fn matrix_params_do_not_override_propagated_pipeline_params_in_embedded_specs() {
+    let catalog = TestCatalog::default().with(
+        "Task",
+        "ref",
+        json!({"params": [{"name": "builder"}], "steps": [{"name": "s", "image": "$(params.builder)"}]}),
+    );
+    let fan = json!({"params": [{"name": "builder", "value": ["builder-arm64", "builder-s390x"]}]});
+    for declared in [json!([]), json!([{"name": "builder"}])] {
+        let spec = json!({"pipelineSpec": {
+            "params": [{"name": "builder", "default": "builder-amd64"}],
+            "tasks": [
+                {"name": "emb", "matrix": fan,
+                 "taskSpec": {"params": declared, "steps": [{"name": "s", "image": "$(params.builder)"}]}},
+                // A referenced task gets nothing propagated: each TaskRun's matrix value counts.
+                {"name": "referenced", "matrix": fan, "taskRef": {"name": "ref"}},
+                // The pipeline task's own params do override the pipeline's in an embedded spec.
+                {"name": "own", "params": [{"name": "builder", "value": "mine"}],
+                 "matrix": {"params": [{"name": "other", "value": ["x", "y"]}]},
+                 "taskSpec": {"params": declared, "steps": [{"name": "s", "image": "$(params.builder)"}]}}
+            ]
+        }});
+        let ex = run_pr(spec, &catalog);
+        let images: Vec<&str> = ex.targets.iter().map(|t| t.image.as_str()).collect();
+        assert_eq!(
+            images,
+            // Two TaskRuns each for `emb` and `own`; the same image at the same site is one target.
+            ["builder-amd64", "builder-arm64", "builder-s390x", "mine"],
+            "declared: {declared}"
+        );
+    }
+}
+
+/// pkg/apis/pipeline/v1/matrix_types.go: `overwriteCombinations` compares an include with the
+/// combination as earlier includes left it (`contains`), so `tag: "2"` does not overwrite the
+/// `tag: "1"` the first include added; `addNewCombinations` then appends it as a combination of
+/// its own. But the reconciler creates only `CountCombinations()` TaskRuns
+/// (pipelinerunresolution.go `ResolvePipelineTask`, pipelinerun.go `createTaskRuns` pairing the
+/// i-th name with the i-th combination), and that count adds only includes that name a matrix
+/// param with a value the matrix lacks: one TaskRun here, `img:1`; `img:2` never runs.
+#[test]
+fn later_include_conflicting_with_earlier_include_gets_no_task_run() {
+    let spec = json!({"pipelineSpec": {"tasks": [{
+        "name": "t",
+        "matrix": {
+            "params": [{"name": "p", "value": ["a"]}],
+            "include": [
+                {"name": "i1", "params": [{"name": "tag", "value": "1"}]},
+                {"name": "i2", "params": [{"name": "tag", "value": "2"}]}
+            ]
+        },
+        "taskSpec": {"steps": [{"name": "s", "image": "img:$(params.tag)-$(context.taskRun.name)"}]}
+    }]}});
+    let ex = extract_pipeline_run(
+        &named_pr("run", spec),
+        &TestCatalog::default(),
+        &ExtractOptions::default(),
+    )
+    .unwrap();
+    let images: Vec<&str> = ex.targets.iter().map(|t| t.image.as_str()).collect();
+    // One TaskRun, so its name has no `-<i>` (pipelinerunresolution.go `getNewRunNames`).
+    assert_eq!(images, ["img:1-run-t"]);
+}
+
+/// pkg/apis/pipeline/v1/matrix_types.go `distribute`: each new matrix param loops its values on
+/// the outside and the combinations so far inside, and TaskRun `<run>-<task>-<i>` runs the i-th
+/// combination (pipelinerun.go `createTaskRuns`).
+#[test]
+fn matrix_order_matches_tekton_distribute() {
+    let spec = json!({"pipelineSpec": {"tasks": [{
+        "name": "t",
+        "matrix": {"params": [
+            {"name": "os", "value": ["linux", "windows"]},
+            {"name": "arch", "value": ["amd64", "arm64"]}
+        ]},
+        "taskSpec": {"steps": [{"name": "s", "image": "r/$(context.taskRun.name):$(params.os)-$(params.arch)"}]}
+    }]}});
+    let ex = extract_pipeline_run(
+        &named_pr("run", spec),
+        &TestCatalog::default(),
+        &ExtractOptions::default(),
+    )
+    .unwrap();
+    let images: Vec<&str> = ex.targets.iter().map(|t| t.image.as_str()).collect();
+    assert_eq!(
+        images,
+        [
+            "r/run-t-0:linux-amd64",
+            "r/run-t-1:windows-amd64",
+            "r/run-t-2:linux-arm64",
+            "r/run-t-3:windows-arm64"
+        ]
+    );
+}
+
 #[test]
 fn step_actions_use_their_own_params() {
     let catalog = TestCatalog::default().with("StepAction", "clone", json!({
