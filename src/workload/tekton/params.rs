@@ -971,10 +971,10 @@ mod tests {
             .map(|i| json!({"params": [{"name": "tag", "value": format!("{i}")}]}))
             .collect();
         let matrix = json!({"params": [{"name": "p", "value": ["a", "b"]}], "include": adding});
-        let started = std::time::Instant::now();
+        // (Its cost is linear because appending stops at the TaskRun count; that is for the
+        // benchmarks to show, not a timed assertion here.)
         let combos = matrix_combinations(Some(&matrix), &Params::new(), "m").unwrap();
         assert_eq!(rendered(&combos), ["p=a,tag=0", "p=b,tag=0"]);
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
         let new_values: Vec<Value> = (0..300)
             .map(|i| json!({"params": [{"name": "p", "value": format!("n{i}")}]}))
             .collect();
