@@ -103,7 +103,12 @@ async fn fetch(
     image: &ImageRef,
     reference: &BundleRef,
 ) -> Result<Arc<Value>, BundleError> {
-    let registry_error = |e: crate::resolver::ResolveError| BundleError::Registry(e.to_string());
+    // The warning gets the one-clause summary images get (the full reason names transport
+    // details and internal hosts, for the log only).
+    let registry_error = |e: crate::resolver::ResolveError| {
+        tracing::warn!(bundle = %image.written(), error = %e, "bundle not fetched");
+        BundleError::Registry(e.summary())
+    };
     let body = resolver
         .read_manifest(image, credentials)
         .await

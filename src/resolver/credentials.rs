@@ -107,10 +107,18 @@ impl Credentials {
     /// A docker `config.json` from the user's own machine, with its credential helpers (see
     /// [`Credentials::helper_names`]); `archgate check` runs them, the webhook drops them.
     fn with_helpers(json: &[u8], origin: &str) -> Result<Self, CredentialsError> {
+        // Where, never serde's words: they quote the offending value, which here is a password
+        // or a token (`invalid type: string "dXNlcjpwdw==", expected struct AuthEntry`).
         let config: DockerConfig =
             serde_json::from_slice(json).map_err(|e| CredentialsError::Json {
                 origin: origin.to_string(),
-                reason: e.to_string(),
+                reason: format!(
+                    "{:?} error at line {} column {}",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                )
+                .to_lowercase(),
             })?;
         let mut credentials = Self::from_auths(config.auths, origin)?;
         let per_host: BTreeMap<String, String> = config
@@ -206,12 +214,17 @@ impl Credentials {
     }
 
     /// Adds `other`'s hosts where this set has none (the first source of a host wins, as the
-    /// kubelet does with a pod's pull secrets).
+    /// kubelet does with a pod's pull secrets), and its credential helpers where this set has
+    /// none: `check` merges a pod's pull secrets into an empty set before the user's own config,
+    /// whose `credsStore` must still answer for the other registries.
     pub fn merge(&mut self, other: &Credentials) {
         for (host, auth) in &other.by_host {
             self.by_host
                 .entry(host.clone())
                 .or_insert_with(|| auth.clone());
+        }
+        if self.helpers.is_none() {
+            self.helpers = other.helpers.clone();
         }
     }
 
@@ -415,6 +428,36 @@ mod tests {
 
     fn b64(s: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    /// serde's message quoted the value: a password or token in the webhook's startup error.
+    #[test]
+    fn json_errors_never_quote_values() {
+        for json in [
+            r#"{"auths": {"r.io": "dXNlcjpwdw=="}}"#,
+            r#"{"auths": {"r.io": {"password": 12345678}}}"#,
+            r#"{"auths": {"r.io": {"auth": "dXNlcjpwdw==" "#,
+        ] {
+            let error = Credentials::from_docker_config(json.as_bytes(), "test")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("line 1 column"), "{error}");
+            for secret in ["dXNlcjpwdw==", "12345678"] {
+                assert!(!error.contains(secret), "{error}");
+            }
+        }
+    }
+
+    /// `check` merges a pod's pull secrets into an empty set, then the user's own config: its
+    /// `credsStore` was dropped, and every other registry asked anonymously.
+    #[test]
+    fn merged_credentials_keep_the_own_helpers() {
+        let own = Credentials::with_helpers(br#"{"credsStore": "desktop"}"#, "own").unwrap();
+        let secret = format!(r#"{{"auths": {{"x.io": {{"auth": "{}"}}}}}}"#, b64("u:p"));
+        let mut merged = Credentials::from_docker_config(secret.as_bytes(), "secret").unwrap();
+        merged.merge(&own);
+        assert_eq!(merged.helper_names(), own.helper_names());
+        assert!(!merged.helper_names().is_empty());
     }
 
     #[test]
