@@ -200,6 +200,7 @@ async fn scan_a_mixed_cluster() {
     tekton_runs(&w);
     check_with_live_platforms(&w);
     shipped_rbac(&w);
+    a_kind_it_may_not_list(&w);
     lenient_namespace(&w);
     webhook_config_file(&w);
 }
@@ -731,6 +732,61 @@ fn check_with_live_platforms(w: &World) {
         "{}",
         stderr(&out)
     );
+}
+
+/// A kind the identity may not list (here Jobs and CronJobs) is an ERROR line, and the rest of
+/// the scan still reports: before, the 403 ended the scan with exit 2 and no findings, though
+/// exit 1 (something would be denied) beats 2.
+fn a_kind_it_may_not_list(w: &World) {
+    let plane = &w.plane;
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "archgate-scan-no-batch"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["nodes", "namespaces"], "verbs": ["list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods", "replicationcontrollers"], "verbs": ["list"]},
+            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets", "replicasets"], "verbs": ["list"]},
+            {"apiGroups": ["tekton.dev"], "resources": ["pipelines", "tasks", "clustertasks", "stepactions"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["tekton.dev"], "resources": ["pipelineruns", "taskruns"], "verbs": ["list"]},
+        ],
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "archgate-scan-no-batch"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "archgate-scan-no-batch"},
+        "subjects": [{"kind": "ServiceAccount", "name": "no-batch", "namespace": "archgate"}],
+    });
+    plane.must(
+        &["create", "serviceaccount", "no-batch", "-n", "archgate"],
+        None,
+    );
+    for object in [role, binding] {
+        plane.must(&["apply", "-f", "-"], Some(&object.to_string()));
+    }
+    let token = plane.must(
+        &[
+            "create",
+            "token",
+            "no-batch",
+            "-n",
+            "archgate",
+            "--duration",
+            "1h",
+        ],
+        None,
+    );
+    let kubeconfig = plane.kubeconfig_with_token("no-batch", token.trim());
+    let out = w.archgate(&kubeconfig, &["scan", "--exempt-namespace", "infra"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(text.contains("would be denied"), "{text}");
+    for resource in ["jobs (batch/v1)", "cronjobs (batch/v1)"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("ERROR") && l.contains(&format!("cannot list {resource}"))),
+            "{resource}: {text}"
+        );
+    }
 }
 
 /// Scan run as the ServiceAccount of deploy/components/scan/rbac.yaml: what it grants is enough

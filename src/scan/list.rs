@@ -140,15 +140,30 @@ fn resume_token(error: &kube::Error) -> Option<String> {
 pub fn reviewed_on_its_own(kind: Kind, object: &Value) -> bool {
     let owners: Vec<OwnerReference> =
         serde_json::from_value(object["metadata"]["ownerReferences"].clone()).unwrap_or_default();
-    let owned_by = |group: &str, kind: &str| {
+    // `v1` is the core group's; `apps/v1` the `apps` group's.
+    fn group(api_version: &str) -> &str {
+        api_version.rsplit_once('/').map_or("", |(g, _)| g)
+    }
+    let owned_by = |owner_group: &str, owner_kind: &str| {
         owners
             .iter()
-            .any(|o| o.kind == kind && o.api_version.split('/').next() == Some(group))
+            .any(|o| o.kind == owner_kind && group(&o.api_version) == owner_group)
     };
+    // Only an owner `scan` reviews stands for what it owns: a ReplicaSet of an Argo Rollout, a
+    // Pod of an operator's resource, would otherwise be reviewed by nobody.
     match kind {
-        Kind::Pod
-        | Kind::Workload(Workload::ReplicaSet)
-        | Kind::Workload(Workload::ReplicationController) => owners.is_empty(),
+        Kind::Pod => ![
+            ("apps", "ReplicaSet"),
+            ("apps", "StatefulSet"),
+            ("apps", "DaemonSet"),
+            ("", "ReplicationController"),
+            ("batch", "Job"),
+            ("tekton.dev", "TaskRun"),
+        ]
+        .iter()
+        .any(|(g, k)| owned_by(g, k)),
+        Kind::Workload(Workload::ReplicaSet) => !owned_by("apps", "Deployment"),
+        Kind::Workload(Workload::ReplicationController) => true,
         Kind::Workload(Workload::Job) => !owned_by("batch", "CronJob"),
         Kind::TaskRun => !owned_by("tekton.dev", "PipelineRun") && active(object),
         Kind::PipelineRun => active(object),
@@ -196,8 +211,22 @@ mod tests {
         let cases = [
             (Kind::Pod, bare.clone(), true),
             (Kind::Pod, with_owner("apps/v1", "ReplicaSet"), false),
+            (Kind::Pod, with_owner("v1", "ReplicationController"), false),
+            (Kind::Pod, with_owner("tekton.dev/v1", "TaskRun"), false),
+            // Owners `scan` does not review leave the object to be reviewed on its own.
+            (
+                Kind::Pod,
+                with_owner("argoproj.io/v1alpha1", "Workflow"),
+                true,
+            ),
+            (
+                Kind::Pod,
+                with_owner("sparkoperator.k8s.io/v1beta2", "SparkApplication"),
+                true,
+            ),
             (rs, bare.clone(), true),
             (rs, with_owner("apps/v1", "Deployment"), false),
+            (rs, with_owner("argoproj.io/v1alpha1", "Rollout"), true),
             (job, bare.clone(), true),
             (job, with_owner("batch/v1", "CronJob"), false),
             // Another group's CronJob is not batch's: the Job is still its own.

@@ -64,12 +64,6 @@ pub enum ScanError {
         .0.as_secs()
     )]
     NotSynced(Duration),
-    #[error("cannot list {resource}: {source}")]
-    List {
-        resource: String,
-        #[source]
-        source: kube::Error,
-    },
 }
 
 /// The webhook's settings, resolved from its config file (`--config`) and scan's flags by the
@@ -184,8 +178,18 @@ impl Scanner {
         let client = Client::try_from(config).map_err(ScanError::Client)?;
         let resolver = Resolver::new(settings.registry.clone(), Arc::new(Metrics::new()))
             .map_err(|e| ScanError::Registry(e.to_string()))?;
-        let credentials = Credentials::load(settings.docker_config.as_deref())
-            .map_err(|e| ScanError::Registry(e.to_string()))?;
+        // As the webhook: a docker config the file names but this machine lacks (the shipped
+        // config names the pod's mount) means anonymous pulls, said once.
+        let credentials = match settings.docker_config.as_deref() {
+            Some(path) if !path.exists() => {
+                eprintln!(
+                    "archgate scan: docker config {} not found; registries are asked anonymously",
+                    path.display()
+                );
+                Credentials::default()
+            }
+            path => Credentials::load(path).map_err(|e| ScanError::Registry(e.to_string()))?,
+        };
         let metrics = Arc::new(Metrics::new());
         let view = crate::cluster::watch(
             client.clone(),
@@ -250,15 +254,31 @@ impl Scanner {
                             }
                             break;
                         }
-                        Err(source_error) => {
-                            progress.clear();
-                            return Err(ScanError::List {
-                                resource: format!(
-                                    "{} ({})",
-                                    source.resource.plural, source.resource.api_version
-                                ),
-                                source: source_error,
+                        // One kind not listed (a 403 where RBAC lacks it) is what could not
+                        // be checked, not the end of the scan: what was found elsewhere is
+                        // still reported, and exit 1 still beats 2.
+                        Err(error) => {
+                            // The API server's own sentence, not kube's debug dump of its Status.
+                            let reason = match &error {
+                                kube::Error::Api(status) => status.message.clone(),
+                                other => other.to_string(),
+                            };
+                            let refused = format!(
+                                "cannot list {} ({}): {reason}",
+                                source.resource.plural, source.resource.api_version
+                            );
+                            report.groups.push(Group {
+                                object: ObjectId {
+                                    namespace: namespace.unwrap_or_default().to_string(),
+                                    kind: source.kind.name().to_string(),
+                                    name: "*".to_string(),
+                                    api_version: source.resource.api_version.clone(),
+                                    uid: None,
+                                },
+                                reviewed: false,
+                                entries: vec![Entry::new(Status::Error, refused)],
                             });
+                            break;
                         }
                     };
                     if pager.resumed && !resumed_note {
