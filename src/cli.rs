@@ -287,8 +287,8 @@ pub struct DockerfileArgs {
     /// Stage to build [default: the last stage].
     #[arg(long, value_name = "STAGE", requires = "dockerfile")]
     pub target: Option<String>,
-    /// The builder's platform, for stages `FROM --platform=$BUILDPLATFORM` [default: the
-    /// platform archgate runs on].
+    /// The builder's platform, for stages `FROM --platform=$BUILDPLATFORM` [default: linux on
+    /// the CPU archgate runs on, as BuildKit builds even on macOS].
     #[arg(long, value_name = "OS/ARCH[/VARIANT]", requires = "dockerfile")]
     pub build_platform: Option<String>,
 }
