@@ -294,8 +294,10 @@ fn documents(text: &str) -> Vec<Result<Value, String>> {
         let marker = ["---", "..."].iter().find_map(|m| line.strip_prefix(m));
         match marker {
             Some(rest) if rest.is_empty() || rest.starts_with([' ', '\t']) => {
-                // `--- {inline: doc}` keeps what follows the marker.
-                pieces.push((number + 1, rest.to_string()));
+                // `--- {inline: doc}` keeps what follows the marker, as the document's first
+                // line: its own line, or `--- # comment` would swallow the next one, and line
+                // numbers in errors count from the marker's line.
+                pieces.push((number + 1, format!("{rest}\n")));
             }
             _ => {
                 let piece = &mut pieces.last_mut().expect("one piece at least").1;
@@ -312,7 +314,7 @@ fn documents(text: &str) -> Vec<Result<Value, String>> {
                 .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         })
         .filter_map(
-            |(line, piece)| match serde_saphyr::from_str::<Value>(&piece) {
+            |(line, piece)| match crate::yaml::from_str::<Value>(&piece) {
                 Ok(value) if value.is_object() => Some(Ok(value)),
                 Ok(_) => None,
                 Err(e) => Some(Err(unreadable_document(line, &e))),
@@ -324,7 +326,7 @@ fn documents(text: &str) -> Vec<Result<Value, String>> {
 /// Why a document could not be read, in words a user can act on. YAML's limits (nodes, depth,
 /// anchors) protect `check` from hostile input; a real manifest past them is one to split.
 fn unreadable_document(line: usize, error: &serde_saphyr::Error) -> String {
-    let text = error.to_string();
+    let text = crate::yaml::describe(error, line);
     if text.contains("budget") {
         format!(
             "the document starting at line {line} is too large for archgate to read ({text}): split it into smaller documents"
@@ -677,6 +679,30 @@ mod tests {
             "{err}"
         );
         assert!(docs[1].is_ok());
+    }
+
+    /// Before: what follows `---` on its line began the document without a line break, so
+    /// `--- # the web app` swallowed the next line (`apiVersion: apps/v1`) into the comment and the
+    /// Deployment was no kind archgate reviews: skipped, exit 0.
+    #[test]
+    fn a_comment_after_the_marker_keeps_the_next_line() {
+        let text = "--- # the web app\napiVersion: apps/v1\nkind: Deployment\n--- {kind: Pod}\n";
+        let docs = documents(text);
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        assert_eq!(docs[0].as_ref().unwrap()["apiVersion"], "apps/v1");
+        assert_eq!(docs[1].as_ref().unwrap()["kind"], "Pod");
+    }
+
+    /// A YAML error names the line in the file, not in the document, and never its text.
+    #[test]
+    fn a_yaml_error_says_the_line_in_the_file() {
+        let text =
+            "kind: Pod\n---\nkind: Secret\nstringData:\n  password: hunter2\n  user: [admin\n";
+        let docs = documents(text);
+        let err = docs[1].as_ref().unwrap_err();
+        assert!(err.contains("starting at line 2"), "{err}");
+        assert!(err.contains("line 6, column 9"), "{err}");
+        assert!(!err.contains("hunter2") && !err.contains('\n'), "{err}");
     }
 
     #[test]
