@@ -1,7 +1,9 @@
 //! `archgate check`: the webhook's pipeline for images and YAML files in CI.
 //!
-//! Every `-f` input is read document by document (a document that cannot be read is reported on
-//! its own line and the rest are still checked), `List`s are expanded, and all documents form one
+//! Every `-f` input is read document by document (a file or document that cannot be read is
+//! reported on its own line and the rest are still checked; so is a `--dockerfile` that cannot,
+//! and inputs holding nothing to review are said rather than passed), `List`s are expanded, and
+//! YAML errors never quote the document (it may be a Secret). All documents form one
 //! catalog, so a PipelineRun in one file finds its Pipeline in another. Each object goes through
 //! [`Pipeline::review`] as the webhook's would, Tekton bundles included; findings are worded by
 //! [`crate::policy`]. Candidate platforms are the `--platform` list, or with `--platform auto` a
@@ -10,7 +12,8 @@
 //! Exit codes (a contract other tools rely on): 0 all good; 1 some image lacks a platform or does
 //! not exist, even if something else could not be checked; 2 nothing was found wrong but
 //! something could not be checked (bad usage, an invalid reference or platform, an unreadable
-//! document, a registry or bundle that could not be asked).
+//! file or document, `-f` input holding nothing to check, a registry or bundle that could not be
+//! asked).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -157,7 +160,21 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     let mut documents = Vec::new();
     let mut lines = Vec::new();
     for path in files {
-        for (index, document) in read_documents(path)?.into_iter().enumerate() {
+        // A file that cannot be read is one input not checked: the others still are, so a
+        // finding elsewhere is reported and outranks it.
+        let read = match read_documents(path) {
+            Ok(read) => read,
+            Err(e) => {
+                let at = path.display().to_string();
+                lines.push(not_checked(
+                    at.clone(),
+                    &at,
+                    &format!("cannot be read: {e}"),
+                ));
+                continue;
+            }
+        };
+        for (index, document) in read.into_iter().enumerate() {
             match document {
                 Ok(document) => documents.extend(expand_lists(document)),
                 Err(reason) => lines.push(unreadable(path, index + 1, &reason)),
@@ -169,6 +186,17 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
         .into_iter()
         .filter_map(Subject::from_document)
         .collect();
+    // Files with nothing to review, and nothing else to check: most likely the output of a
+    // command that failed (`kustomize build ... | archgate check -f -` reads an empty stdin).
+    // Passing would pass CI on nothing. Said only when every input was read, as an unreadable
+    // one is already said.
+    if subjects.is_empty()
+        && images.is_empty()
+        && dockerfile.dockerfile.is_none()
+        && lines.is_empty()
+    {
+        lines.push(nothing_found(files));
+    }
 
     let pipeline = Pipeline::new(
         Arc::new(resolver),
@@ -179,7 +207,16 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
 
     // The build's pulls (--dockerfile): each target carries its own platforms (-p, or the
     // builder's for `FROM --platform=$BUILDPLATFORM`).
-    let build = crate::preflight::targets(dockerfile, &platforms)?;
+    let build = match crate::preflight::targets(dockerfile, &platforms) {
+        Ok(build) => build,
+        Err(e) if e.is_usage() => return Err(e.to_string()),
+        // A Dockerfile that cannot be read or has a syntax error is one input not checked.
+        Err(e) => {
+            let at = e.at();
+            lines.push(not_checked(at.clone(), &at, &e.to_string()));
+            Default::default()
+        }
+    };
     for warning in &build.warnings {
         eprintln!("archgate check: {warning}");
     }
@@ -268,15 +305,13 @@ async fn candidate_nodes(
 
 /// The documents of a YAML/JSON file (`-` is stdin), each parsed on its own: YAML's limits on
 /// size and nesting apply per document, and one broken document does not hide the others.
-fn read_documents(path: &Path) -> Result<Vec<Result<Value, String>>, String> {
+fn read_documents(path: &Path) -> std::io::Result<Vec<Result<Value, String>>> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| format!("stdin: {e}"))?;
+        std::io::stdin().read_to_string(&mut s)?;
         s
     } else {
-        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
+        std::fs::read_to_string(path)?
     };
     Ok(documents(&text))
 }
@@ -599,6 +634,21 @@ fn trouble(subject: &Subject, reason: &str) -> Line {
 fn unreadable(path: &Path, number: usize, reason: &str) -> Line {
     let at = format!("{} document {number}", path.display());
     not_checked(at.clone(), &at, reason)
+}
+
+/// `-f` inputs that hold nothing `check` reviews: exit 2, never a pass on nothing.
+fn nothing_found(files: &[std::path::PathBuf]) -> Line {
+    let at = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    not_checked(
+        at.clone(),
+        &at,
+        "nothing was checked: no Pod, workload (Deployment, Job, ...) or Tekton PipelineRun or \
+         TaskRun found; if the YAML was piped in, did the command writing it fail?",
+    )
 }
 
 /// `ERROR {at}: {reason}`: something (not an image) that could not be checked.

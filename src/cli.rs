@@ -88,7 +88,8 @@ pub const CHECK_EXIT_CODES: &str = "Exit status:
   0  every image provides every platform it needs
   1  an image lacks a platform or does not exist (even if something else could not be checked)
   2  nothing was found wrong, but something could not be checked: bad usage, an invalid
-     reference or platform, an unreadable document, a registry or bundle that could not be asked";
+     reference or platform, an unreadable file or document, -f input holding nothing to check,
+     a registry or bundle that could not be asked";
 
 /// `archgate scan`'s exit codes, shown in its `--help`; the same meanings as `check`'s.
 pub const SCAN_EXIT_CODES: &str = "Exit status:
