@@ -185,7 +185,9 @@ pub fn read_resource(blob: &[u8]) -> Result<Value, BundleError> {
             .read_to_string(&mut text)
             .map_err(|e| BundleError::Layer(format!("file: {e}")))?;
         // Aliases replay what they point at: bound what the text may expand to, not only the text.
+        // No source snippets in errors: the layer is someone else's text (crate::yaml).
         let options = serde_saphyr::options! {
+            with_snippet: false,
             budget: serde_saphyr::budget! {
                 max_nodes: MAX_RESOURCE_NODES,
                 max_total_scalar_bytes: MAX_RESOURCE_TEXT_BYTES,
@@ -195,7 +197,7 @@ pub fn read_resource(blob: &[u8]) -> Result<Value, BundleError> {
             },
         };
         let value: Value = serde_saphyr::from_str_with_options(&text, options)
-            .map_err(|e| BundleError::Layer(crate::policy::clip(&e.to_string())))?;
+            .map_err(|e| BundleError::Layer(crate::policy::clip(&crate::yaml::describe(&e, 1))))?;
         if value.get("kind").is_none() {
             return Err(BundleError::Layer("the resource has no kind".into()));
         }

@@ -1,7 +1,9 @@
 //! `archgate check`: the webhook's pipeline for images and YAML files in CI.
 //!
-//! Every `-f` input is read document by document (a document that cannot be read is reported on
-//! its own line and the rest are still checked), `List`s are expanded, and all documents form one
+//! Every `-f` input is read document by document (a file or document that cannot be read is
+//! reported on its own line and the rest are still checked; so is a `--dockerfile` that cannot,
+//! and inputs holding nothing to review are said rather than passed), `List`s are expanded, and
+//! YAML errors never quote the document (it may be a Secret). All documents form one
 //! catalog, so a PipelineRun in one file finds its Pipeline in another. Each object goes through
 //! [`Pipeline::review`] as the webhook's would, Tekton bundles included; findings are worded by
 //! [`crate::policy`]. Candidate platforms are the `--platform` list, or with `--platform auto` a
@@ -10,7 +12,8 @@
 //! Exit codes (a contract other tools rely on): 0 all good; 1 some image lacks a platform or does
 //! not exist, even if something else could not be checked; 2 nothing was found wrong but
 //! something could not be checked (bad usage, an invalid reference or platform, an unreadable
-//! document, a registry or bundle that could not be asked).
+//! file or document, `-f` input holding nothing to check, a registry or bundle that could not be
+//! asked).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -157,7 +160,21 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
     let mut documents = Vec::new();
     let mut lines = Vec::new();
     for path in files {
-        for (index, document) in read_documents(path)?.into_iter().enumerate() {
+        // A file that cannot be read is one input not checked: the others still are, so a
+        // finding elsewhere is reported and outranks it.
+        let read = match read_documents(path) {
+            Ok(read) => read,
+            Err(e) => {
+                let at = path.display().to_string();
+                lines.push(not_checked(
+                    at.clone(),
+                    &at,
+                    &format!("cannot be read: {e}"),
+                ));
+                continue;
+            }
+        };
+        for (index, document) in read.into_iter().enumerate() {
             match document {
                 Ok(document) => documents.extend(expand_lists(document)),
                 Err(reason) => lines.push(unreadable(path, index + 1, &reason)),
@@ -169,6 +186,17 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
         .into_iter()
         .filter_map(Subject::from_document)
         .collect();
+    // Files with nothing to review, and nothing else to check: most likely the output of a
+    // command that failed (`kustomize build ... | archgate check -f -` reads an empty stdin).
+    // Passing would pass CI on nothing. Said only when every input was read, as an unreadable
+    // one is already said.
+    if subjects.is_empty()
+        && images.is_empty()
+        && dockerfile.dockerfile.is_none()
+        && lines.is_empty()
+    {
+        lines.push(nothing_found(files));
+    }
 
     let pipeline = Pipeline::new(
         Arc::new(resolver),
@@ -179,7 +207,16 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
 
     // The build's pulls (--dockerfile): each target carries its own platforms (-p, or the
     // builder's for `FROM --platform=$BUILDPLATFORM`).
-    let build = crate::preflight::targets(dockerfile, &platforms)?;
+    let build = match crate::preflight::targets(dockerfile, &platforms) {
+        Ok(build) => build,
+        Err(e) if e.is_usage() => return Err(e.to_string()),
+        // A Dockerfile that cannot be read or has a syntax error is one input not checked.
+        Err(e) => {
+            let at = e.at();
+            lines.push(not_checked(at.clone(), &at, &e.to_string()));
+            Default::default()
+        }
+    };
     for warning in &build.warnings {
         eprintln!("archgate check: {warning}");
     }
@@ -268,15 +305,13 @@ async fn candidate_nodes(
 
 /// The documents of a YAML/JSON file (`-` is stdin), each parsed on its own: YAML's limits on
 /// size and nesting apply per document, and one broken document does not hide the others.
-fn read_documents(path: &Path) -> Result<Vec<Result<Value, String>>, String> {
+fn read_documents(path: &Path) -> std::io::Result<Vec<Result<Value, String>>> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| format!("stdin: {e}"))?;
+        std::io::stdin().read_to_string(&mut s)?;
         s
     } else {
-        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
+        std::fs::read_to_string(path)?
     };
     Ok(documents(&text))
 }
@@ -294,8 +329,10 @@ fn documents(text: &str) -> Vec<Result<Value, String>> {
         let marker = ["---", "..."].iter().find_map(|m| line.strip_prefix(m));
         match marker {
             Some(rest) if rest.is_empty() || rest.starts_with([' ', '\t']) => {
-                // `--- {inline: doc}` keeps what follows the marker.
-                pieces.push((number + 1, rest.to_string()));
+                // `--- {inline: doc}` keeps what follows the marker, as the document's first
+                // line: its own line, or `--- # comment` would swallow the next one, and line
+                // numbers in errors count from the marker's line.
+                pieces.push((number + 1, format!("{rest}\n")));
             }
             _ => {
                 let piece = &mut pieces.last_mut().expect("one piece at least").1;
@@ -312,7 +349,7 @@ fn documents(text: &str) -> Vec<Result<Value, String>> {
                 .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
         })
         .filter_map(
-            |(line, piece)| match serde_saphyr::from_str::<Value>(&piece) {
+            |(line, piece)| match crate::yaml::from_str::<Value>(&piece) {
                 Ok(value) if value.is_object() => Some(Ok(value)),
                 Ok(_) => None,
                 Err(e) => Some(Err(unreadable_document(line, &e))),
@@ -324,7 +361,7 @@ fn documents(text: &str) -> Vec<Result<Value, String>> {
 /// Why a document could not be read, in words a user can act on. YAML's limits (nodes, depth,
 /// anchors) protect `check` from hostile input; a real manifest past them is one to split.
 fn unreadable_document(line: usize, error: &serde_saphyr::Error) -> String {
-    let text = error.to_string();
+    let text = crate::yaml::describe(error, line);
     if text.contains("budget") {
         format!(
             "the document starting at line {line} is too large for archgate to read ({text}): split it into smaller documents"
@@ -599,6 +636,21 @@ fn unreadable(path: &Path, number: usize, reason: &str) -> Line {
     not_checked(at.clone(), &at, reason)
 }
 
+/// `-f` inputs that hold nothing `check` reviews: exit 2, never a pass on nothing.
+fn nothing_found(files: &[std::path::PathBuf]) -> Line {
+    let at = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    not_checked(
+        at.clone(),
+        &at,
+        "nothing was checked: no Pod, workload (Deployment, Job, ...) or Tekton PipelineRun or \
+         TaskRun found; if the YAML was piped in, did the command writing it fail?",
+    )
+}
+
 /// `ERROR {at}: {reason}`: something (not an image) that could not be checked.
 fn not_checked(object: String, at: &str, reason: &str) -> Line {
     Line {
@@ -677,6 +729,30 @@ mod tests {
             "{err}"
         );
         assert!(docs[1].is_ok());
+    }
+
+    /// Before: what follows `---` on its line began the document without a line break, so
+    /// `--- # the web app` swallowed the next line (`apiVersion: apps/v1`) into the comment and the
+    /// Deployment was no kind archgate reviews: skipped, exit 0.
+    #[test]
+    fn a_comment_after_the_marker_keeps_the_next_line() {
+        let text = "--- # the web app\napiVersion: apps/v1\nkind: Deployment\n--- {kind: Pod}\n";
+        let docs = documents(text);
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        assert_eq!(docs[0].as_ref().unwrap()["apiVersion"], "apps/v1");
+        assert_eq!(docs[1].as_ref().unwrap()["kind"], "Pod");
+    }
+
+    /// A YAML error names the line in the file, not in the document, and never its text.
+    #[test]
+    fn a_yaml_error_says_the_line_in_the_file() {
+        let text =
+            "kind: Pod\n---\nkind: Secret\nstringData:\n  password: hunter2\n  user: [admin\n";
+        let docs = documents(text);
+        let err = docs[1].as_ref().unwrap_err();
+        assert!(err.contains("starting at line 2"), "{err}");
+        assert!(err.contains("line 6, column 9"), "{err}");
+        assert!(!err.contains("hunter2") && !err.contains('\n'), "{err}");
     }
 
     #[test]

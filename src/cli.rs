@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::platform::RuntimeMatcher;
 use crate::policy::{Mode, OnMissingImage, OnRegistryError};
@@ -20,6 +22,41 @@ use crate::policy::{Mode, OnMissingImage, OnRegistryError};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The command line of this process; on a usage error, says it and exits 2 as clap does.
+    pub fn from_command_line() -> Self {
+        Self::try_from_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// [`Parser::try_parse_from`], plus the rules clap's derive cannot say.
+    ///
+    /// `--build-arg` needs `--dockerfile`, but only when given on the command line: clap's
+    /// `requires` counts a value from the environment as given, so ARCHGATE_BUILD_ARGS, exported
+    /// by a CI job for its Dockerfile step, would make every other `check` of that job a usage
+    /// error. From the environment it is a setting for whichever `check` reads a Dockerfile.
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Self::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        if let Some(("check", check)) = matches.subcommand() {
+            let given = check.value_source("build_args") == Some(ValueSource::CommandLine);
+            if given && !check.contains_id("dockerfile") {
+                let check_command = command
+                    .find_subcommand_mut("check")
+                    .expect("`check` is a subcommand");
+                return Err(check_command.error(
+                    ErrorKind::MissingRequiredArgument,
+                    "--build-arg needs --dockerfile: build arguments are for the Dockerfile being checked",
+                ));
+            }
+        }
+        Self::from_arg_matches(&matches).map_err(|e| e.format(&mut command))
+    }
 }
 
 // Parsed once at startup; boxing the larger variant would buy nothing.
@@ -51,7 +88,8 @@ pub const CHECK_EXIT_CODES: &str = "Exit status:
   0  every image provides every platform it needs
   1  an image lacks a platform or does not exist (even if something else could not be checked)
   2  nothing was found wrong, but something could not be checked: bad usage, an invalid
-     reference or platform, an unreadable document, a registry or bundle that could not be asked";
+     reference or platform, an unreadable file or document, -f input holding nothing to check,
+     a registry or bundle that could not be asked";
 
 /// `archgate scan`'s exit codes, shown in its `--help`; the same meanings as `check`'s.
 pub const SCAN_EXIT_CODES: &str = "Exit status:
@@ -280,15 +318,15 @@ pub struct DockerfileArgs {
         long = "build-arg",
         value_name = "KEY=VALUE",
         env = "ARCHGATE_BUILD_ARGS",
-        value_delimiter = '\n',
-        requires = "dockerfile"
+        value_delimiter = '\n'
     )]
+    // Needs --dockerfile when given as a flag: checked by `Cli::try_from_args`, not `requires`.
     pub build_args: Vec<String>,
     /// Stage to build [default: the last stage].
     #[arg(long, value_name = "STAGE", requires = "dockerfile")]
     pub target: Option<String>,
-    /// The builder's platform, for stages `FROM --platform=$BUILDPLATFORM` [default: the
-    /// platform archgate runs on].
+    /// The builder's platform, for stages `FROM --platform=$BUILDPLATFORM` [default: linux on
+    /// the CPU archgate runs on, as BuildKit builds even on macOS].
     #[arg(long, value_name = "OS/ARCH[/VARIANT]", requires = "dockerfile")]
     pub build_platform: Option<String>,
 }

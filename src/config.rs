@@ -389,9 +389,9 @@ pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+    crate::yaml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: crate::yaml::describe(&e, 1),
     })
 }
 

@@ -33,6 +33,7 @@ pub mod subject;
 pub mod telemetry;
 pub mod tls;
 pub mod workload;
+pub mod yaml;
 
 /// `archgate certs`: writes the CA, serving certificate and caBundle for the webhook Service.
 pub fn run_certs(args: &cli::CertsArgs) -> i32 {

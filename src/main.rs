@@ -1,4 +1,4 @@
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 
 use archgate::cli::{Cli, Command};
 
@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     archgate::tls::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = Cli::from_command_line();
     let code = match cli.command {
         Command::Serve(args) => match archgate::serve::run(args).await {
             Ok(()) => 0,

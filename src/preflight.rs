@@ -2,14 +2,59 @@
 //! which then go through the same pipeline as every other image `check` looks at.
 
 use std::io::Read;
+use std::path::PathBuf;
 
 use crate::cli::DockerfileArgs;
-use crate::platform::Platform;
-use crate::workload::dockerfile::{self, Build, Extraction, parse::MAX_BYTES};
+use crate::platform::{Platform, PlatformError};
+use crate::workload::dockerfile::{self, Build, DockerfileError, Extraction, parse::MAX_BYTES};
+
+/// Why the build's targets could not be found. A flag's value is bad usage (the run stops); a
+/// Dockerfile that cannot be read is one input not checked, said on its own line while the
+/// others still are ([`PreflightError::is_usage`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("--build-platform: {0}")]
+    BuildPlatform(#[source] PlatformError),
+    #[error("--build-arg {given:?}: expected KEY=VALUE with a KEY of no spaces")]
+    BuildArg { given: String },
+    #[error("cannot be read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{source}")]
+    Dockerfile {
+        path: PathBuf,
+        #[source]
+        source: DockerfileError,
+    },
+}
+
+impl PreflightError {
+    /// Bad usage: nothing is checked. Otherwise the Dockerfile is one input that was not.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::BuildPlatform(_) | Self::BuildArg { .. })
+    }
+
+    /// Where the report says it: the flag and file for one that cannot be read, the file for
+    /// what is wrong in it.
+    pub fn at(&self) -> String {
+        match self {
+            Self::Read { path, .. } => format!("--dockerfile {}", path.display()),
+            Self::Dockerfile { path, .. } => path.display().to_string(),
+            Self::BuildPlatform(_) | Self::BuildArg { .. } => String::new(),
+        }
+    }
+}
 
 /// Reads the Dockerfile named by `--dockerfile` and extracts what its build pulls for the
-/// target platforms `platforms` (`-p`). Errors are sentences for the user (exit status 2).
-pub fn targets(args: &DockerfileArgs, platforms: &[Platform]) -> Result<Extraction, String> {
+/// target platforms `platforms` (`-p`). The flags are read first, so bad usage is said whatever
+/// the file holds.
+pub fn targets(
+    args: &DockerfileArgs,
+    platforms: &[Platform],
+) -> Result<Extraction, PreflightError> {
     let DockerfileArgs {
         dockerfile,
         build_args,
@@ -19,17 +64,10 @@ pub fn targets(args: &DockerfileArgs, platforms: &[Platform]) -> Result<Extracti
     let Some(path) = dockerfile else {
         return Ok(Extraction::default());
     };
-    let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("--dockerfile {shown}: {e}"))?;
-    // Read one byte past the bound so that an oversized file is refused, not cut.
-    let mut text = String::new();
-    file.take(MAX_BYTES as u64 + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("--dockerfile {shown}: {e}"))?;
     let build_platform = match build_platform.as_deref().map(str::trim) {
         // Empty is "not given": a Tekton param cannot leave a flag out.
         None | Some("") => dockerfile::host_platform(),
-        Some(p) => Platform::parse(p).map_err(|e| format!("--build-platform: {e}"))?,
+        Some(p) => Platform::parse(p).map_err(PreflightError::BuildPlatform)?,
     };
     let build = Build {
         target_platforms: platforms.to_vec(),
@@ -37,7 +75,20 @@ pub fn targets(args: &DockerfileArgs, platforms: &[Platform]) -> Result<Extracti
         args: parse_build_args(build_args, |key| std::env::var(key).ok())?,
         target: target.clone(),
     };
-    dockerfile::extract(&text, &build).map_err(|e| format!("{shown}: {e}"))
+    let read = |source| PreflightError::Read {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    // Read one byte past the bound so that an oversized file is refused, not cut.
+    let mut text = String::new();
+    file.take(MAX_BYTES as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    dockerfile::extract(&text, &build).map_err(|source| PreflightError::Dockerfile {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// `KEY=VALUE`, or `KEY` alone for the value of `$KEY` (left unset when the environment has
@@ -46,7 +97,7 @@ pub fn targets(args: &DockerfileArgs, platforms: &[Platform]) -> Result<Extracti
 fn parse_build_args(
     values: &[String],
     env: impl Fn(&str) -> Option<String>,
-) -> Result<std::collections::BTreeMap<String, String>, String> {
+) -> Result<std::collections::BTreeMap<String, String>, PreflightError> {
     let mut out = std::collections::BTreeMap::new();
     for given in values.iter().map(|v| v.trim_end_matches('\r')) {
         if given.trim().is_empty() {
@@ -57,9 +108,9 @@ fn parse_build_args(
             None => (given.trim(), env(given.trim())),
         };
         if key.is_empty() || key.contains(char::is_whitespace) {
-            return Err(format!(
-                "--build-arg {given:?}: expected KEY=VALUE with a KEY of no spaces"
-            ));
+            return Err(PreflightError::BuildArg {
+                given: given.to_string(),
+            });
         }
         if let Some(value) = value {
             out.insert(key.to_string(), value);

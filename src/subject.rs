@@ -134,21 +134,47 @@ impl Subject {
 /// `kind: List` (what `kubectl get -o yaml` prints) and typed lists (`PodList`, ...) hold their
 /// objects in `items`; everything else is one object. Lists inside lists are not a thing the API
 /// returns, so one level is expanded.
+///
+/// The API server leaves `apiVersion` and `kind` out of a typed list's items (the list says
+/// them once), so an item of a `<Kind>List` without its own takes `<Kind>` and the list's
+/// `apiVersion`: without them no item would be a kind archgate reviews, and the list would pass
+/// unread. Items of a plain `List` can be of any kind and keep only what they say.
 pub fn expand_lists(document: Value) -> Vec<Value> {
     let is_list = document["kind"]
         .as_str()
-        .is_some_and(|k| k == "List" || k.ends_with("List"))
+        .is_some_and(|k| k.ends_with("List"))
         && document["items"].is_array();
     if !is_list {
         return vec![document];
     }
-    match document {
-        Value::Object(mut map) => match map.remove("items") {
-            Some(Value::Array(items)) => items.into_iter().filter(Value::is_object).collect(),
-            _ => Vec::new(),
-        },
-        _ => Vec::new(),
-    }
+    let Value::Object(mut map) = document else {
+        return Vec::new();
+    };
+    let item_kind = map["kind"]
+        .as_str()
+        .and_then(|k| k.strip_suffix("List"))
+        .filter(|k| !k.is_empty())
+        .map(|k| Value::String(k.to_string()));
+    let api_version = map.get("apiVersion").filter(|v| v.is_string()).cloned();
+    let Some(Value::Array(items)) = map.remove("items") else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| match item {
+            Value::Object(mut item) => {
+                if let Some(kind) = &item_kind {
+                    item.entry("kind").or_insert_with(|| kind.clone());
+                    if let Some(api_version) = &api_version {
+                        item.entry("apiVersion")
+                            .or_insert_with(|| api_version.clone());
+                    }
+                }
+                Some(Value::Object(item))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -210,5 +236,43 @@ mod tests {
         // A kind that ends in "List" but has no items is an object of its own.
         let odd = json!({"apiVersion": "example.com/v1", "kind": "AllowList", "spec": {}});
         assert_eq!(expand_lists(odd.clone()), vec![odd]);
+    }
+
+    /// Before: the items of a `DeploymentList` (as the API returns it, items without apiVersion
+    /// or kind) were no kind archgate reviews, and `check` passed them unread.
+    #[test]
+    fn typed_list_items_take_the_list_kind() {
+        let list = json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "items": [
+            {"metadata": {"name": "web"}, "spec": {}},
+            // An item that says what it is keeps it.
+            {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"}},
+            {"kind": "Deployment", "metadata": {"name": "api"}},
+        ]});
+        let kinds: Vec<Option<Kind>> = expand_lists(list)
+            .into_iter()
+            .map(|item| Subject::from_document(item).map(|s| s.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                Some(Kind::Workload(Workload::Deployment)),
+                Some(Kind::Workload(Workload::StatefulSet)),
+                Some(Kind::Workload(Workload::Deployment)),
+            ]
+        );
+        let pods =
+            json!({"apiVersion": "v1", "kind": "PodList", "items": [{"metadata": {"name": "p"}}]});
+        let items = expand_lists(pods);
+        assert_eq!(
+            Subject::from_document(items[0].clone()).map(|s| s.kind),
+            Some(Kind::Pod)
+        );
+        assert_eq!(items[0]["apiVersion"], "v1");
+        // `kind: List` names no kind for its items: one without its own stays unreviewed.
+        let list =
+            json!({"apiVersion": "v1", "kind": "List", "items": [{"metadata": {"name": "x"}}]});
+        let items = expand_lists(list);
+        assert_eq!(items.len(), 1);
+        assert_eq!(Subject::from_document(items[0].clone()), None);
     }
 }

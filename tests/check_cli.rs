@@ -75,8 +75,14 @@ impl Sandbox {
     }
 
     fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        self.run_with_env(args, stdin, &[])
+    }
+
+    /// `run_with_stdin`, with variables set in the child's environment.
+    fn run_with_env(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
         let mut child = self
             .command(args)
+            .envs(env.iter().copied())
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -557,9 +563,14 @@ async fn usage_errors_and_unreachable_registries_exit_2() {
     assert_eq!(run.code, 2, "{run}");
     assert!(run.stderr.contains("nothing to check"), "{run}");
 
+    // A file that cannot be read is said as one input not checked (the others still are).
     let run = setup.check(&["-f", "/nonexistent/pods.yaml"]);
     assert_eq!(run.code, 2, "{run}");
-    assert!(run.stderr.contains("/nonexistent/pods.yaml"), "{run}");
+    assert!(
+        run.line_with("/nonexistent/pods.yaml")
+            .starts_with("ERROR /nonexistent/pods.yaml: cannot be read: "),
+        "{run}"
+    );
 }
 
 /// Writes a docker `config.json` with basic-auth credentials for `host` into `dir`.
@@ -1012,4 +1023,115 @@ async fn runtime_matcher_and_windows_builds() {
     let run = setup.check(&["-p", "windows(10.0.20348)/amd64", &windows]);
     assert_eq!(run.code, 1, "{run}");
     assert!(run.line_with(&windows).contains("missing windows"), "{run}");
+}
+
+// ---- the audit of `check`'s exit contract ---------------------------------------------------
+
+/// Before: `printf '' | archgate check -f -` exited 0 with no output, so a failed
+/// `kustomize build | archgate check -f -` passed CI having checked nothing.
+#[test]
+fn check_of_empty_input_exits_2() {
+    let sandbox = Sandbox::new();
+    for text in [
+        "",
+        "# generated\n---\n---\n# nothing\n...\n",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\n",
+    ] {
+        let run = sandbox.run_with_stdin(&["-f", "-"], Some(text));
+        assert_eq!(run.code, 2, "{text:?}: {run}");
+        assert_eq!(run.stdout.lines().count(), 1, "{text:?}: {run}");
+        let line = run.line_with("nothing was checked");
+        assert!(line.starts_with("ERROR -: "), "{run}");
+    }
+    // An empty file among other inputs: said for all of them at once.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.to_str().unwrap();
+    let run = sandbox.run(&["-f", empty, "-f", empty]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(
+        run.line_with("nothing was checked").contains(empty),
+        "{run}"
+    );
+}
+
+/// Before: a YAML error printed serde-saphyr's source snippet, lines of the document around the
+/// error: a broken Secret's password went to the CI log, over several lines of output.
+#[test]
+fn an_unreadable_secret_is_not_echoed() {
+    let sandbox = Sandbox::new();
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData:\n  password: hunter2-TOPSECRET\n  user: [admin\n";
+    let run = sandbox.run_with_stdin(&["-f", "-"], Some(secret));
+    assert_eq!(run.code, 2, "{run}");
+    assert!(!run.stdout.contains("hunter2"), "{run}");
+    assert!(!run.stderr.contains("hunter2"), "{run}");
+    assert_eq!(
+        run.stdout.lines().count(),
+        1,
+        "one line per finding:\n{run}"
+    );
+    let line = run.line_with("document 1");
+    assert!(line.starts_with("ERROR - document 1: "), "{run}");
+    assert!(
+        line.contains("line "),
+        "where the error is stays said:\n{run}"
+    );
+}
+
+/// Before: an unreadable `-f` file or a Dockerfile syntax error ended the run before anything
+/// was checked: a failing image named beside it was never reported, and the exit was 2, not 1.
+#[tokio::test]
+async fn a_missing_file_does_not_hide_a_failure_elsewhere() {
+    let setup = Setup::start().await;
+    let cuda = setup.fixtures.ai_base_cuda.reference();
+    let run = setup.check(&["-f", "/nonexistent/pods.yaml", &cuda]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.line_with(&cuda).starts_with("FAIL"), "{run}");
+    assert!(
+        run.line_with("/nonexistent/pods.yaml")
+            .starts_with("ERROR /nonexistent/pods.yaml: "),
+        "{run}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let dockerfile = dir.path().join("Dockerfile");
+    std::fs::write(&dockerfile, "FROM a b c\n").unwrap();
+    let dockerfile = dockerfile.to_str().unwrap();
+    let run = setup.check(&["--dockerfile", dockerfile, &cuda]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(run.line_with(&cuda).starts_with("FAIL"), "{run}");
+    assert!(run.line_with("line 1").starts_with("ERROR "), "{run}");
+
+    let run = setup.check(&["--dockerfile", "/nonexistent/Dockerfile", &cuda]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(
+        run.line_with("/nonexistent/Dockerfile")
+            .starts_with("ERROR "),
+        "{run}"
+    );
+}
+
+/// Before: clap counts a value from the environment as given, so ARCHGATE_BUILD_ARGS (exported
+/// by a CI job for its Dockerfile step) made every other `check` a usage error.
+#[tokio::test]
+async fn build_args_from_the_environment_need_no_dockerfile_flag() {
+    let setup = Setup::start().await;
+    let multi = setup.fixtures.multi.reference();
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: app}}\nspec:\n  containers: [{{name: app, image: \"{multi}\"}}]\n"
+    );
+    for value in ["", "BASE_IMAGE_TAG=cuda\n"] {
+        let run = setup.sandbox.run_with_env(
+            &[&setup.insecure, "-f", "-"],
+            Some(&pod),
+            &[("ARCHGATE_BUILD_ARGS", value)],
+        );
+        assert_eq!(run.code, 0, "{value:?}: {run}");
+        assert!(run.line_with("Pod app,").starts_with("ok"), "{run}");
+    }
+    // On the command line, a build argument without a Dockerfile is still a mistake to say.
+    let run = setup.check(&["--build-arg", "A=1", &multi]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("--dockerfile"), "{run}");
 }

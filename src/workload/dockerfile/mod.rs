@@ -542,10 +542,17 @@ fn mount_from(spec: &str) -> Result<Option<String>, String> {
     }))
 }
 
-/// The platform archgate itself runs on, in Go's spelling: the default builder platform, since
-/// a CI step usually runs beside the build it guards.
+/// The default builder platform (`$BUILDPLATFORM`): Linux on the CPU archgate runs on, in Go's
+/// spelling, since a CI step usually runs beside the build it guards. Always Linux, never the
+/// host's OS: BuildKit runs Linux builds, and on macOS or Windows Docker Desktop runs it in a Linux
+/// VM of the host's architecture, so a Mac's builder is linux/arm64, not darwin/arm64.
 pub fn host_platform() -> Platform {
-    let arch = match std::env::consts::ARCH {
+    builder_platform(std::env::consts::ARCH)
+}
+
+/// `linux/<arch>` for a Rust target architecture name (`std::env::consts::ARCH`).
+fn builder_platform(rust_arch: &str) -> Platform {
+    let arch = match rust_arch {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         "x86" => "386",
@@ -553,7 +560,7 @@ pub fn host_platform() -> Platform {
         "loongarch64" => "loong64",
         other => other,
     };
-    Platform::new(std::env::consts::OS, arch, None).normalized()
+    Platform::new("linux", arch, None).normalized()
 }
 
 #[cfg(test)]

@@ -341,10 +341,22 @@ fn this_projects_own_dockerfile() {
     assert_eq!(images[1].1, ["linux/arm64"]);
 }
 
+/// Before: the builder's OS was archgate's own, so on a Mac `$BUILDPLATFORM` was darwin/arm64,
+/// a platform no base image has; Docker Desktop's BuildKit runs in a Linux VM.
 #[test]
-fn the_default_builder_is_this_machine_in_go_spelling() {
+fn the_default_builder_is_linux_on_this_cpu_in_go_spelling() {
     let host = host_platform();
-    assert_eq!(host.os, std::env::consts::OS);
+    assert_eq!(host.os, "linux");
+    assert_eq!(host, builder_platform(std::env::consts::ARCH));
+    for (rust_arch, go) in [
+        ("x86_64", "linux/amd64"),
+        ("aarch64", "linux/arm64"),
+        ("x86", "linux/386"),
+        ("loongarch64", "linux/loong64"),
+        ("riscv64", "linux/riscv64"),
+    ] {
+        assert_eq!(builder_platform(rust_arch).to_string(), go, "{rust_arch}");
+    }
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     assert_eq!(host.to_string(), "linux/amd64");
     #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
