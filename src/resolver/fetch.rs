@@ -784,15 +784,18 @@ mod tests {
     /// remember for the host, and the 401 is the answer.
     #[tokio::test]
     async fn an_oversized_challenge_is_not_read() {
+        let url = "https://r.example/v2/a/manifests/1";
+        // Answered by the registry asked (a challenge from anywhere else is not learned).
         let unauthorized = |challenge: &str| -> reqwest::Response {
+            use reqwest::ResponseBuilderExt;
             axum::http::Response::builder()
                 .status(401)
+                .url(Url::parse(url).unwrap())
                 .header(WWW_AUTHENTICATE, challenge)
                 .body(Vec::<u8>::new())
                 .unwrap()
                 .into()
         };
-        let url = "https://r.example/v2/a/manifests/1";
         let huge = format!(
             r#"Bearer realm="https://auth.example/{}""#,
             "r".repeat(400_000)
