@@ -86,7 +86,7 @@ impl Bundles {
     ) -> Result<Arc<Value>, BundleError> {
         let image = ImageRef::parse(&reference.bundle)
             .map_err(|e| BundleError::Reference(e.to_string()))?;
-        let identity = credentials.for_registry(image.registry()).1;
+        let identity = credentials.identity_for(&image);
         self.cache
             .try_get_with(
                 (identity, reference.clone()),

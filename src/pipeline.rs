@@ -407,7 +407,7 @@ pub async fn resolve(
                 .credentials
                 .get_or_insert_with(|| credentials(&target.placement))
                 .clone();
-            let identity = pulls_with.identity_for(image.registry());
+            let identity = pulls_with.identity_for(image);
             let key = (image.clone(), identity);
             let found = match index.get(&key) {
                 Some(&i) => Some(i),

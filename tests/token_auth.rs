@@ -405,6 +405,68 @@ async fn basic_credentials_from_a_docker_config_get_a_token_for_a_private_image(
     );
 }
 
+/// A pod that lists a stale secret before the current one for the same registry (a password
+/// rotation): the kubelet's keyring returns both and the pull tries each in turn
+/// (`kuberuntime_image.go` `PullImage`), so the pull works. archgate tried the first only, and
+/// its refusal was a warning, or a false denial under `--on-registry-error deny`.
+#[tokio::test]
+async fn a_second_credential_for_the_same_registry_is_tried_after_a_refusal() {
+    let setup = Setup::start(policy()).await;
+    let server = setup.registry.token_server();
+    let resolver = setup.resolver();
+    let secret = |password: &str| {
+        let json =
+            serde_json::json!({ "auths": { setup.proxy.host(): basic_entry(READER.0, password) } });
+        Arc::new(Credentials::from_docker_config(json.to_string().as_bytes(), "secret").unwrap())
+    };
+    let (old, new) = (secret("rotated-away"), secret(READER.1));
+    let own = Arc::new(Credentials::default());
+    let pod = |names: &[&str]| {
+        let lookup = |name: &str| match name {
+            "old" => Some(old.clone()),
+            "new" => Some(new.clone()),
+            _ => None,
+        };
+        archgate::cluster::pull_credentials(&own, names.iter().copied(), lookup)
+    };
+    let rotated = pod(&["old", "new"]);
+    let ai_base = &setup.fixtures.ai_base_cuda;
+    let image = setup.tag_ref(ai_base);
+
+    let resolution = resolver
+        .resolve(&image, &rotated)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\ntoken requests: {}", setup.token_log()));
+    assert_eq!(resolution.digest, Some(Digest::new(&ai_base.digest)));
+    assert_eq!(names(&resolution), ["linux/arm64/v8"]);
+    // The stale password once (refused), then the current one (granted): nothing else.
+    let reader = Presented::Basic {
+        user: READER.0.into(),
+        password_is_identity_token: false,
+    };
+    let requests = server.requests();
+    let seen: Vec<(&Presented, u16, usize)> = requests
+        .iter()
+        .map(|r| (&r.presented, r.status, r.granted.len()))
+        .collect();
+    assert_eq!(
+        seen,
+        [(&reader, 401, 0), (&reader, 200, 1)],
+        "{requests:#?}"
+    );
+
+    // Warm: the answer is cached for this list of credentials; nobody is asked again.
+    server.reset();
+    setup.proxy.reset();
+    resolver.resolve(&image, &rotated).await.unwrap();
+    assert_eq!(server.counts().total(), 0, "{}", setup.token_log());
+    assert_eq!(setup.proxy.counts().total(), 0);
+
+    // A pod with only the stale secret never reads that answer: it is refused, as its pull is.
+    let error = resolver.resolve(&image, &pod(&["old"])).await.unwrap_err();
+    assert_eq!(error, setup.unauthorized());
+}
+
 #[tokio::test]
 async fn a_token_is_reused_within_its_lifetime() {
     let setup = Setup::start(policy()).await;

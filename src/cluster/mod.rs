@@ -21,7 +21,10 @@ use crate::scheduling::NodeView;
 use crate::workload::{Catalog, EmptyCatalog, Placement};
 
 /// What the kubelet pulls with: the Secrets `names` (the pod's imagePullSecrets, then its
-/// ServiceAccount's) as `secret` finds them, then archgate's own; the first source of a host wins.
+/// ServiceAccount's) as `secret` finds them, in one keyring (`MakeDockerKeyring`), then
+/// archgate's own after them (`UnionDockerKeyring`, with the node's credentials in the
+/// kubelet's place). Every credential matching an image is kept, in the order the kubelet tries
+/// them (see `resolver::credentials`).
 pub fn pull_credentials<'a>(
     own: &Arc<Credentials>,
     names: impl Iterator<Item = &'a str>,
@@ -34,15 +37,13 @@ pub fn pull_credentials<'a>(
             continue;
         }
         if let Some(found) = secret(name) {
-            merged
-                .get_or_insert_with(Credentials::default)
-                .merge(&found);
+            merged.get_or_insert_with(Credentials::default).add(&found);
         }
     }
     match merged {
         None => own.clone(),
         Some(mut credentials) => {
-            credentials.merge(own);
+            credentials.then(own);
             Arc::new(credentials)
         }
     }
@@ -120,5 +121,54 @@ impl ClusterView for StaticCluster {
     }
     fn ready(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolver::Auth;
+    use base64::Engine;
+    use oci_client::secrets::RegistryAuth;
+
+    fn secret(entries: &[(&str, &str)]) -> Arc<Credentials> {
+        let auths: serde_json::Map<String, serde_json::Value> = entries
+            .iter()
+            .map(|(key, user)| {
+                let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:pw"));
+                (key.to_string(), serde_json::json!({ "auth": pair }))
+            })
+            .collect();
+        let json = serde_json::json!({ "auths": auths }).to_string();
+        Arc::new(Credentials::from_docker_config(json.as_bytes(), "test").unwrap())
+    }
+
+    /// Before, the first source of a host won and the rest were dropped. The kubelet puts a
+    /// pod's secrets in one keyring (a path key of a later secret before a host key of an
+    /// earlier one; one key's credentials in the order the secrets are listed), the node's
+    /// after it, and tries them all in turn.
+    #[test]
+    fn pull_secrets_then_the_own_credentials_in_the_kubelets_order() {
+        let secrets = [
+            ("old", secret(&[("r.io", "old")])),
+            ("new", secret(&[("r.io", "new"), ("r.io/team", "team")])),
+        ];
+        let own = secret(&[("r.io/team/app", "own"), ("r.io", "own-host")]);
+        let lookup = |name: &str| {
+            let found = secrets.iter().find(|(n, _)| *n == name);
+            found.map(|(_, c)| c.clone())
+        };
+        let pod = pull_credentials(&own, ["old", "new", "old"].into_iter(), lookup);
+        let users = |repository: &str| -> Vec<String> {
+            let pulls = pod.pulls_for("r.io", repository);
+            let users = pulls.into_iter().map(|(auth, _)| match auth {
+                Auth::Direct(RegistryAuth::Basic(user, _)) => user,
+                other => panic!("{other:?}"),
+            });
+            users.collect()
+        };
+        assert_eq!(users("other/app"), ["old", "new", "own-host"]);
+        // At most MAX_CANDIDATES: the own host key, fifth, is not tried.
+        assert_eq!(users("team/app"), ["team", "old", "new", "own"]);
     }
 }

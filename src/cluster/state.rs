@@ -386,8 +386,9 @@ impl ClusterView for ClusterState {
         }
     }
 
-    /// The pod's `imagePullSecrets` first, then its ServiceAccount's, then the webhook's own: the
-    /// first source of a host wins, so the pull is checked with what the kubelet would use.
+    /// The pod's `imagePullSecrets` first, then its ServiceAccount's, then the webhook's own,
+    /// tried in the kubelet's order (see [`super::pull_credentials`]), so the pull is checked
+    /// with what the kubelet would use.
     /// (The ServiceAccount admission plugin copies the account's secrets into a Pod only when the
     /// Pod names none; merging both also covers pod templates, which it never touches.)
     fn credentials(&self, namespace: &str, placement: &Placement) -> Arc<Credentials> {

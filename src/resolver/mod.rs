@@ -55,7 +55,7 @@ use cache::{
 };
 pub use errors::{ResolveError, SetupError};
 use errors::{classify, is_rate_limit, not_found};
-use route::{Hop, Route};
+use route::{Hop, Route, first_accepted};
 
 use crate::metrics::{CacheResult, Metrics};
 use crate::platform::Platform;
@@ -199,7 +199,9 @@ impl Resolver {
             .unwrap_or_default();
         let mut hops: Vec<Hop<'a>> = Vec::with_capacity(mirrors.len() + 1);
         for host in mirrors {
-            let (auth, identity) = credentials.for_registry(host);
+            // A mirror is asked with the first credential matching it (as if the image were
+            // there); a mirror that refuses is passed over for the next host anyway.
+            let (auth, identity) = credentials.first_for(host, image.repository());
             hops.push(Hop {
                 host,
                 mirror: true,
@@ -207,16 +209,16 @@ impl Resolver {
                 identity,
             });
         }
-        let origin = Hop::origin(image, credentials);
-        let origin_identity = origin.identity;
-        hops.push(origin);
+        hops.extend(Hop::origins(image, credentials));
+        let origin_identity = credentials.identity_for(image);
         let identity = if hops.iter().all(|h| !h.mirror || h.identity == 0) {
             origin_identity
         } else {
             let mut hasher = cache::hasher();
-            for hop in &hops {
+            for hop in hops.iter().filter(|h| h.mirror) {
                 (hop.host, hop.identity).hash(&mut hasher);
             }
+            (image.registry(), origin_identity).hash(&mut hasher);
             // Never 0: that is anonymous.
             hasher.finish().max(1)
         };
@@ -230,9 +232,15 @@ impl Resolver {
         image: &ImageRef,
         credentials: &Credentials,
     ) -> Result<Vec<u8>, ResolveError> {
-        let hop = Hop::origin(image, credentials);
-        let target = hop.target(image.reference());
-        let (_, body) = self.ask(hop.host, self.fetcher.manifest(&target)).await?;
+        let origins = Hop::origins(image, credentials);
+        let (_, body) = first_accepted(&origins, |hop| {
+            let target = hop.target(image.reference());
+            self.ask(
+                hop.host,
+                async move { self.fetcher.manifest(&target).await },
+            )
+        })
+        .await?;
         Ok(body)
     }
 
@@ -244,10 +252,14 @@ impl Resolver {
         digest: &str,
         cap: usize,
     ) -> Result<Vec<u8>, ResolveError> {
-        let hop = Hop::origin(image, credentials);
-        let target = hop.target(image.reference());
-        self.ask(hop.host, self.fetcher.blob(&target, digest, cap))
-            .await
+        let origins = Hop::origins(image, credentials);
+        first_accepted(&origins, |hop| {
+            let target = hop.target(image.reference());
+            self.ask(hop.host, async move {
+                self.fetcher.blob(&target, digest, cap).await
+            })
+        })
+        .await
     }
 
     /// The platforms `image` provides, as seen with `credentials`.
@@ -290,7 +302,7 @@ impl Resolver {
     /// building the route when no mirror is configured.
     fn cache_identity(&self, image: &ImageRef, credentials: &Credentials) -> Identity {
         if self.mirrors.is_empty() {
-            credentials.identity_for(image.registry())
+            credentials.identity_for(image)
         } else {
             self.route(image, credentials).identity
         }
@@ -490,8 +502,10 @@ impl Resolver {
         let entry = match answer {
             Some(entry) => entry,
             None => {
-                self.tag_at(image, route, route.origin(), revalidate)
-                    .await?
+                first_accepted(route.origins(), |hop| {
+                    self.tag_at(image, route, hop, revalidate)
+                })
+                .await?
             }
         };
         Ok(match (entry, last) {
@@ -571,7 +585,7 @@ impl Resolver {
                 }
             }
         }
-        self.platforms_at(image, digest, route.origin()).await
+        first_accepted(route.origins(), |hop| self.platforms_at(image, digest, hop)).await
     }
 
     /// Digest → platforms at one host.
