@@ -334,13 +334,7 @@ fn later_include_conflicting_with_earlier_include_gets_no_task_run() {
         },
         "taskSpec": {"steps": [{"name": "s", "image": "img:$(params.tag)-$(context.taskRun.name)"}]}
     }]}});
-    let ex = extract_pipeline_run(
-        &named_pr("run", spec),
-        &TestCatalog::default(),
-        &ExtractOptions::default(),
-    )
-    .unwrap();
-    let images: Vec<&str> = ex.targets.iter().map(|t| t.image.as_str()).collect();
+    let images = images_of_run_named_run(spec);
     // One TaskRun, so its name has no `-<i>` (pipelinerunresolution.go `getNewRunNames`).
     assert_eq!(images, ["img:1-run-t"]);
 }
@@ -358,13 +352,7 @@ fn matrix_order_matches_tekton_distribute() {
         ]},
         "taskSpec": {"steps": [{"name": "s", "image": "r/$(context.taskRun.name):$(params.os)-$(params.arch)"}]}
     }]}});
-    let ex = extract_pipeline_run(
-        &named_pr("run", spec),
-        &TestCatalog::default(),
-        &ExtractOptions::default(),
-    )
-    .unwrap();
-    let images: Vec<&str> = ex.targets.iter().map(|t| t.image.as_str()).collect();
+    let images = images_of_run_named_run(spec);
     assert_eq!(
         images,
         [
@@ -858,6 +846,17 @@ fn a_run_naming_too_many_images_stops_at_the_target_cap() {
 }
 
 // ---- issue 13: evaluate what Tekton evaluates ---------------------------------------------------
+
+/// The images a PipelineRun named `run` with `spec` runs, in order.
+fn images_of_run_named_run(spec: Value) -> Vec<String> {
+    let ex = extract_pipeline_run(
+        &named_pr("run", spec),
+        &TestCatalog::default(),
+        &ExtractOptions::default(),
+    )
+    .unwrap();
+    ex.targets.into_iter().map(|t| t.image).collect()
+}
 
 fn named_pr(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
