@@ -471,23 +471,13 @@ impl ClusterView for Files {
         } else {
             namespace
         };
-        let account = placement
-            .service_account
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default");
-        let from_account = self
-            .accounts
-            .get(&(namespace.to_string(), account.to_string()))
-            .into_iter()
-            .flatten()
-            .map(String::as_str);
-        let names = placement
-            .pull_secrets
-            .iter()
-            .map(String::as_str)
-            .chain(from_account);
-        crate::cluster::pull_credentials(&self.own, names, |name| {
+        let account_secrets = |account: &str| {
+            self.accounts
+                .get(&(namespace.to_string(), account.to_string()))
+                .cloned()
+                .unwrap_or_default()
+        };
+        crate::cluster::pull_credentials(&self.own, namespace, placement, account_secrets, |name| {
             self.secrets
                 .get(&(namespace.to_string(), name.to_string()))
                 .cloned()

@@ -208,8 +208,8 @@ pub struct ServeArgs {
     pub review_deadline: Option<f64>,
     #[command(flatten)]
     pub exempt: ExemptArgs,
-    /// Also use the pod's imagePullSecrets and its ServiceAccount's (needs Secret read access and
-    /// a cluster: in-cluster or --kubeconfig).
+    /// Also use the pod's imagePullSecrets, or its ServiceAccount's when it names none (needs
+    /// Secret read access and a cluster: in-cluster or --kubeconfig).
     #[arg(long)]
     pub pull_secrets: bool,
     /// Read the cluster (namespace modes, pull secrets, Tekton resources, and Nodes with
@@ -276,8 +276,8 @@ pub struct ScanArgs {
     /// As the webhook's: what is never checked.
     #[command(flatten)]
     pub exempt: ExemptArgs,
-    /// Also use the pods' imagePullSecrets and their ServiceAccounts' (reads Secrets), as the
-    /// webhook's --pull-secrets.
+    /// Also use the pods' imagePullSecrets, or their ServiceAccounts' when they name none (reads
+    /// Secrets), as the webhook's --pull-secrets.
     #[arg(long)]
     pub pull_secrets: bool,
     /// When an image does not exist [default: deny].

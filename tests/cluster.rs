@@ -727,7 +727,7 @@ fn a_pull_secret_is_used_only_in_its_own_namespace() {
 }
 
 #[test]
-fn service_account_pull_secrets_are_merged() {
+fn service_account_pull_secrets_are_used_when_the_pod_names_none() {
     let mut f = Fixture::synced(true, vec![]);
     list(
         &mut f.service_accounts,
@@ -747,20 +747,28 @@ fn service_account_pull_secrets_are_merged() {
     // No serviceAccountName: the `default` account's secrets.
     let by_default = f.view.credentials("team-a", &placement());
     assert_ne!(identity(&by_default), 0);
-    // A named account's secrets, and the pod's own at once.
+    // A named account's secrets when the pod names none.
     let builder = Placement {
         service_account: Some("builder".into()),
-        ..pod_with_secrets(&["pod-cred"])
+        ..placement()
     };
-    let both = f.view.credentials("team-a", &builder);
+    let account = f.view.credentials("team-a", &builder);
+    assert_ne!(account.for_registry("other.example").1, 0);
+    // A pod naming a secret of its own never gets the account's: the ServiceAccount admission
+    // plugin copies them only into a pod whose list is empty, and the kubelet reads the pod's.
+    let both = f.view.credentials(
+        "team-a",
+        &Placement {
+            service_account: Some("builder".into()),
+            ..pod_with_secrets(&["pod-cred"])
+        },
+    );
     assert_ne!(identity(&both), 0, "the pod's secret covers {HOST}");
-    assert_ne!(
+    assert_eq!(
         both.for_registry("other.example").1,
         0,
-        "the account's covers other.example"
+        "the account's secret is not the pod's"
     );
-    // The pod's own secret wins over the default account's for a host both name, as with the
-    // kubelet (the pod's come first).
     let pod_and_default = f
         .view
         .credentials("team-a", &pod_with_secrets(&["pod-cred"]));
@@ -768,7 +776,58 @@ fn service_account_pull_secrets_are_merged() {
         Credentials::from_docker_config(docker_config(HOST, "pod", "pw").as_bytes(), "pod")
             .unwrap();
     assert_eq!(identity(&pod_and_default), identity(&pod_alone));
-    assert_ne!(identity(&pod_and_default), identity(&by_default));
+    // A list holding only an empty name still names one: no account secrets either.
+    let empty_name = f.view.credentials("team-a", &pod_with_secrets(&[""]));
+    assert_eq!(identity(&empty_name), 0);
+}
+
+#[test]
+fn a_pods_pull_secrets_are_merged_up_to_a_bound() {
+    use archgate::cluster::{MAX_PULL_ENTRIES, MAX_PULL_SECRETS};
+    let mut f = Fixture::synced(true, vec![]);
+    // Past the bound on names: the secret for HOST comes last and is not used.
+    let mut names: Vec<String> = (0..MAX_PULL_SECRETS).map(|i| format!("s{i}")).collect();
+    let mut secrets: Vec<Secret> = names
+        .iter()
+        .map(|n| pull_secret("team-a", n, &format!("{n}.example"), "u", "pw"))
+        .collect();
+    names.push("last".into());
+    secrets.push(pull_secret("team-a", "last", HOST, "u", "pw"));
+    // One Secret holding more entries than the keyring takes: skipped, the others kept.
+    let auths: serde_json::Map<String, serde_json::Value> = (0..=MAX_PULL_ENTRIES)
+        .map(|i| (format!("r{i}.example"), serde_json::json!({"auth": "dTpw"})))
+        .collect();
+    let huge = serde_json::json!({"auths": auths}).to_string();
+    secrets.push(secret_of_type(
+        "team-a",
+        "huge",
+        "kubernetes.io/dockerconfigjson",
+        ".dockerconfigjson",
+        &huge,
+    ));
+    list(&mut f.secrets[0], secrets);
+    let many = Placement {
+        pull_secrets: names.clone(),
+        ..placement()
+    };
+    let merged = f.view.credentials("team-a", &many);
+    assert_eq!(
+        merged.len(),
+        MAX_PULL_SECRETS,
+        "one entry per secret merged"
+    );
+    assert_ne!(merged.for_registry("s0.example").1, 0);
+    assert_eq!(
+        identity(&merged),
+        0,
+        "the secret past the bound is not used"
+    );
+
+    let with_huge = f
+        .view
+        .credentials("team-a", &pod_with_secrets(&["huge", "s1"]));
+    assert_eq!(with_huge.len(), 1, "the oversized secret is skipped");
+    assert_ne!(with_huge.for_registry("s1.example").1, 0);
 }
 
 #[test]

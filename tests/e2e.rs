@@ -607,6 +607,29 @@ async fn pull_secrets_of_pods_and_service_accounts(w: &World) {
         (out.stderr() == want).then_some(()).ok_or(out.stderr())
     })
     .await;
+
+    // A pod naming a secret of its own does not get the account's: the ServiceAccount
+    // admission plugin copies them only into a pod that names none, and the kubelet pulls with
+    // the pod's list alone. Before, archgate merged both and answered for a pull the kubelet
+    // would be refused.
+    let wrong = json!({"auths": {host: {"auth": b64("puller:wrong")}}}).to_string();
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": "wrong-cred", "namespace": "private"},
+        "data": {".dockerconfigjson": b64(&wrong)},
+    });
+    w.plane
+        .must(&["apply", "-f", "-"], Some(&secret.to_string()));
+    let mut own_and_account = pod("private", "own", &image);
+    own_and_account["spec"]["serviceAccountName"] = json!("builder");
+    own_and_account["spec"]["imagePullSecrets"] = json!([{"name": "wrong-cred"}]);
+    eventually("only the pod's own pull secret is used", || {
+        let out = w.plane.apply(&own_and_account, true);
+        (out.ok() && out.stderr().contains("refused access"))
+            .then_some(())
+            .ok_or(out.stderr())
+    })
+    .await;
 }
 
 /// Minimal CRDs of our own making (any field accepted), served as Tekton serves them: v1 for

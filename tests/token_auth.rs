@@ -427,7 +427,11 @@ async fn a_second_credential_for_the_same_registry_is_tried_after_a_refusal() {
             "new" => Some(new.clone()),
             _ => None,
         };
-        archgate::cluster::pull_credentials(&own, names.iter().copied(), lookup)
+        let placement = archgate::workload::Placement {
+            pull_secrets: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        };
+        archgate::cluster::pull_credentials(&own, "ns", &placement, |_| Vec::new(), lookup)
     };
     let rotated = pod(&["old", "new"]);
     let ai_base = &setup.fixtures.ai_base_cuda;

@@ -19,26 +19,76 @@ use crate::policy::Mode;
 use crate::resolver::Credentials;
 use crate::scheduling::NodeView;
 use crate::workload::{Catalog, EmptyCatalog, Placement};
+use tracing::warn;
 
-/// What the kubelet pulls with: the Secrets `names` (the pod's imagePullSecrets, then its
-/// ServiceAccount's) as `secret` finds them, in one keyring (`MakeDockerKeyring`), then
-/// archgate's own after them (`UnionDockerKeyring`, with the node's credentials in the
-/// kubelet's place). Every credential matching an image is kept, in the order the kubelet tries
-/// them (see `resolver::credentials`).
-pub fn pull_credentials<'a>(
+/// Pull secrets merged for one pod at most. The kubelet has no bound, but every named Secret is
+/// parsed and merged into the pod's keyring on a review, so a pod naming thousands of them (or a
+/// PipelineRun with a thousand task runs naming them) would make one review do that much work.
+/// Names past the bound are not used and the log says so: a pull they would have opened is then
+/// refused, which follows `--on-registry-error` like any refusal, never a silent allow.
+pub const MAX_PULL_SECRETS: usize = 64;
+/// Credential entries merged for one pod at most (a 1 MiB Secret can hold ~20,000): a Secret
+/// that would take the keyring past this is not used, with a log line as above.
+pub const MAX_PULL_ENTRIES: usize = 4096;
+
+/// What the kubelet pulls with: the pod's `imagePullSecrets`, or when it names none its
+/// ServiceAccount's (`account_secrets` of the account's name), as `secret` finds them, in one
+/// keyring (`MakeDockerKeyring`), then archgate's own after them (`UnionDockerKeyring`, with the
+/// node's credentials in the kubelet's place). Every credential matching an image is kept, in
+/// the order the kubelet tries them (see `resolver::credentials`).
+///
+/// The kubelet itself reads only the pod's list. The account's secrets reach it through the
+/// ServiceAccount admission plugin, which copies them into a pod at creation only when its list
+/// is empty (`len(pod.Spec.ImagePullSecrets) == 0`, plugin/pkg/admission/serviceaccount). So a
+/// template or run naming a secret of its own never gets the account's, and a Pod the API
+/// server has admitted already carries them (the rule gives the same answer for it, unless the
+/// account changed since the pod was created).
+pub fn pull_credentials(
     own: &Arc<Credentials>,
-    names: impl Iterator<Item = &'a str>,
+    namespace: &str,
+    placement: &Placement,
+    account_secrets: impl FnOnce(&str) -> Vec<String>,
     secret: impl Fn(&str) -> Option<Arc<Credentials>>,
 ) -> Arc<Credentials> {
+    let from_account;
+    let names = if placement.pull_secrets.is_empty() {
+        let account = placement
+            .service_account
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        from_account = account_secrets(account);
+        &from_account
+    } else {
+        &placement.pull_secrets
+    };
     let mut merged: Option<Credentials> = None;
     let mut used = std::collections::HashSet::new();
-    for name in names {
-        if name.is_empty() || !used.insert(name) {
+    // An entry named "" counts for the plugin's rule above, and the kubelet skips it.
+    for name in names.iter().filter(|n| !n.is_empty()) {
+        if !used.insert(name.as_str()) {
             continue;
         }
-        if let Some(found) = secret(name) {
-            merged.get_or_insert_with(Credentials::default).add(&found);
+        if used.len() > MAX_PULL_SECRETS {
+            warn!(
+                namespace,
+                bound = MAX_PULL_SECRETS,
+                "a pod names more pull secrets than archgate merges: the rest are not used"
+            );
+            break;
         }
+        let Some(found) = secret(name) else { continue };
+        let merged = merged.get_or_insert_with(Credentials::default);
+        if merged.len() + found.len() > MAX_PULL_ENTRIES {
+            warn!(
+                namespace,
+                secret = name.as_str(),
+                bound = MAX_PULL_ENTRIES,
+                "pull secret not used: the pod's secrets hold more registry entries than archgate merges"
+            );
+            continue;
+        }
+        merged.add(&found);
     }
     match merged {
         None => own.clone(),
@@ -158,7 +208,11 @@ mod tests {
             let found = secrets.iter().find(|(n, _)| *n == name);
             found.map(|(_, c)| c.clone())
         };
-        let pod = pull_credentials(&own, ["old", "new", "old"].into_iter(), lookup);
+        let placement = Placement {
+            pull_secrets: ["old", "new", "old"].map(String::from).to_vec(),
+            ..Placement::default()
+        };
+        let pod = pull_credentials(&own, "ns", &placement, |_| Vec::new(), lookup);
         let users = |repository: &str| -> Vec<String> {
             let pulls = pod.pulls_for("r.io", repository);
             let users = pulls.into_iter().map(|(auth, _)| match auth {

@@ -386,11 +386,9 @@ impl ClusterView for ClusterState {
         }
     }
 
-    /// The pod's `imagePullSecrets` first, then its ServiceAccount's, then the webhook's own,
-    /// tried in the kubelet's order (see [`super::pull_credentials`]), so the pull is checked
-    /// with what the kubelet would use.
-    /// (The ServiceAccount admission plugin copies the account's secrets into a Pod only when the
-    /// Pod names none; merging both also covers pod templates, which it never touches.)
+    /// The pod's `imagePullSecrets`, or its ServiceAccount's when it names none, then the
+    /// webhook's own, tried in the kubelet's order (see [`super::pull_credentials`]), so the
+    /// pull is checked with what the kubelet would use.
     fn credentials(&self, namespace: &str, placement: &Placement) -> Arc<Credentials> {
         let Some(stores) = &self.stores.pull_secrets else {
             return self.own.clone();
@@ -398,24 +396,17 @@ impl ClusterView for ClusterState {
         if namespace.is_empty() {
             return self.own.clone();
         }
-        let account = placement
-            .service_account
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default");
-        let account = stores
-            .service_accounts
-            .get(&ObjectRef::new(account).within(namespace));
-        let from_account = account
-            .iter()
-            .flat_map(|sa| sa.image_pull_secrets.iter().flatten())
-            .map(|r| r.name.as_str());
-        let names = placement
-            .pull_secrets
-            .iter()
-            .map(String::as_str)
-            .chain(from_account);
-        super::pull_credentials(&self.own, names, |name| {
+        let account_secrets = |account: &str| {
+            let account = stores
+                .service_accounts
+                .get(&ObjectRef::new(account).within(namespace));
+            account
+                .iter()
+                .flat_map(|sa| sa.image_pull_secrets.iter().flatten())
+                .map(|r| r.name.clone())
+                .collect()
+        };
+        super::pull_credentials(&self.own, namespace, placement, account_secrets, |name| {
             self.secret_credentials(stores, namespace, name)
         })
     }

@@ -309,6 +309,11 @@ impl Credentials {
         self.entries.is_empty()
     }
 
+    /// Registry entries held (a key listed by two sources counts twice).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Who pulling `image` makes us, for cache keys: `0` (anonymous) when no credential
     /// matches, the credential's identity when one does, and a hash of the ordered list when
     /// several do. The list, not the credential that worked: which one works is learned only

@@ -83,9 +83,10 @@ pub struct Placement {
     pub tolerations: Vec<Toleration>,
     /// `nodeName`: the pod is bound to this node and bypasses the scheduler.
     pub node_name: Option<String>,
-    /// `imagePullSecrets` names (same namespace).
+    /// `imagePullSecrets` names (same namespace), as written: an empty name still counts as
+    /// naming one (see `cluster::pull_credentials`).
     pub pull_secrets: Vec<String>,
-    /// `serviceAccountName`; the kubelet also uses that account's pull secrets.
+    /// `serviceAccountName`: that account's pull secrets are the pod's when it names none.
     pub service_account: Option<String>,
     /// Where the user sets this pod's node selector when that is not the pod spec itself, widest
     /// first: a Tekton run's pod template for every task, then the one for this task alone

@@ -133,7 +133,6 @@ fn placement(spec: &mut PodSpec) -> Placement {
             .into_iter()
             .flatten()
             .map(|s| s.name)
-            .filter(|n| !n.is_empty())
             .collect(),
         service_account: spec.service_account_name.take().filter(|n| !n.is_empty()),
         pin_at: Vec::new(),

