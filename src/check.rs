@@ -12,8 +12,8 @@
 //! Exit codes (a contract other tools rely on): 0 all good; 1 some image lacks a platform or does
 //! not exist, even if something else could not be checked; 2 nothing was found wrong but
 //! something could not be checked (bad usage, an invalid reference or platform, an unreadable
-//! file or document, `-f` input holding nothing to check, a registry or bundle that could not be
-//! asked).
+//! file or document, a document without `kind`, `-f` input holding nothing to check, a registry
+//! or bundle that could not be asked).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -159,6 +159,7 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
 
     let mut documents = Vec::new();
     let mut lines = Vec::new();
+    let mut empty_files = Vec::new();
     for path in files {
         // A file that cannot be read is one input not checked: the others still are, so a
         // finding elsewhere is reported and outranks it.
@@ -174,8 +175,16 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
                 continue;
             }
         };
+        if read.is_empty() {
+            empty_files.push(path);
+        }
         for (index, document) in read.into_iter().enumerate() {
             match document {
+                // `kubectl apply` refuses an object without a kind; skipping it as a kind
+                // `check` does not review would pass a Pod whose `kind:` key is misspelt.
+                Ok(document) if document["kind"].as_str().is_none_or(str::is_empty) => {
+                    lines.push(unreadable(path, index + 1, KINDLESS));
+                }
                 Ok(document) => documents.extend(expand_lists(document)),
                 Err(reason) => lines.push(unreadable(path, index + 1, &reason)),
             }
@@ -196,6 +205,12 @@ async fn report(args: &CheckArgs) -> Result<Vec<Line>, String> {
         && lines.is_empty()
     {
         lines.push(nothing_found(files));
+    } else {
+        // One empty input among others that were checked: the same likely failure, said for it.
+        lines.extend(empty_files.into_iter().map(|path| {
+            let at = path.display().to_string();
+            not_checked(at.clone(), &at, EMPTY_INPUT)
+        }));
     }
 
     let pipeline = Pipeline::new(
@@ -625,6 +640,12 @@ fn unreadable(path: &Path, number: usize, reason: &str) -> Line {
     let at = format!("{} document {number}", path.display());
     not_checked(at.clone(), &at, reason)
 }
+
+/// Why a document without `kind` is not checked.
+const KINDLESS: &str = "has no kind: not a Kubernetes object (kubectl apply refuses it too), so nothing in it was checked";
+
+/// Why an `-f` input without a single document is not checked, when others were.
+const EMPTY_INPUT: &str = "holds no YAML document, so nothing in it was checked; if it was written by a command, did the command fail?";
 
 /// `-f` inputs that hold nothing `check` reviews: exit 2, never a pass on nothing.
 fn nothing_found(files: &[std::path::PathBuf]) -> Line {

@@ -88,6 +88,14 @@ pub fn extract(
         return Err(error(format!("it has no {}", path.join("."))));
     };
     let mut spec = PodSpec::deserialize(spec_value).map_err(|e| error(e.to_string()))?;
+    // The API server refuses such a pod or template before any webhook sees it; a file that
+    // holds one would otherwise pass `check` with nothing checked.
+    if spec.containers.is_empty() {
+        return Err(error(format!(
+            "{} is empty",
+            [path, &["containers"]].concat().join(".")
+        )));
+    }
     if kind == Kind::Workload(Workload::DaemonSet) {
         add_daemon_pod_tolerations(&mut spec);
     }
