@@ -684,11 +684,7 @@ async fn files_are_one_catalog_lists_are_expanded_and_bundles_fetched() {
     let cuda = setup.fixtures.ai_base_cuda.reference();
     let multi = setup.fixtures.multi.reference();
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_string()
-    };
+    let write = |name: &str, text: &str| write_file(&dir, name, text);
     let run_file = write(
         "run.yaml",
         "apiVersion: tekton.dev/v1\nkind: PipelineRun\nmetadata: {name: release-1, namespace: ci}\n\
@@ -1144,11 +1140,7 @@ async fn inputs_that_hold_nothing_checkable_are_said_beside_a_pass() {
     let setup = Setup::start().await;
     let multi = setup.fixtures.multi.reference();
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_string()
-    };
+    let write = |name: &str, text: &str| write_file(&dir, name, text);
     let good = write(
         "good.yaml",
         &format!(
@@ -1184,4 +1176,11 @@ async fn inputs_that_hold_nothing_checkable_are_said_beside_a_pass() {
         let line = run.line_with(says);
         assert!(line.starts_with(&format!("ERROR {at}")), "{run}");
     }
+}
+
+/// Writes `text` to `name` in `dir`, giving its path.
+fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
 }
