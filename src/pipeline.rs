@@ -248,35 +248,59 @@ impl Pipeline {
     }
 }
 
-/// Candidate platforms, worked out once per pod: a pod's targets share one placement (one
-/// `Arc`), and placing walks every node. Placed per target, an UPDATE naming 40,000 containers
-/// on a 1,000-node cluster was 80 million node checks before any bound applied.
+/// What a pod's targets share, worked out once per pod: they share one placement (one `Arc`),
+/// and placing walks every node. Placed per target, an UPDATE naming 40,000 containers on a
+/// 1,000-node cluster was 80 million node checks before any bound applied.
 struct Placed<'a> {
     nodes: &'a [NodeView],
-    by_pod: Vec<(Arc<Placement>, Arc<[Platform]>)>,
+    pods: Vec<Pod>,
+}
+
+/// One pod: where it may run, why nowhere when nothing is left, and what it pulls with (asked
+/// only when one of its images needs a lookup).
+struct Pod {
+    placement: Arc<Placement>,
+    candidates: Arc<[Platform]>,
+    unplaceable: Option<scheduling::Unplaceable>,
+    credentials: Option<Arc<Credentials>>,
 }
 
 impl<'a> Placed<'a> {
     fn new(nodes: &'a [NodeView]) -> Self {
         Self {
             nodes,
-            by_pod: Vec::new(),
+            pods: Vec::new(),
         }
     }
 
-    fn candidates(&mut self, placement: &Arc<Placement>) -> Arc<[Platform]> {
+    fn pod(&mut self, placement: &Arc<Placement>) -> &mut Pod {
         // From the end: a pod's targets come one after another.
-        if let Some((_, candidates)) = self
-            .by_pod
+        let i = match self
+            .pods
             .iter()
-            .rev()
-            .find(|(p, _)| Arc::ptr_eq(p, placement))
+            .rposition(|p| Arc::ptr_eq(&p.placement, placement))
         {
-            return candidates.clone();
-        }
-        let candidates: Arc<[Platform]> = scheduling::candidates(placement, self.nodes).into();
-        self.by_pod.push((placement.clone(), candidates.clone()));
-        candidates
+            Some(i) => i,
+            None => {
+                let candidates: Arc<[Platform]> =
+                    scheduling::candidates(placement, self.nodes).into();
+                let unplaceable = candidates
+                    .is_empty()
+                    .then(|| scheduling::unplaceable(placement, self.nodes));
+                self.pods.push(Pod {
+                    placement: placement.clone(),
+                    candidates,
+                    unplaceable,
+                    credentials: None,
+                });
+                self.pods.len() - 1
+            }
+        };
+        &mut self.pods[i]
+    }
+
+    fn candidates(&mut self, placement: &Arc<Placement>) -> Arc<[Platform]> {
+        self.pod(placement).candidates.clone()
     }
 }
 
@@ -358,8 +382,7 @@ pub async fn resolve(
     exemptions: &Exemptions,
     deadline: Instant,
 ) -> Vec<Checked> {
-    // What each pod's targets share, worked out once per pod (its targets share one placement).
-    let mut by_pod: Vec<Pod> = Vec::new();
+    let mut placed = Placed::new(nodes);
     // Each distinct (image, identity) once, in first-seen order; targets refer to it by index.
     let mut lookups: Vec<Lookup> = Vec::new();
     let mut index: HashMap<(ImageRef, Identity), usize, foldhash::fast::RandomState> =
@@ -379,27 +402,7 @@ pub async fn resolve(
         {
             continue;
         }
-        let pod = match by_pod
-            .iter()
-            // From the end: a pod's targets come one after another.
-            .rposition(|p| Arc::ptr_eq(&p.placement, &target.placement))
-        {
-            Some(i) => &mut by_pod[i],
-            None => {
-                let candidates: Arc<[Platform]> =
-                    scheduling::candidates(&target.placement, nodes).into();
-                let unplaceable = candidates
-                    .is_empty()
-                    .then(|| scheduling::unplaceable(&target.placement, nodes));
-                by_pod.push(Pod {
-                    placement: target.placement.clone(),
-                    candidates,
-                    unplaceable,
-                    credentials: None,
-                });
-                by_pod.last_mut().expect("just pushed")
-            }
-        };
+        let pod = placed.pod(&target.placement);
         let (candidates, unplaceable) = (pod.candidates.clone(), pod.unplaceable);
         let mut slot = None;
         if let (Ok(image), None) = (&parsed, &target.known_platforms) {
@@ -540,15 +543,6 @@ struct Lookup {
     needed: Vec<Arc<[Platform]>>,
 }
 
-/// One pod's share of [`resolve`]: where it may run, and what it pulls with (asked only when one
-/// of its images needs a lookup).
-struct Pod {
-    placement: Arc<Placement>,
-    candidates: Arc<[Platform]>,
-    unplaceable: Option<scheduling::Unplaceable>,
-    credentials: Option<Arc<Credentials>>,
-}
-
 /// One image: the cached answer, re-asked once if it would deny and is not fresh.
 async fn resolve_within(
     image: &ImageRef,
@@ -625,7 +619,7 @@ mod tests {
             assert!(Arc::ptr_eq(&placed.candidates(&t.placement), &first));
         }
         assert_eq!(targets.len(), 1000);
-        assert_eq!(placed.by_pod.len(), 1, "one placement for one pod");
+        assert_eq!(placed.pods.len(), 1, "one placement for one pod");
     }
 
     #[test]
