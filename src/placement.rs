@@ -307,7 +307,7 @@ fn add(path: PointerBuf, value: Value) -> PatchOperation {
 /// The operations that AND `restriction` into the Pod's required node affinity.
 ///
 /// Terms are ORed by the scheduler, so a restriction added to only one term would leave the
-/// others open: it goes into every one. A missing level is added whole (`add` on a member that
+/// others open: it goes into every one that can match a node ([`matches_nothing`]). A missing level is added whole (`add` on a member that
 /// is present but null replaces it).
 fn affinity_patch(spec: &Value, restriction: &Restriction) -> Result<Vec<PatchOperation>, Leave> {
     let expressions =
@@ -356,6 +356,9 @@ fn affinity_patch(spec: &Value, restriction: &Restriction) -> Result<Vec<PatchOp
         // One term to AND in: append to each existing term, the smallest patch to review.
         let mut ops = Vec::new();
         for (i, term) in existing.iter().enumerate() {
+            if matches_nothing(term) {
+                continue;
+            }
             let index = i.to_string();
             let mut path = terms_path.to_vec();
             path.extend([index.as_str(), "matchExpressions"]);
@@ -376,6 +379,10 @@ fn affinity_patch(spec: &Value, restriction: &Restriction) -> Result<Vec<PatchOp
     // Several terms to AND in: (a or b) and (x or y) = ax or ay or bx or by.
     let mut product = Vec::with_capacity(existing.len() * restriction.terms.len());
     for term in existing {
+        if matches_nothing(term) {
+            product.push(term.clone());
+            continue;
+        }
         let Value::Object(term) = term else {
             return Err(Leave::TooComplex);
         };
@@ -398,6 +405,16 @@ fn affinity_patch(spec: &Value, restriction: &Restriction) -> Result<Vec<PatchOp
         path: pointer(&terms_path),
         value: Value::Array(product),
     })])
+}
+
+/// A null or empty node selector term "matches no objects" (core/v1 `NodeSelectorTerm`), and the
+/// scheduler skips it (component-helpers `nodeaffinity`). ANDing the restriction into it would
+/// make it match every node of the runnable platforms: a patch that widens. It is left as it is.
+fn matches_nothing(term: &Value) -> bool {
+    let none = |v: &Value| v.is_null() || v.as_array().is_some_and(Vec::is_empty);
+    (term.is_object() || term.is_null())
+        && none(&term["matchExpressions"])
+        && none(&term["matchFields"])
 }
 
 /// Sets [`ANNOTATION`]; its `/` is escaped as `~1` in the JSON Pointer.

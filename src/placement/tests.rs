@@ -497,3 +497,88 @@ fn windows_builds_that_labels_do_not_carry_are_left_alone() {
     );
     assert_eq!(left(plan(&pod, &checked)), Leave::Indistinct);
 }
+
+/// A real node of `platform` named `name` in zone `zone`.
+fn zoned(platform: &Platform, name: &str, zone: &str) -> NodeView {
+    let mut node = NodeView::synthetic(platform);
+    node.synthetic = false;
+    node.name = name.into();
+    node.labels
+        .insert("topology.kubernetes.io/zone".into(), zone.into());
+    node
+}
+
+/// A required term with no requirements matches no node (core/v1 NodeSelectorTerm: "A null or
+/// empty node selector term matches no objects"), so the patch leaves it as it is, on both the
+/// append path and the one-term-per-OS path: a patch only ever narrows.
+///
+/// Before: the restriction was appended to `{}` too, turning a term that matched nothing into
+/// "every node of the runnable platforms, in any zone": the zone-a pod could land on
+/// windows/arm64 in zone b (append path), or on a Windows node of another build in zone b (the
+/// product path).
+#[test]
+fn an_empty_term_still_matches_no_node_after_the_patch() {
+    let zone_a = json!({"matchExpressions": [
+        {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]},
+    ]});
+    let with_terms = |image: &str, empty: &Value| {
+        let mut pod = replicaset_pod(image);
+        pod["spec"]["affinity"] = json!({"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [empty.clone(), zone_a.clone()],
+            },
+        }});
+        pod
+    };
+    let patched_terms = |patched: &Value| {
+        patched["spec"]["affinity"]["nodeAffinity"][REQUIRED]["nodeSelectorTerms"].clone()
+    };
+
+    // One term to AND in: appended to each term that has requirements.
+    let nodes = vec![
+        zoned(&p("linux/amd64"), "a-amd", "a"),
+        zoned(&p("linux/arm64"), "a-arm", "a"),
+        zoned(&p("windows/arm64"), "b-win-arm", "b"),
+    ];
+    for empty in [json!({}), json!({"matchExpressions": []})] {
+        let pod = with_terms(ARM_ONLY, &empty);
+        let checked = check(&pod, &nodes, &images());
+        let before: Vec<String> = checked[0]
+            .candidates
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(before, ["linux/amd64", "linux/arm64"], "{empty}");
+        let s = steered(plan(&pod, &checked));
+        let (patched, after) = candidates_after(&pod, &s, &nodes);
+        assert_eq!(
+            after,
+            ["linux/arm64"],
+            "{empty}: {}",
+            patched_terms(&patched)
+        );
+        assert_eq!(patched_terms(&patched)[0], empty);
+    }
+
+    // One term per OS: the terms are multiplied, the empty one kept once as it was.
+    let mut build = p("windows/amd64");
+    build.os_version = Some("10.0.20348".into());
+    let nodes = vec![
+        zoned(&p("linux/amd64"), "a-amd", "a"),
+        zoned(&p("linux/arm64"), "a-arm", "a"),
+        zoned(&p("windows/amd64"), "a-win", "a"),
+        zoned(&build, "b-win", "b"),
+    ];
+    let mut pod = with_terms("example.com/agent:1", &json!({}));
+    pod["spec"]["containers"].as_array_mut().unwrap().pop();
+    let s = steered(plan(&pod, &check(&pod, &nodes, &images())));
+    assert_eq!(s.restriction.terms.len(), 2);
+    let (patched, after) = candidates_after(&pod, &s, &nodes);
+    assert_eq!(
+        after,
+        ["linux/arm64", "windows/amd64"],
+        "{}",
+        patched_terms(&patched)
+    );
+    assert_eq!(patched_terms(&patched)[0], json!({}));
+}
