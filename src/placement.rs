@@ -2,8 +2,8 @@
 //! refusing it.
 //!
 //! Pure: the Pod as the API server sent it and the pipeline's checked targets in, a [`Plan`] out:
-//! either an RFC 6902 JSON Patch that adds a required node affinity on `kubernetes.io/arch` (and
-//! `kubernetes.io/os` when the OS narrows too), or the reason the Pod is left as it is. Whether the
+//! either an RFC 6902 JSON Patch that adds a required node affinity on `kubernetes.io/os` and
+//! `kubernetes.io/arch`, or the reason the Pod is left as it is. Whether the
 //! Pod may run at all stays the validating webhook's decision ([`crate::policy`]); this module only
 //! narrows where the scheduler may put it, and only when labels can say exactly where that is.
 
@@ -207,10 +207,12 @@ fn steer(pod: &Value, checked: &[Checked]) -> Result<Steering, Leave> {
     if unrunnable.iter().any(|p| labelled.contains(&os_arch(p))) {
         return Err(Leave::Indistinct);
     }
-    let restriction = restriction(&labelled, &candidates);
+    let (restriction, os_narrows) = restriction(&labelled, &candidates);
     let spec = &pod["spec"];
-    let keys: BTreeSet<&str> = restriction.terms.iter().flatten().map(|r| r.key).collect();
-    if constrains(spec, ARCH_LABEL) || keys.iter().any(|k| constrains(spec, k)) {
+    // An OS the author already pinned where it does not narrow (`kubernetes.io/os: linux` in a
+    // Linux-only cluster, common in charts) is no choice about platforms: the restriction's own
+    // OS requirement is ANDed with it.
+    if constrains(spec, ARCH_LABEL) || (os_narrows && constrains(spec, OS_LABEL)) {
         return Err(Leave::Constrained);
     }
     let mut patch = affinity_patch(spec, &restriction)?;
@@ -228,14 +230,18 @@ fn steer(pod: &Value, checked: &[Checked]) -> Result<Steering, Leave> {
     })
 }
 
-/// The requirements that admit exactly the runnable `(os, arch)` pairs among the candidates.
+/// The requirements that admit exactly the runnable `(os, arch)` pairs among the candidates, and
+/// whether the OS narrows among today's candidates (only then does the Pod's own OS constraint
+/// make it [`Leave::Constrained`]).
 ///
-/// When every OS runs the same architectures, one term: the architectures, and the OS only if a
-/// candidate of one of those architectures runs another OS. Otherwise one term per OS.
+/// Both labels always: the restriction states where the images run, not only what tells today's
+/// nodes apart, so a node that joins later (cluster-autoscaler and Karpenter choose node types
+/// from the Pod's own requirements) is admitted only if it runs them. When every OS runs the same
+/// architectures, one term; otherwise one term per OS.
 fn restriction(
     runnable: &BTreeSet<(String, String)>,
     candidates: &BTreeSet<Platform>,
-) -> Restriction {
+) -> (Restriction, bool) {
     let mut by_os: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (os, arch) in runnable {
         by_os.entry(os).or_default().push(arch.clone());
@@ -243,24 +249,20 @@ fn restriction(
     let archs: Vec<String> = by_os.values().next().cloned().unwrap_or_default();
     if by_os.values().all(|a| *a == archs) {
         let oses: Vec<String> = by_os.keys().map(|o| o.to_string()).collect();
-        let arch_needed = candidates.iter().any(|c| !archs.contains(&c.architecture));
-        let os_needed = candidates
+        let os_narrows = candidates
             .iter()
             .any(|c| archs.contains(&c.architecture) && !oses.contains(&c.os));
-        let mut term = Vec::new();
-        if os_needed {
-            term.push(Requirement {
+        let term = vec![
+            Requirement {
                 key: OS_LABEL,
                 values: oses,
-            });
-        }
-        if arch_needed {
-            term.push(Requirement {
+            },
+            Requirement {
                 key: ARCH_LABEL,
                 values: archs,
-            });
-        }
-        return Restriction { terms: vec![term] };
+            },
+        ];
+        return (Restriction { terms: vec![term] }, os_narrows);
     }
     let terms = by_os
         .into_iter()
@@ -277,7 +279,7 @@ fn restriction(
             ]
         })
         .collect();
-    Restriction { terms }
+    (Restriction { terms }, true)
 }
 
 /// Does the Pod's spec already say something about node label `key` that the scheduler must

@@ -139,12 +139,15 @@ fn a_pod_without_affinity_gets_one_and_the_annotation_path_is_escaped() {
     let nodes = nodes(&["linux/amd64", "linux/arm64"]);
     let s = steered(plan(&pod, &check(&pod, &nodes, &images())));
     let patch = serde_json::to_value(&s.patch).unwrap();
+    // The OS too, though every node is Linux today: the patch states where the image runs, so
+    // a Windows arm64 node that joins later stays out.
     assert_eq!(
         patch,
         json!([
             {"op": "add", "path": "/spec/affinity", "value": {"nodeAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                     {"matchExpressions": [
+                        {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
                         {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]},
                     ]},
                 ]},
@@ -155,8 +158,8 @@ fn a_pod_without_affinity_gets_one_and_the_annotation_path_is_escaped() {
     assert_eq!(
         s.note,
         format!(
-            "archgate added required node affinity kubernetes.io/arch In (arm64): container \"api\" \
-             image \"{ARM_ONLY}\" is missing linux/amd64 (available: linux/arm64)"
+            "archgate added required node affinity kubernetes.io/os In (linux) and \
+             kubernetes.io/arch In (arm64): container \"api\" image \"{ARM_ONLY}\" is missing linux/amd64 (available: linux/arm64)"
         )
     );
     let (patched, after) = candidates_after(&pod, &s, &nodes);
@@ -232,7 +235,9 @@ fn the_restriction_is_added_to_every_ored_term() {
     }
     nodes[0].name = "big-1".into();
     let s = steered(plan(&pod, &check(&pod, &nodes, &images())));
-    let paths: Vec<String> = s.patch.0[..2]
+    // Two requirements (os and arch, both always) appended to the first term, a list for the
+    // second.
+    let paths: Vec<String> = s.patch.0[..3]
         .iter()
         .map(|op| op.path().to_string())
         .collect();
@@ -241,15 +246,18 @@ fn the_restriction_is_added_to_every_ored_term() {
         paths,
         [
             format!("{terms}/0/matchExpressions/-"),
+            format!("{terms}/0/matchExpressions/-"),
             format!("{terms}/1/matchExpressions")
         ]
     );
     let (patched, after) = candidates_after(&pod, &s, &nodes);
     assert_eq!(after, ["linux/arm64"]);
     let patched_terms = &patched["spec"]["affinity"]["nodeAffinity"][REQUIRED]["nodeSelectorTerms"];
+    let os = json!({"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]});
     let arch = json!({"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]});
-    assert_eq!(patched_terms[0]["matchExpressions"][1], arch);
-    assert_eq!(patched_terms[1]["matchExpressions"], json!([arch]));
+    assert_eq!(patched_terms[0]["matchExpressions"][1], os);
+    assert_eq!(patched_terms[0]["matchExpressions"][2], arch);
+    assert_eq!(patched_terms[1]["matchExpressions"], json!([os, arch]));
     assert_eq!(
         patched_terms[1]["matchFields"],
         pod["spec"]["affinity"]["nodeAffinity"][REQUIRED]["nodeSelectorTerms"][1]["matchFields"]
@@ -257,12 +265,17 @@ fn the_restriction_is_added_to_every_ored_term() {
 }
 
 #[test]
-fn the_os_is_added_only_when_it_narrows() {
-    // Linux and Windows nodes of one architecture: only the OS tells them apart.
+fn one_term_names_os_and_arch_or_one_term_per_os() {
+    // Linux and Windows nodes of one architecture: only the OS tells them apart today, but the
+    // architecture is named too (the_restriction_keeps_out_nodes_that_join_later): the
+    // runnable candidates' only, never wider than what archgate has checked.
     let nodes = nodes(&["linux/amd64", "windows/amd64"]);
     let pod = replicaset_pod(MULTI);
     let s = steered(plan(&pod, &check(&pod, &nodes, &images())));
-    assert_eq!(s.restriction.to_string(), "kubernetes.io/os In (linux)");
+    assert_eq!(
+        s.restriction.to_string(),
+        "kubernetes.io/os In (linux) and kubernetes.io/arch In (amd64)"
+    );
     assert_eq!(candidates_after(&pod, &s, &nodes).1, ["linux/amd64"]);
 
     // linux/arm64 and windows/amd64 fit, linux/amd64 does not: one term per OS.
@@ -581,4 +594,44 @@ fn an_empty_term_still_matches_no_node_after_the_patch() {
         patched_terms(&patched)
     );
     assert_eq!(patched_terms(&patched)[0], json!({}));
+}
+
+/// The restriction names both the OS and the architecture the images run on, even where the
+/// nodes of today differ in only one of them: a node that joins later (cluster-autoscaler and
+/// Karpenter pick node types from the pod's own requirements) is kept out unless it runs them.
+///
+/// Before: linux/amd64 and windows/amd64 nodes and a linux/amd64-only image gave only
+/// `kubernetes.io/os In (linux)`; a linux/arm64 node added while the pod was Pending admitted it,
+/// and the image could not run there (exec format error).
+#[test]
+fn the_restriction_keeps_out_nodes_that_join_later() {
+    let amd_only = "example.com/amd:1";
+    let mut images = images();
+    images.insert(amd_only, vec!["linux/amd64"]);
+    let now = nodes(&["linux/amd64", "windows/amd64"]);
+    let mut pod = replicaset_pod(amd_only);
+    pod["spec"]["containers"].as_array_mut().unwrap().pop();
+    let s = steered(plan(&pod, &check(&pod, &now, &images)));
+    let later = nodes(&[
+        "linux/amd64",
+        "linux/arm64",
+        "windows/amd64",
+        "windows/arm64",
+    ]);
+    let (_, after) = candidates_after(&pod, &s, &later);
+    assert_eq!(after, ["linux/amd64"], "restriction {}", s.restriction);
+
+    // amd64 and arm64 Linux nodes today: a Windows arm64 node added later stays out too.
+    let now = nodes(&["linux/amd64", "linux/arm64"]);
+    let pod = replicaset_pod(ARM_ONLY);
+    let s = steered(plan(&pod, &check(&pod, &now, &self::images())));
+    let (_, after) = candidates_after(&pod, &s, &later);
+    assert_eq!(after, ["linux/arm64"], "restriction {}", s.restriction);
+
+    // A chart's `kubernetes.io/os: linux` where the OS does not narrow is no choice of
+    // platform: the pod is still steered, the OS requirement ANDed with the selector.
+    let mut pod = replicaset_pod(ARM_ONLY);
+    pod["spec"]["nodeSelector"] = json!({"kubernetes.io/os": "linux"});
+    let s = steered(plan(&pod, &check(&pod, &now, &self::images())));
+    assert_eq!(candidates_after(&pod, &s, &later).1, ["linux/arm64"]);
 }
