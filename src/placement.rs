@@ -12,12 +12,14 @@ use std::fmt;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use k8s_openapi::api::core::v1::NodeSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use crate::platform::Platform;
 use crate::policy::{self, Checked, Outcome};
-use crate::scheduling::{ARCH_LABEL, OS_LABEL};
+use crate::scheduling::{self, ARCH_LABEL, NodeView, OS_LABEL};
+use crate::workload::Placement;
 
 /// The annotation archgate sets on a Pod it steered: what it added and why.
 pub const ANNOTATION: &str = "archgate.io/placement";
@@ -82,6 +84,11 @@ pub enum Leave {
     Indistinct,
     /// The merged affinity would exceed [`MAX_TERMS`], or its shape is not a Pod's.
     TooComplex,
+    /// Read back against the nodes, the patch would not admit exactly the nodes every image runs
+    /// on: a node states its platform only in `beta.kubernetes.io/*` labels or `status.nodeInfo`,
+    /// or spells it otherwise (`kubernetes.io/arch: aarch64`), so `kubernetes.io/os`/`arch`
+    /// cannot select it.
+    Unselectable,
 }
 
 impl Leave {
@@ -98,6 +105,7 @@ impl Leave {
             Self::Constrained => "constrained",
             Self::Indistinct => "indistinct",
             Self::TooComplex => "too_complex",
+            Self::Unselectable => "unselectable",
         }
     }
 }
@@ -165,15 +173,16 @@ impl fmt::Display for Restriction {
 }
 
 /// Decides whether and how to steer `pod` (`metadata` and `spec` as the API server sent them),
-/// given what the pipeline learned of its images.
-pub fn plan(pod: &Value, checked: &[Checked]) -> Plan {
-    match steer(pod, checked) {
+/// given what the pipeline learned of its images and the cluster's `nodes`, against which the
+/// patch is read back before it is made.
+pub fn plan(pod: &Value, checked: &[Checked], nodes: &[NodeView]) -> Plan {
+    match steer(pod, checked, nodes) {
         Ok(steering) => Plan::Steer(steering),
         Err(leave) => Plan::Leave(leave),
     }
 }
 
-fn steer(pod: &Value, checked: &[Checked]) -> Result<Steering, Leave> {
+fn steer(pod: &Value, checked: &[Checked], nodes: &[NodeView]) -> Result<Steering, Leave> {
     if checked.is_empty() {
         return Err(Leave::Fits);
     }
@@ -216,6 +225,12 @@ fn steer(pod: &Value, checked: &[Checked]) -> Result<Steering, Leave> {
         return Err(Leave::Constrained);
     }
     let mut patch = affinity_patch(spec, &restriction)?;
+    let runs = |node: &Platform| {
+        provided
+            .iter()
+            .all(|have| have.iter().any(|p| p.satisfies(node)))
+    };
+    verify(spec, &patch, &checked[0].target.placement, runs, nodes)?;
     let findings: Vec<String> = checked
         .iter()
         .filter_map(policy::finding)
@@ -280,6 +295,40 @@ fn restriction(
         })
         .collect();
     (Restriction { terms }, true)
+}
+
+/// Reads the affinity patch back: applied to the Pod's placement, it must admit exactly the
+/// `nodes` the unpatched Pod could land on whose platform every image provides (`runs`), and at
+/// least one. The restriction is worked out on platforms, the patch selects on labels; where a
+/// node's platform comes from elsewhere (`beta.kubernetes.io/*`, `status.nodeInfo`, `aarch64`)
+/// the two part, and a patch that keeps the Pod off a node it runs on, or off every node, is
+/// not made.
+fn verify(
+    spec: &Value,
+    affinity: &[PatchOperation],
+    placement: &Placement,
+    runs: impl Fn(&Platform) -> bool,
+    nodes: &[NodeView],
+) -> Result<(), Leave> {
+    // The affinity operations touch `/spec/affinity` only: the rest of the Pod is not copied.
+    let mut patched = json!({"spec": {"affinity": spec["affinity"].clone()}});
+    json_patch::patch(&mut patched, affinity).map_err(|_| Leave::TooComplex)?;
+    let required: NodeSelector =
+        serde_json::from_value(patched["spec"]["affinity"]["nodeAffinity"][REQUIRED].take())
+            .map_err(|_| Leave::TooComplex)?;
+    let steered = Placement {
+        required_affinity: Some(required),
+        ..placement.clone()
+    };
+    let wanted: Vec<bool> = scheduling::admitted(placement, nodes)
+        .into_iter()
+        .zip(nodes)
+        .map(|(admitted, node)| admitted && runs(&node.platform.normalized()))
+        .collect();
+    if !wanted.contains(&true) || scheduling::admitted(&steered, nodes) != wanted {
+        return Err(Leave::Unselectable);
+    }
+    Ok(())
 }
 
 /// Does the Pod's spec already say something about node label `key` that the scheduler must
