@@ -56,7 +56,14 @@ impl Admission {
         let plan = self.plan(&mut req, due).instrument(span.clone()).await;
         let mut response = AdmissionResponse::from(&req);
         let (review, outcome) = match plan {
-            Plan::Leave(why) => (serde_json::to_value(response.into_review()), why.label()),
+            Plan::Leave(why) => {
+                if why == Leave::Unselectable {
+                    // The developer learns why the pod was not steered, and what would let it be.
+                    span.in_scope(|| info!("not steered: node labels do not say where it runs"));
+                    response.warnings = Some(vec![policy::unselectable_warning()]);
+                }
+                (serde_json::to_value(response.into_review()), why.label())
+            }
             Plan::Steer(steering) => {
                 span.in_scope(|| info!(restriction = %steering.restriction, "steered"));
                 // kubectl shows it: the developer learns where the Pod went and why.
@@ -110,7 +117,9 @@ impl Admission {
             .review(self.request(req, &subject, None, due))
             .await
         {
-            Ok(reviewed) => placement::plan(&subject.object, &reviewed.checked),
+            Ok(reviewed) => {
+                placement::plan(&subject.object, &reviewed.checked, &self.cluster.nodes())
+            }
             Err(e) => {
                 debug!(error = %e, "object not readable; left alone");
                 Plan::Leave(Leave::Unknown)

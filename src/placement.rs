@@ -2,8 +2,8 @@
 //! refusing it.
 //!
 //! Pure: the Pod as the API server sent it and the pipeline's checked targets in, a [`Plan`] out:
-//! either an RFC 6902 JSON Patch that adds a required node affinity on `kubernetes.io/arch` (and
-//! `kubernetes.io/os` when the OS narrows too), or the reason the Pod is left as it is. Whether the
+//! either an RFC 6902 JSON Patch that adds a required node affinity on `kubernetes.io/os` and
+//! `kubernetes.io/arch`, or the reason the Pod is left as it is. Whether the
 //! Pod may run at all stays the validating webhook's decision ([`crate::policy`]); this module only
 //! narrows where the scheduler may put it, and only when labels can say exactly where that is.
 
@@ -12,12 +12,14 @@ use std::fmt;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use k8s_openapi::api::core::v1::NodeSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use crate::platform::Platform;
 use crate::policy::{self, Checked, Outcome};
-use crate::scheduling::{ARCH_LABEL, OS_LABEL};
+use crate::scheduling::{self, ARCH_LABEL, NodeView, OS_LABEL};
+use crate::workload::Placement;
 
 /// The annotation archgate sets on a Pod it steered: what it added and why.
 pub const ANNOTATION: &str = "archgate.io/placement";
@@ -82,6 +84,11 @@ pub enum Leave {
     Indistinct,
     /// The merged affinity would exceed [`MAX_TERMS`], or its shape is not a Pod's.
     TooComplex,
+    /// Read back against the nodes, the patch would not admit exactly the nodes every image runs
+    /// on: a node states its platform only in `beta.kubernetes.io/*` labels or `status.nodeInfo`,
+    /// or spells it otherwise (`kubernetes.io/arch: aarch64`), so `kubernetes.io/os`/`arch`
+    /// cannot select it.
+    Unselectable,
 }
 
 impl Leave {
@@ -98,6 +105,7 @@ impl Leave {
             Self::Constrained => "constrained",
             Self::Indistinct => "indistinct",
             Self::TooComplex => "too_complex",
+            Self::Unselectable => "unselectable",
         }
     }
 }
@@ -165,15 +173,16 @@ impl fmt::Display for Restriction {
 }
 
 /// Decides whether and how to steer `pod` (`metadata` and `spec` as the API server sent them),
-/// given what the pipeline learned of its images.
-pub fn plan(pod: &Value, checked: &[Checked]) -> Plan {
-    match steer(pod, checked) {
+/// given what the pipeline learned of its images and the cluster's `nodes`, against which the
+/// patch is read back before it is made.
+pub fn plan(pod: &Value, checked: &[Checked], nodes: &[NodeView]) -> Plan {
+    match steer(pod, checked, nodes) {
         Ok(steering) => Plan::Steer(steering),
         Err(leave) => Plan::Leave(leave),
     }
 }
 
-fn steer(pod: &Value, checked: &[Checked]) -> Result<Steering, Leave> {
+fn steer(pod: &Value, checked: &[Checked], nodes: &[NodeView]) -> Result<Steering, Leave> {
     if checked.is_empty() {
         return Err(Leave::Fits);
     }
@@ -207,13 +216,21 @@ fn steer(pod: &Value, checked: &[Checked]) -> Result<Steering, Leave> {
     if unrunnable.iter().any(|p| labelled.contains(&os_arch(p))) {
         return Err(Leave::Indistinct);
     }
-    let restriction = restriction(&labelled, &candidates);
+    let (restriction, os_narrows) = restriction(&labelled, &candidates);
     let spec = &pod["spec"];
-    let keys: BTreeSet<&str> = restriction.terms.iter().flatten().map(|r| r.key).collect();
-    if constrains(spec, ARCH_LABEL) || keys.iter().any(|k| constrains(spec, k)) {
+    // An OS the author already pinned where it does not narrow (`kubernetes.io/os: linux` in a
+    // Linux-only cluster, common in charts) is no choice about platforms: the restriction's own
+    // OS requirement is ANDed with it.
+    if constrains(spec, ARCH_LABEL) || (os_narrows && constrains(spec, OS_LABEL)) {
         return Err(Leave::Constrained);
     }
     let mut patch = affinity_patch(spec, &restriction)?;
+    let runs = |node: &Platform| {
+        provided
+            .iter()
+            .all(|have| have.iter().any(|p| p.satisfies(node)))
+    };
+    verify(spec, &patch, &checked[0].target.placement, runs, nodes)?;
     let findings: Vec<String> = checked
         .iter()
         .filter_map(policy::finding)
@@ -228,14 +245,18 @@ fn steer(pod: &Value, checked: &[Checked]) -> Result<Steering, Leave> {
     })
 }
 
-/// The requirements that admit exactly the runnable `(os, arch)` pairs among the candidates.
+/// The requirements that admit exactly the runnable `(os, arch)` pairs among the candidates, and
+/// whether the OS narrows among today's candidates (only then does the Pod's own OS constraint
+/// make it [`Leave::Constrained`]).
 ///
-/// When every OS runs the same architectures, one term: the architectures, and the OS only if a
-/// candidate of one of those architectures runs another OS. Otherwise one term per OS.
+/// Both labels always: the restriction states where the images run, not only what tells today's
+/// nodes apart, so a node that joins later (cluster-autoscaler and Karpenter choose node types
+/// from the Pod's own requirements) is admitted only if it runs them. When every OS runs the same
+/// architectures, one term; otherwise one term per OS.
 fn restriction(
     runnable: &BTreeSet<(String, String)>,
     candidates: &BTreeSet<Platform>,
-) -> Restriction {
+) -> (Restriction, bool) {
     let mut by_os: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (os, arch) in runnable {
         by_os.entry(os).or_default().push(arch.clone());
@@ -243,24 +264,20 @@ fn restriction(
     let archs: Vec<String> = by_os.values().next().cloned().unwrap_or_default();
     if by_os.values().all(|a| *a == archs) {
         let oses: Vec<String> = by_os.keys().map(|o| o.to_string()).collect();
-        let arch_needed = candidates.iter().any(|c| !archs.contains(&c.architecture));
-        let os_needed = candidates
+        let os_narrows = candidates
             .iter()
             .any(|c| archs.contains(&c.architecture) && !oses.contains(&c.os));
-        let mut term = Vec::new();
-        if os_needed {
-            term.push(Requirement {
+        let term = vec![
+            Requirement {
                 key: OS_LABEL,
                 values: oses,
-            });
-        }
-        if arch_needed {
-            term.push(Requirement {
+            },
+            Requirement {
                 key: ARCH_LABEL,
                 values: archs,
-            });
-        }
-        return Restriction { terms: vec![term] };
+            },
+        ];
+        return (Restriction { terms: vec![term] }, os_narrows);
     }
     let terms = by_os
         .into_iter()
@@ -277,7 +294,41 @@ fn restriction(
             ]
         })
         .collect();
-    Restriction { terms }
+    (Restriction { terms }, true)
+}
+
+/// Reads the affinity patch back: applied to the Pod's placement, it must admit exactly the
+/// `nodes` the unpatched Pod could land on whose platform every image provides (`runs`), and at
+/// least one. The restriction is worked out on platforms, the patch selects on labels; where a
+/// node's platform comes from elsewhere (`beta.kubernetes.io/*`, `status.nodeInfo`, `aarch64`)
+/// the two part, and a patch that keeps the Pod off a node it runs on, or off every node, is
+/// not made.
+fn verify(
+    spec: &Value,
+    affinity: &[PatchOperation],
+    placement: &Placement,
+    runs: impl Fn(&Platform) -> bool,
+    nodes: &[NodeView],
+) -> Result<(), Leave> {
+    // The affinity operations touch `/spec/affinity` only: the rest of the Pod is not copied.
+    let mut patched = json!({"spec": {"affinity": spec["affinity"].clone()}});
+    json_patch::patch(&mut patched, affinity).map_err(|_| Leave::TooComplex)?;
+    let required: NodeSelector =
+        serde_json::from_value(patched["spec"]["affinity"]["nodeAffinity"][REQUIRED].take())
+            .map_err(|_| Leave::TooComplex)?;
+    let steered = Placement {
+        required_affinity: Some(required),
+        ..placement.clone()
+    };
+    let wanted: Vec<bool> = scheduling::admitted(placement, nodes)
+        .into_iter()
+        .zip(nodes)
+        .map(|(admitted, node)| admitted && runs(&node.platform.normalized()))
+        .collect();
+    if !wanted.contains(&true) || scheduling::admitted(&steered, nodes) != wanted {
+        return Err(Leave::Unselectable);
+    }
+    Ok(())
 }
 
 /// Does the Pod's spec already say something about node label `key` that the scheduler must
@@ -307,7 +358,7 @@ fn add(path: PointerBuf, value: Value) -> PatchOperation {
 /// The operations that AND `restriction` into the Pod's required node affinity.
 ///
 /// Terms are ORed by the scheduler, so a restriction added to only one term would leave the
-/// others open: it goes into every one. A missing level is added whole (`add` on a member that
+/// others open: it goes into every one that can match a node ([`matches_nothing`]). A missing level is added whole (`add` on a member that
 /// is present but null replaces it).
 fn affinity_patch(spec: &Value, restriction: &Restriction) -> Result<Vec<PatchOperation>, Leave> {
     let expressions =
@@ -356,6 +407,9 @@ fn affinity_patch(spec: &Value, restriction: &Restriction) -> Result<Vec<PatchOp
         // One term to AND in: append to each existing term, the smallest patch to review.
         let mut ops = Vec::new();
         for (i, term) in existing.iter().enumerate() {
+            if matches_nothing(term) {
+                continue;
+            }
             let index = i.to_string();
             let mut path = terms_path.to_vec();
             path.extend([index.as_str(), "matchExpressions"]);
@@ -376,6 +430,10 @@ fn affinity_patch(spec: &Value, restriction: &Restriction) -> Result<Vec<PatchOp
     // Several terms to AND in: (a or b) and (x or y) = ax or ay or bx or by.
     let mut product = Vec::with_capacity(existing.len() * restriction.terms.len());
     for term in existing {
+        if matches_nothing(term) {
+            product.push(term.clone());
+            continue;
+        }
         let Value::Object(term) = term else {
             return Err(Leave::TooComplex);
         };
@@ -398,6 +456,16 @@ fn affinity_patch(spec: &Value, restriction: &Restriction) -> Result<Vec<PatchOp
         path: pointer(&terms_path),
         value: Value::Array(product),
     })])
+}
+
+/// A null or empty node selector term "matches no objects" (core/v1 `NodeSelectorTerm`), and the
+/// scheduler skips it (component-helpers `nodeaffinity`). ANDing the restriction into it would
+/// make it match every node of the runnable platforms: a patch that widens. It is left as it is.
+fn matches_nothing(term: &Value) -> bool {
+    let none = |v: &Value| v.is_null() || v.as_array().is_some_and(Vec::is_empty);
+    (term.is_object() || term.is_null())
+        && none(&term["matchExpressions"])
+        && none(&term["matchFields"])
 }
 
 /// Sets [`ANNOTATION`]; its `/` is escaped as `~1` in the JSON Pointer.

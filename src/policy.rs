@@ -548,6 +548,17 @@ pub fn steered_warning(restriction: &str, annotation: &str) -> String {
     ))
 }
 
+/// The warning kubectl shows for a Pod placement mode would have steered but did not, because
+/// the node labels an affinity selects on do not say where its images run
+/// ([`crate::placement::Leave::Unselectable`]).
+pub fn unselectable_warning() -> String {
+    clip(
+        "archgate did not steer this pod: the kubernetes.io/os and kubernetes.io/arch labels would \
+         not select exactly the nodes its images run on (a node states its platform only in \
+         beta.kubernetes.io labels or status.nodeInfo, or as aarch64)",
+    )
+}
+
 /// A resource named through a Tekton bundle that could not be fetched.
 pub fn bundle_not_checked(reference: &BundleRef, why: &str) -> String {
     clip(&format!(

@@ -279,6 +279,13 @@ fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     key_ok && value_ok
 }
 
+/// For each of `nodes`, whether a pod with `placement` may run there (the nodes [`candidates`]
+/// takes its platforms from). Placement mode reads its own patch back with it, node by node.
+pub fn admitted(placement: &Placement, nodes: &[NodeView]) -> Vec<bool> {
+    let bound = bound_to(placement, nodes);
+    nodes.iter().map(|n| admits(placement, n, bound)).collect()
+}
+
 /// The distinct platforms of the nodes a placement admits, in a stable order; a placement that
 /// fixes its platforms (a Dockerfile's pulls) needs exactly those, whatever the nodes.
 pub fn candidates(placement: &Placement, nodes: &[NodeView]) -> Vec<Platform> {

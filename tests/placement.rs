@@ -58,8 +58,13 @@ fn with_object(review: &Value, object: Value) -> Value {
     review
 }
 
-fn arm64_term() -> Value {
-    json!({"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]})
+/// What a steered pod's terms gain: the OS too, though every node is Linux, so that a node
+/// that joins later is admitted only if it runs the image.
+fn linux_arm64() -> [Value; 2] {
+    [
+        json!({"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}),
+        json!({"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}),
+    ]
 }
 
 /// A Pod CREATE review as the API server sends it for a ReplicaSet's pod (written here so the
@@ -146,11 +151,11 @@ async fn an_arm64_only_pod_is_steered_and_then_admitted() {
     let pod = apply(&review, &patch);
     assert_eq!(
         pod["spec"]["affinity"]["nodeAffinity"][TERMS]["nodeSelectorTerms"],
-        json!([{"matchExpressions": [arm64_term()]}])
+        json!([{"matchExpressions": linux_arm64()}])
     );
     let note = format!(
-        "archgate added required node affinity kubernetes.io/arch In (arm64): container \
-         \"echo-server\" image \"{}\" is missing linux/amd64 (available: linux/arm64)",
+        "archgate added required node affinity kubernetes.io/os In (linux) and \
+         kubernetes.io/arch In (arm64): container \"echo-server\" image \"{}\" is missing linux/amd64 (available: linux/arm64)",
         world.arm_only()
     );
     assert_eq!(
@@ -167,7 +172,8 @@ async fn an_arm64_only_pod_is_steered_and_then_admitted() {
     assert_eq!(
         response["warnings"],
         json!([
-            "archgate added node affinity kubernetes.io/arch In (arm64); why: annotation archgate.io/placement"
+            "archgate added node affinity kubernetes.io/os In (linux) and kubernetes.io/arch In (arm64); \
+             why: annotation archgate.io/placement"
         ])
     );
     // Everything else is untouched.
@@ -217,7 +223,7 @@ async fn every_ored_term_gets_the_restriction() {
     let merged = &pod["spec"]["affinity"]["nodeAffinity"][TERMS]["nodeSelectorTerms"];
     for (i, term) in terms.as_array().unwrap().iter().enumerate() {
         let mut want = term["matchExpressions"].as_array().unwrap().clone();
-        want.push(arm64_term());
+        want.extend(linux_arm64());
         assert_eq!(merged[i]["matchExpressions"], json!(want), "term {i}");
     }
     assert_eq!(merged.as_array().unwrap().len(), 2);
@@ -335,7 +341,7 @@ async fn a_tekton_task_pod_is_steered() {
     let pod = apply(&review, &patch);
     assert_eq!(
         pod["spec"]["affinity"]["nodeAffinity"][TERMS]["nodeSelectorTerms"][0]["matchExpressions"],
-        json!([arm64_term()])
+        json!(linux_arm64())
     );
     assert_eq!(
         hook.review(&with_object(&review, pod)).await["allowed"],
