@@ -358,8 +358,8 @@ fn add(path: PointerBuf, value: Value) -> PatchOperation {
 /// The operations that AND `restriction` into the Pod's required node affinity.
 ///
 /// Terms are ORed by the scheduler, so a restriction added to only one term would leave the
-/// others open: it goes into every one that can match a node ([`matches_nothing`]). A missing level is added whole (`add` on a member that
-/// is present but null replaces it).
+/// others open: it goes into every one that can match a node ([`matches_nothing`]). A missing
+/// level is added whole (`add` on a member that is present but null replaces it).
 fn affinity_patch(spec: &Value, restriction: &Restriction) -> Result<Vec<PatchOperation>, Leave> {
     let expressions =
         |reqs: &[Requirement]| Value::Array(reqs.iter().map(Requirement::to_json).collect());
