@@ -26,6 +26,12 @@ const MAX_LAYER_BYTES: i64 = 4 << 20;
 /// are a few hundred nodes and a few KiB of text.
 const MAX_RESOURCE_NODES: usize = 50_000;
 const MAX_RESOURCE_TEXT_BYTES: usize = MAX_LAYER_BYTES as usize;
+/// Bytes of the resource's file read, at most; a file past it is refused, never cut (a Task
+/// cut short still parses, and the steps past the cut would go unchecked).
+const MAX_RESOURCE_FILE_BYTES: u64 = MAX_LAYER_BYTES as u64;
+/// Bytes a gzipped layer may unpack to before its resource is read (tar headers and entries
+/// skipped before the file count); past it the layer is refused.
+const MAX_UNPACKED_BYTES: u64 = 4 * MAX_LAYER_BYTES as u64;
 /// Cached resources, weighed by [`weight`]: a bundle reference is the run author's choice.
 const CACHE_BYTES: u64 = 64 << 20;
 
@@ -158,18 +164,56 @@ fn find_layer<'a>(layers: &'a [Layer], kind: &str, name: &str) -> Option<&'a Lay
     })
 }
 
-/// The one file in a layer's tar (gzipped or not), parsed as YAML or JSON.
+/// The one file in a layer's tar (gzipped or not), parsed as YAML or JSON. A gzipped tar is
+/// read through the decoder as it unpacks (nothing past the file is unpacked), against
+/// [`MAX_UNPACKED_BYTES`].
 pub fn read_resource(blob: &[u8]) -> Result<Value, BundleError> {
-    let mut tar_bytes = Vec::new();
-    if blob.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(blob)
-            .take(MAX_LAYER_BYTES as u64 * 4)
-            .read_to_end(&mut tar_bytes)
-            .map_err(|e| BundleError::Layer(format!("gzip: {e}")))?;
-    } else {
-        tar_bytes.extend_from_slice(blob);
+    if !blob.starts_with(&[0x1f, 0x8b]) {
+        return read_tar(blob);
     }
-    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+    let mut unpacked = Bounded {
+        inner: flate2::read::GzDecoder::new(blob),
+        read: 0,
+        cap: MAX_UNPACKED_BYTES,
+    };
+    // The tar reader reports a failed read in its own words; the bound is said here.
+    read_tar(&mut unpacked).map_err(|e| {
+        if unpacked.read > unpacked.cap {
+            BundleError::Layer(format!(
+                "the layer unpacks to more than {MAX_UNPACKED_BYTES} bytes"
+            ))
+        } else {
+            e
+        }
+    })
+}
+
+/// A reader that fails once more than `cap` bytes have come through it: an error, never an
+/// early end, which the reader above would take for the end of the data.
+struct Bounded<R> {
+    inner: R,
+    read: u64,
+    cap: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // One byte past the cap is asked for, so that reaching it exactly is not an error.
+        let room = (self.cap + 1 - self.read.min(self.cap)).min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..room])?;
+        self.read += n as u64;
+        if self.read > self.cap {
+            return Err(std::io::Error::other(format!(
+                "more than {} bytes",
+                self.cap
+            )));
+        }
+        Ok(n)
+    }
+}
+
+fn read_tar(tar: impl Read) -> Result<Value, BundleError> {
+    let mut archive = tar::Archive::new(tar);
     let entries = archive
         .entries()
         .map_err(|e| BundleError::Layer(format!("tar: {e}")))?;
@@ -181,29 +225,38 @@ pub fn read_resource(blob: &[u8]) -> Result<Value, BundleError> {
         let mut text = String::new();
         entry
             .by_ref()
-            .take(MAX_LAYER_BYTES as u64)
+            .take(MAX_RESOURCE_FILE_BYTES + 1)
             .read_to_string(&mut text)
             .map_err(|e| BundleError::Layer(format!("file: {e}")))?;
-        // Aliases replay what they point at: bound what the text may expand to, not only the text.
-        // No source snippets in errors: the layer is someone else's text (crate::yaml).
-        let options = serde_saphyr::options! {
-            with_snippet: false,
-            budget: serde_saphyr::budget! {
-                max_nodes: MAX_RESOURCE_NODES,
-                max_total_scalar_bytes: MAX_RESOURCE_TEXT_BYTES,
-            },
-            alias_limits: serde_saphyr::alias_limits! {
-                max_total_replayed_events: MAX_RESOURCE_NODES,
-            },
-        };
-        let value: Value = serde_saphyr::from_str_with_options(&text, options)
-            .map_err(|e| BundleError::Layer(crate::policy::clip(&crate::yaml::describe(&e, 1))))?;
-        if value.get("kind").is_none() {
-            return Err(BundleError::Layer("the resource has no kind".into()));
+        if text.len() as u64 > MAX_RESOURCE_FILE_BYTES {
+            return Err(BundleError::Layer(format!(
+                "the resource is more than {MAX_RESOURCE_FILE_BYTES} bytes of text"
+            )));
         }
-        return Ok(value);
+        return parse_resource(&text);
     }
     Err(BundleError::Layer("the layer holds no file".into()))
+}
+
+fn parse_resource(text: &str) -> Result<Value, BundleError> {
+    // Aliases replay what they point at: bound what the text may expand to, not only the text.
+    // No source snippets in errors: the layer is someone else's text (crate::yaml).
+    let options = serde_saphyr::options! {
+        with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_nodes: MAX_RESOURCE_NODES,
+            max_total_scalar_bytes: MAX_RESOURCE_TEXT_BYTES,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_RESOURCE_NODES,
+        },
+    };
+    let value: Value = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| BundleError::Layer(crate::policy::clip(&crate::yaml::describe(&e, 1))))?;
+    if value.get("kind").is_none() {
+        return Err(BundleError::Layer("the resource has no kind".into()));
+    }
+    Ok(value)
 }
 
 /// A catalog with fetched bundle resources in front of another catalog.
@@ -279,6 +332,55 @@ mod tests {
             read_resource(&tar_of("task.yaml", &fine)).unwrap()["b"][9][1],
             2
         );
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// Before: a resource's text was read with `take(4 MiB)`, and a Task cut there still parsed,
+    /// so the steps past the cut (and their images) were never checked. The gzip output was cut
+    /// at 16 MiB the same way. Now either bound passed is an error: the resource is not
+    /// checked, which --on-registry-error decides.
+    #[test]
+    fn a_resource_past_its_bounds_is_refused_not_cut() {
+        let head = "apiVersion: tekton.dev/v1\nkind: Task\nmetadata: {name: t}\nspec:\n  steps:\n  - name: a\n    image: alpine\n";
+        let filler = "  # padding padding padding padding padding padding padding padding\n"
+            .repeat(80_000);
+        let tail = "  - name: b\n    image: registry.example/amd64-only:1\n";
+        let text = format!("{head}{filler}{tail}");
+        assert!(text.len() > 4 << 20);
+        let layer = gzip(&tar_of("task.yaml", &text));
+        assert!(layer.len() < 4 << 20, "the layer itself is small");
+        let error = read_resource(&layer).unwrap_err().to_string();
+        assert!(error.contains("4194304 bytes"), "{error}");
+        // The same text within the bound reads whole.
+        let within = format!("{head}{}{tail}", &filler[..filler.len() / 2]);
+        let steps = read_resource(&gzip(&tar_of("task.yaml", &within))).unwrap();
+        assert_eq!(steps["spec"]["steps"][1]["name"], "b");
+
+        // 17 MiB of a non-file entry before the resource: the tar unpacks past its bound.
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Char);
+        header.set_size(17 << 20);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "dev", std::io::repeat(0).take(17 << 20))
+            .unwrap();
+        let resource = "apiVersion: tekton.dev/v1\nkind: Task\nmetadata: {name: t}\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_size(resource.len() as u64);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "task.yaml", resource.as_bytes())
+            .unwrap();
+        let error = read_resource(&gzip(&builder.into_inner().unwrap()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("16777216 bytes"), "{error}");
     }
 
     #[test]
