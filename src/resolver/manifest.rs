@@ -201,9 +201,9 @@ impl<'de> Deserialize<'de> for Field {
 /// they are read (`IgnoredAny` copies nothing) and only counted as `overflowed`. A fully read
 /// `Vec` of a 4 MiB `[{},{},...]` was ~1.4 million entries, hundreds of MB per lookup, before
 /// its length could be checked.
-struct Capped<T, const N: usize> {
-    items: Vec<T>,
-    overflowed: bool,
+pub(crate) struct Capped<T, const N: usize> {
+    pub(crate) items: Vec<T>,
+    pub(crate) overflowed: bool,
 }
 
 impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Capped<T, N> {
