@@ -139,16 +139,17 @@ impl RawPlatform {
             Some(list) => (list.items, list.overflowed),
             None => (Vec::new(), false),
         };
-        // Past a bound the entry needs a feature no node offers: never a silent match.
-        let unreadable = overflowed || features.iter().any(|f| matches!(f, Field::TooLong));
+        // Past a bound the entry needs a feature no node offers: never a silent match. An
+        // empty feature is one too: containerd keeps "" as a feature the image needs, and no
+        // node lists it (dropped, the entry would match every node of its platform).
+        let unreadable = overflowed
+            || features
+                .iter()
+                .any(|f| matches!(f, Field::TooLong) || matches!(f, Field::Text(t) if t.is_empty()));
         p.os_features = if unreadable {
             vec![UNREADABLE.to_string()]
         } else {
-            features
-                .into_iter()
-                .map(Field::text)
-                .filter(|f| !f.is_empty())
-                .collect()
+            features.into_iter().map(Field::text).collect()
         };
         Some(p)
     }
@@ -495,7 +496,8 @@ mod tests {
     #[test]
     fn index_entries_past_the_bound_are_not_kept() {
         let index = |n: usize, tail: &str| {
-            let entries = vec!["{}"; n].join(",");
+            // Entries with an empty platform: read, and dropped (no architecture).
+            let entries = vec![r#"{"platform":{}}"#; n].join(",");
             format!(r#"{{"schemaVersion":2,"manifests":[{entries}{tail}]}}"#).into_bytes()
         };
         assert_eq!(
@@ -531,6 +533,24 @@ mod tests {
             doc,
             Document::Index(vec![Platform::new("linux", "amd64", None)])
         );
+    }
+
+    /// Before: `os.features: [""]` lost its empty feature and matched every node of the
+    /// platform; containerd keeps "" as a feature the entry needs, which no node has.
+    #[test]
+    fn an_empty_os_feature_is_required_and_no_node_has_it() {
+        for features in [json!([""]), json!(["win32k", ""])] {
+            let platforms = index(json!({"schemaVersion": 2, "manifests": [
+                {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64", "os.features": features}}
+            ]}));
+            assert_eq!(platforms.len(), 1, "{features}: the entry is kept and shown");
+            for node in ["linux/amd64", "linux(+win32k)/amd64"] {
+                let node = Platform::parse(node).unwrap();
+                assert!(!platforms[0].satisfies(&node), "{features} on {}", node.node_name());
+            }
+        }
+        let config = parse_config(&body(json!({"architecture": "amd64", "os": "linux", "os.features": [""]}))).unwrap();
+        assert!(!config.satisfies(&Platform::parse("linux/amd64").unwrap()), "{config}");
     }
 
     /// A mistyped value is not echoed whole: the message stays short and says where.
