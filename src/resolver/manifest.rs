@@ -31,6 +31,7 @@ pub const MAX_CONFIG_BYTES: i64 = 4 << 20;
 /// document cannot put megabytes into the cached platforms.
 const MAX_OS_FEATURES: usize = 16;
 const MAX_FIELD_BYTES: usize = 64;
+const MAX_DIGEST_BYTES: usize = 160;
 /// Stands for a platform field archgate would not read: no node has it, and it is neither empty
 /// (an empty `os` takes the node's) nor `unknown` (dropped as an attestation), so an entry
 /// holding it never matches and is still shown.
@@ -67,6 +68,12 @@ pub enum ManifestError {
     ConfigTooLarge(i64),
     #[error("the index lists more than {MAX_INDEX_ENTRIES} entries, the most archgate reads")]
     TooManyEntries,
+    /// containerd reads such an entry's config to learn its platform; archgate reads only the
+    /// index, and dropping the entry would deny pods for a platform the image may well have.
+    #[error(
+        "index entry {0} states no platform, and archgate does not read entry configs: push the index with a platform for each image"
+    )]
+    EntryWithoutPlatform(String),
 }
 
 #[derive(Deserialize)]
@@ -87,6 +94,9 @@ struct RawManifest {
 
 #[derive(Deserialize)]
 struct RawEntry {
+    /// Only for a message; a digest is at most `sha512:` and 128 hex digits.
+    #[serde(default)]
+    digest: Option<Field<MAX_DIGEST_BYTES>>,
     #[serde(default)]
     platform: Option<RawPlatform>,
     #[serde(default)]
@@ -155,14 +165,15 @@ impl RawPlatform {
     }
 }
 
-/// A platform field as the registry wrote it, or the knowledge that it was longer than
-/// [`MAX_FIELD_BYTES`]. Read from the borrowed input: an oversized value is never copied.
-enum Field {
+/// A platform field as the registry wrote it, or the knowledge that it was longer than `N`
+/// bytes ([`MAX_FIELD_BYTES`] unless said). Read from the borrowed input: an oversized value is
+/// never copied.
+enum Field<const N: usize = MAX_FIELD_BYTES> {
     Text(String),
     TooLong,
 }
 
-impl Field {
+impl<const N: usize> Field<N> {
     /// The text, with [`UNREADABLE`] standing for a value past the bound.
     fn text(self) -> String {
         match self {
@@ -172,29 +183,29 @@ impl Field {
     }
 }
 
-impl Default for Field {
+impl<const N: usize> Default for Field<N> {
     fn default() -> Self {
         Field::Text(String::new())
     }
 }
 
-impl<'de> Deserialize<'de> for Field {
+impl<'de, const N: usize> Deserialize<'de> for Field<N> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldVisitor;
-        impl Visitor<'_> for FieldVisitor {
-            type Value = Field;
+        struct FieldVisitor<const N: usize>;
+        impl<const N: usize> Visitor<'_> for FieldVisitor<N> {
+            type Value = Field<N>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field, E> {
-                Ok(if v.len() > MAX_FIELD_BYTES {
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field<N>, E> {
+                Ok(if v.len() > N {
                     Field::TooLong
                 } else {
                     Field::Text(v.to_string())
                 })
             }
         }
-        deserializer.deserialize_str(FieldVisitor)
+        deserializer.deserialize_str(FieldVisitor::<N>)
     }
 }
 
@@ -265,17 +276,26 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
         if entries.overflowed {
             return Err(ManifestError::TooManyEntries);
         }
-        let mut platforms: Vec<Platform> = entries
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.annotations
-                    .as_ref()
-                    .is_none_or(|a| a.reference_type.is_none())
-            })
-            .filter_map(|e| e.platform.and_then(RawPlatform::into_platform))
-            .filter(|p| !p.is_unknown())
-            .collect();
+        let mut platforms: Vec<Platform> = Vec::new();
+        for (position, entry) in entries.items.into_iter().enumerate() {
+            let attestation = entry
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.reference_type.is_some());
+            if attestation {
+                continue;
+            }
+            let Some(platform) = entry.platform else {
+                let named = match entry.digest {
+                    Some(Field::Text(digest)) if !digest.is_empty() => digest,
+                    _ => format!("#{}", position + 1),
+                };
+                return Err(ManifestError::EntryWithoutPlatform(named));
+            };
+            if let Some(p) = platform.into_platform().filter(|p| !p.is_unknown()) {
+                platforms.push(p);
+            }
+        }
         platforms.dedup();
         return Ok(Document::Index(platforms));
     }
@@ -551,6 +571,40 @@ mod tests {
         }
         let config = parse_config(&body(json!({"architecture": "amd64", "os": "linux", "os.features": [""]}))).unwrap();
         assert!(!config.satisfies(&Platform::parse("linux/amd64").unwrap()), "{config}");
+    }
+
+    /// Before: an index entry without `platform` (optional in the OCI image spec) was dropped,
+    /// so an index of such entries provided "none" and every pod was denied, while containerd
+    /// reads each such entry's config to learn its platform. archgate does not fetch entry
+    /// configs: such an index is unreadable (--on-registry-error), with a message naming the
+    /// entry. Attestation entries stay ignored, with or without a platform.
+    #[test]
+    fn an_index_entry_without_a_platform_makes_the_index_unreadable() {
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let read = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 2}
+            ]
+        })));
+        let Err(error) = read else {
+            panic!("{read:?}")
+        };
+        let text = error.to_string();
+        assert!(
+            text.contains(&digest) && text.contains("states no platform"),
+            "{text}"
+        );
+        let attested = index(json!({
+            "schemaVersion": 2,
+            "manifests": [
+                {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+                {"digest": "sha256:c", "size": 1, "annotations": {"vnd.docker.reference.type": "attestation-manifest"}}
+            ]
+        }));
+        assert_eq!(attested, [Platform::new("linux", "amd64", None)]);
     }
 
     /// A mistyped value is not echoed whole: the message stays short and says where.
