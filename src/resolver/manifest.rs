@@ -22,6 +22,10 @@ pub const ACCEPT: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
+/// What `mediaType` may say of an index ([`ACCEPT`]'s first two), and of an image manifest.
+const INDEX_TYPES: &[&str] = ACCEPT.split_at(2).0;
+const IMAGE_TYPES: &[&str] = ACCEPT.split_at(2).1;
+
 /// A config blob larger than this is not an image config; refuse to buffer it.
 pub const MAX_CONFIG_BYTES: i64 = 4 << 20;
 
@@ -74,6 +78,10 @@ pub enum ManifestError {
         "index entry {0} states no platform, and archgate does not read entry configs: push the index with a platform for each image"
     )]
     EntryWithoutPlatform(String),
+    /// containerd's `validateMediaType` (the fix for GHSA-5j5w-g665-5m35) refuses these: read
+    /// by its shape alone, one document could be an index to one reader and an image to another.
+    #[error("the manifest is ambiguous: {0}; containerd refuses to pull such a document")]
+    Ambiguous(&'static str),
 }
 
 #[derive(Deserialize)]
@@ -87,6 +95,9 @@ struct RawManifest {
     manifests: Option<Capped<RawEntry, MAX_INDEX_ENTRIES>>,
     #[serde(default)]
     config: Option<RawDescriptor>,
+    /// Only whether it is there: an index must not have it.
+    #[serde(default)]
+    layers: Option<IgnoredAny>,
     /// schema 1 only
     #[serde(default)]
     architecture: Option<Field>,
@@ -271,6 +282,24 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
         && !media_type.starts_with("application/vnd.docker.distribution.manifest.v1")
     {
         return Err(ManifestError::MediaType(media_type.to_string()));
+    }
+    // archgate does not see the Content-Type the registry served, so it refuses what
+    // containerd refuses under the index type: `manifests` beside `config` or `layers`.
+    let media_type = raw.media_type.as_deref().unwrap_or_default();
+    if raw.manifests.is_some() && (raw.config.is_some() || raw.layers.is_some()) {
+        return Err(ManifestError::Ambiguous(
+            "it has `manifests` as an index does and `config` or `layers` as an image does",
+        ));
+    }
+    if raw.manifests.is_some() && IMAGE_TYPES.contains(&media_type) {
+        return Err(ManifestError::Ambiguous(
+            "its mediaType says image manifest, but it lists `manifests` as an index does",
+        ));
+    }
+    if raw.config.is_some() && INDEX_TYPES.contains(&media_type) {
+        return Err(ManifestError::Ambiguous(
+            "its mediaType says index, but it has `config` as an image manifest does",
+        ));
     }
     if let Some(entries) = raw.manifests {
         if entries.overflowed {
@@ -553,6 +582,35 @@ mod tests {
             doc,
             Document::Index(vec![Platform::new("linux", "amd64", None)])
         );
+    }
+
+    /// Before: a document with `manifests` and `config` (or `layers`) was read as an index, and
+    /// one whose `mediaType` named the other kind by its shape alone, so archgate could answer
+    /// for other platforms than containerd pulls. containerd refuses both (`validateMediaType`,
+    /// GHSA-5j5w-g665-5m35); so does archgate now: an unreadable manifest, --on-registry-error.
+    #[test]
+    fn ambiguous_manifests_are_unreadable() {
+        let entries = json!([{"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}}]);
+        let config = json!({"digest": "sha256:cfg", "size": 2});
+        for (what, doc) in [
+            ("manifests and config", json!({"schemaVersion": 2, "manifests": entries, "config": config})),
+            ("manifests and layers", json!({"schemaVersion": 2, "manifests": entries, "layers": []})),
+            ("an empty manifests and config", json!({"schemaVersion": 2, "manifests": [], "config": config, "layers": []})),
+            ("an image manifest media type on an index", json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", "manifests": entries})),
+            ("a Docker manifest media type on an index", json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "manifests": entries})),
+            ("an index media type on an image manifest", json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json", "config": config, "layers": []})),
+            ("a list media type on an image manifest", json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json", "config": config})),
+        ] {
+            let read = parse_manifest(&body(doc));
+            assert!(
+                matches!(read, Err(ManifestError::Ambiguous(_))),
+                "{what}: {read:?}"
+            );
+        }
     }
 
     /// Before: `os.features: [""]` lost its empty feature and matched every node of the
