@@ -188,7 +188,9 @@ fn choose_layer(body: &[u8], reference: &BundleRef) -> Result<String, BundleErro
 fn find_layer(layers: Vec<Layer>, kind: &str, name: &str) -> Option<Layer> {
     layers.into_iter().find(|l| {
         l.annotations.as_ref().is_some_and(|a| {
-            a.kind.as_ref().is_some_and(|k| k.eq_ignore_ascii_case(kind))
+            a.kind
+                .as_ref()
+                .is_some_and(|k| k.eq_ignore_ascii_case(kind))
                 && a.name.as_ref().is_some_and(|n| n == name)
         })
     })
@@ -377,8 +379,8 @@ mod tests {
     #[test]
     fn a_resource_past_its_bounds_is_refused_not_cut() {
         let head = "apiVersion: tekton.dev/v1\nkind: Task\nmetadata: {name: t}\nspec:\n  steps:\n  - name: a\n    image: alpine\n";
-        let filler = "  # padding padding padding padding padding padding padding padding\n"
-            .repeat(80_000);
+        let filler =
+            "  # padding padding padding padding padding padding padding padding\n".repeat(80_000);
         let tail = "  - name: b\n    image: registry.example/amd64-only:1\n";
         let text = format!("{head}{filler}{tail}");
         assert!(text.len() > 4 << 20);
@@ -479,8 +481,7 @@ mod tests {
             insecure: vec![host.clone()],
             ..Default::default()
         };
-        let resolver =
-            Resolver::new(options, Arc::new(crate::metrics::Metrics::new())).unwrap();
+        let resolver = Resolver::new(options, Arc::new(crate::metrics::Metrics::new())).unwrap();
         let fetch = |repository: &str| BundleRef {
             bundle: format!("{host}/b/{repository}:1"),
             kind: "Task".into(),

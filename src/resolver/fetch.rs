@@ -875,12 +875,10 @@ mod tests {
         let target = format!("http://[::ffff:127.0.0.1]:{local_port}/secret");
         let registry = axum::Router::new().fallback(move || {
             let target = target.clone();
-            std::future::ready(
-                axum::response::IntoResponse::into_response((
-                    axum::http::StatusCode::TEMPORARY_REDIRECT,
-                    [(axum::http::header::LOCATION, target)],
-                )),
-            )
+            std::future::ready(axum::response::IntoResponse::into_response((
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, target)],
+            )))
         });
         let (port, registry_task) = serve(registry).await;
         let host = format!("registry.test:{port}");
@@ -911,7 +909,10 @@ mod tests {
             identity: 0,
         };
         let answer = fetcher.blob(&target, &sha256(b"hello"), 1 << 10).await;
-        assert!(!reached.load(Ordering::SeqCst), "the local service was reached");
+        assert!(
+            !reached.load(Ordering::SeqCst),
+            "the local service was reached"
+        );
         let error = answer.map(|_| ()).unwrap_err();
         assert!(
             super::super::errors::describe_transport(&*error.error).contains("a loopback address"),

@@ -164,9 +164,9 @@ impl RawPlatform {
         // empty feature is one too: containerd keeps "" as a feature the image needs, and no
         // node lists it (dropped, the entry would match every node of its platform).
         let unreadable = overflowed
-            || features
-                .iter()
-                .any(|f| matches!(f, Field::TooLong) || matches!(f, Field::Text(t) if t.is_empty()));
+            || features.iter().any(|f| {
+                matches!(f, Field::TooLong) || matches!(f, Field::Text(t) if t.is_empty())
+            });
         p.os_features = if unreadable {
             vec![UNREADABLE.to_string()]
         } else {
@@ -593,17 +593,38 @@ mod tests {
         let entries = json!([{"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}}]);
         let config = json!({"digest": "sha256:cfg", "size": 2});
         for (what, doc) in [
-            ("manifests and config", json!({"schemaVersion": 2, "manifests": entries, "config": config})),
-            ("manifests and layers", json!({"schemaVersion": 2, "manifests": entries, "layers": []})),
-            ("an empty manifests and config", json!({"schemaVersion": 2, "manifests": [], "config": config, "layers": []})),
-            ("an image manifest media type on an index", json!({"schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json", "manifests": entries})),
-            ("a Docker manifest media type on an index", json!({"schemaVersion": 2,
-                "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "manifests": entries})),
-            ("an index media type on an image manifest", json!({"schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.index.v1+json", "config": config, "layers": []})),
-            ("a list media type on an image manifest", json!({"schemaVersion": 2,
-                "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json", "config": config})),
+            (
+                "manifests and config",
+                json!({"schemaVersion": 2, "manifests": entries, "config": config}),
+            ),
+            (
+                "manifests and layers",
+                json!({"schemaVersion": 2, "manifests": entries, "layers": []}),
+            ),
+            (
+                "an empty manifests and config",
+                json!({"schemaVersion": 2, "manifests": [], "config": config, "layers": []}),
+            ),
+            (
+                "an image manifest media type on an index",
+                json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", "manifests": entries}),
+            ),
+            (
+                "a Docker manifest media type on an index",
+                json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "manifests": entries}),
+            ),
+            (
+                "an index media type on an image manifest",
+                json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json", "config": config, "layers": []}),
+            ),
+            (
+                "a list media type on an image manifest",
+                json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json", "config": config}),
+            ),
         ] {
             let read = parse_manifest(&body(doc));
             assert!(
@@ -621,14 +642,28 @@ mod tests {
             let platforms = index(json!({"schemaVersion": 2, "manifests": [
                 {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64", "os.features": features}}
             ]}));
-            assert_eq!(platforms.len(), 1, "{features}: the entry is kept and shown");
+            assert_eq!(
+                platforms.len(),
+                1,
+                "{features}: the entry is kept and shown"
+            );
             for node in ["linux/amd64", "linux(+win32k)/amd64"] {
                 let node = Platform::parse(node).unwrap();
-                assert!(!platforms[0].satisfies(&node), "{features} on {}", node.node_name());
+                assert!(
+                    !platforms[0].satisfies(&node),
+                    "{features} on {}",
+                    node.node_name()
+                );
             }
         }
-        let config = parse_config(&body(json!({"architecture": "amd64", "os": "linux", "os.features": [""]}))).unwrap();
-        assert!(!config.satisfies(&Platform::parse("linux/amd64").unwrap()), "{config}");
+        let config = parse_config(&body(
+            json!({"architecture": "amd64", "os": "linux", "os.features": [""]}),
+        ))
+        .unwrap();
+        assert!(
+            !config.satisfies(&Platform::parse("linux/amd64").unwrap()),
+            "{config}"
+        );
     }
 
     /// Before: an index entry without `platform` (optional in the OCI image spec) was dropped,
@@ -647,9 +682,7 @@ mod tests {
                 {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 2}
             ]
         })));
-        let Err(error) = read else {
-            panic!("{read:?}")
-        };
+        let Err(error) = read else { panic!("{read:?}") };
         let text = error.to_string();
         assert!(
             text.contains(&digest) && text.contains("states no platform"),
