@@ -479,13 +479,19 @@ struct WindowsVersion {
 }
 
 /// containerd's `getWindowsOSVersion`: `major.minor.build[.revision]`; anything else is zero.
+/// Each part must be what Go's `strconv.ParseUint(part, 10, _)` reads: ASCII digits only. Rust's
+/// `from_str` also takes a leading `+`, which would read `+10.+0.+17763` as a real build.
 fn windows_version(text: &str) -> WindowsVersion {
+    fn number<T: std::str::FromStr>(part: &str) -> Option<T> {
+        let digits = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        digits.then(|| part.parse().ok()).flatten()
+    }
     let mut parts = text.split('.');
     let (Some(major), Some(minor), Some(build)) = (parts.next(), parts.next(), parts.next()) else {
         return WindowsVersion::default();
     };
-    match (major.parse(), minor.parse(), build.parse()) {
-        (Ok(major), Ok(minor), Ok(build)) => WindowsVersion {
+    match (number(major), number(minor), number(build)) {
+        (Some(major), Some(minor), Some(build)) => WindowsVersion {
             major,
             minor,
             build,

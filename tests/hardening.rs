@@ -753,6 +753,15 @@ mod hostile {
                 )],
                 full(Bytes::new()),
             ),
+            ("token-404", false) => answer(
+                401,
+                &[(
+                    "www-authenticate",
+                    format!(r#"Bearer realm="http://127.0.0.1:{port}/no-token",service="x""#),
+                )],
+                full(Bytes::new()),
+            ),
+            _ if path == "/no-token" => answer(404, &[], full(Bytes::new())),
             ("counted", false) => answer(
                 200,
                 &[
@@ -989,6 +998,37 @@ async fn a_token_realm_at_a_metadata_address_is_refused() {
             .to_string()
             .contains("link-local or cloud-metadata address"),
         "{error}"
+    );
+}
+
+/// Before: a token endpoint answering 404 made the lookup "not found", cached as a missing
+/// tag, so the image fell under --on-missing-image (a registry's token endpoint could make
+/// any image "missing"). Any answer of a token endpoint other than a 2xx, 429 or 5xx is now
+/// a refusal of access (--on-registry-error), and nothing is cached for the tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_404_is_a_refusal_not_a_missing_image() {
+    let registry = hostile::start().await;
+    let resolver = hostile_resolver(&registry.host);
+    let error = resolve_at(&resolver, &registry.host, "token-404")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, archgate::resolver::ResolveError::Unauthorized { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("refused access"), "{error}");
+    let requests = registry.requests.lock().unwrap().clone();
+    assert!(
+        requests.iter().any(|r| r == "GET /no-token"),
+        "the token endpoint was asked: {requests:?}"
+    );
+    let image =
+        archgate::reference::ImageRef::parse(&format!("{}/token-404:v1", registry.host)).unwrap();
+    let credentials = archgate::resolver::Credentials::default();
+    assert_eq!(
+        resolver.tag_age(&image, &credentials).await,
+        None,
+        "cached as a missing tag"
     );
 }
 

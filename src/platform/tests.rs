@@ -365,6 +365,36 @@ fn windows_builds() {
     assert!(odd.satisfies(&p("linux/amd64")));
 }
 
+/// Before: Rust's `from_str` takes a leading `+`, so an image `os.version` of `+10.+0.+17763`
+/// read as 10.0.17763 and ran on an LTSC 2019 node. containerd's `strconv.ParseUint` refuses a
+/// sign: such a version is no version (0.0.0), which runs on no host whose build is known.
+#[test]
+fn windows_version_parts_are_plain_digits() {
+    let node = with_version(p("windows/amd64"), "10.0.17763");
+    for version in [
+        "+10.+0.+17763",
+        "10.0.+17763",
+        "+10.0.17763.1",
+        "10.0.17763 ",
+        " 10.0.17763",
+        "10..17763",
+        "10.0.1_7763",
+    ] {
+        let have = with_version(image("windows", "amd64", None), version);
+        for runtime in [STRICT, LEGACY] {
+            let on = node.clone().pulled_with(runtime);
+            assert!(!have.satisfies(&on), "{version:?} on {}", on.node_name());
+        }
+    }
+    // A host build written with a sign is unknown: it constrains nothing, as in containerd.
+    let signed_host = with_version(p("windows/amd64"), "+10.0.17763");
+    let ltsc2022 = with_version(image("windows", "amd64", None), "10.0.20348.1");
+    assert!(ltsc2022.satisfies(&signed_host));
+    // Leading zeros are digits (ParseUint takes them).
+    let padded = with_version(image("windows", "amd64", None), "10.00.017763.1");
+    assert!(padded.satisfies(&node));
+}
+
 #[test]
 fn runtime_version_picks_the_matcher() {
     let cases = [

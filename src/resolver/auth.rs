@@ -220,15 +220,7 @@ impl Fetcher {
         let response = self
             .send(target.host, request, realm_url.as_str())
             .await
-            .map_err(|failure| match failure.status() {
-                // The token endpoint said no to these credentials.
-                Some(400 | 401 | 403) => {
-                    Failure::from(OciDistributionError::AuthenticationFailure(
-                        "the token endpoint refused the credentials".into(),
-                    ))
-                }
-                _ => failure,
-            })?;
+            .map_err(refusal)?;
         let body = self.read(response, MAX_TOKEN_BYTES).await?;
         let (token, lifetime) = serde_json::from_slice::<TokenAnswer>(&body)
             .ok()
@@ -240,6 +232,32 @@ impl Fetcher {
             })?;
         let lifetime = kept_for(lifetime, &token);
         Ok((header(&format!("Bearer {token}")), lifetime))
+    }
+}
+
+/// What a token endpoint's failed answer means for the lookup. A 429 or a 5xx is about load
+/// and stays what it is (rate limited, server fault), and so does no answer at all. Any other
+/// answer (400, 401, 403, but also 404, 410, a 3xx left unfollowed...) is a refusal of access:
+/// the image was never asked for, so it is not "not found" (which is cached as a missing tag
+/// and falls under --on-missing-image), whatever status or error code the endpoint chose.
+fn refusal(failure: Failure) -> Failure {
+    let refused = match &*failure.error {
+        OciDistributionError::ServerError { code, .. } => match code {
+            429 | 500.. => None,
+            400 | 401 | 403 => Some("the token endpoint refused the credentials".to_string()),
+            code => Some(format!(
+                "the token endpoint answered HTTP {code} instead of a token"
+            )),
+        },
+        // Built only for statuses other than 401, 403, 404, 429 and 5xx (`fetch::failure`).
+        OciDistributionError::RegistryError { .. } => {
+            Some("the token endpoint refused the request".to_string())
+        }
+        _ => None,
+    };
+    match refused {
+        Some(reason) => Failure::from(OciDistributionError::AuthenticationFailure(reason)),
+        None => failure,
     }
 }
 
@@ -448,6 +466,27 @@ mod tests {
             .sum();
         assert!(held <= MAX_TOKEN_CACHE_BYTES, "{held} bytes of tokens held");
         assert!(fetcher.tokens.entry_count() > 0);
+    }
+
+    /// Before: a token endpoint's 404 stayed a 404, so the image was "not found". Every answer
+    /// but a 429 or a 5xx is now a refusal of access.
+    #[test]
+    fn a_token_endpoints_answer_is_a_refusal_unless_about_load() {
+        for status in [302, 400, 401, 403, 404, 410, 418] {
+            let refused = refusal(answered(status).unwrap_err());
+            assert!(
+                matches!(
+                    *refused.error,
+                    OciDistributionError::AuthenticationFailure(_)
+                ),
+                "{status}: {:?}",
+                refused.error
+            );
+        }
+        for status in [429, 500, 503] {
+            let kept = refusal(answered(status).unwrap_err());
+            assert_eq!(kept.status(), Some(status));
+        }
     }
 
     #[test]

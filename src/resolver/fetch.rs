@@ -75,16 +75,14 @@ pub enum RedirectRefused {
 /// Addresses no registry content is fetched from, whatever a registry or DNS says: link-local
 /// (169.254.0.0/16 holds the cloud metadata services), the AWS IPv6 metadata address
 /// `fd00:ec2::254`, IPv6 link-local, and unspecified, broadcast or multicast addresses.
+/// An IPv4 address mapped into IPv6 (`::ffff:169.254.169.254`) is judged as the IPv4 address.
 pub fn forbidden(ip: IpAddr) -> bool {
     const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden(IpAddr::V4(v4));
-            }
             v6 == AWS_METADATA_V6
                 || v6.is_unicast_link_local()
                 || v6.is_unspecified()
@@ -102,9 +100,11 @@ fn host_ip(url: &Url) -> Option<IpAddr> {
         .ok()
 }
 
+/// Whether the URL names this host. An address is judged in its canonical form:
+/// `Ipv6Addr::is_loopback` is false for `::ffff:127.0.0.1`, which reaches 127.0.0.1 all the same.
 fn is_loopback_host(url: &Url) -> bool {
     match host_ip(url) {
-        Some(ip) => ip.is_loopback(),
+        Some(ip) => ip.to_canonical().is_loopback(),
         None => url.host_str().is_some_and(|name| {
             let name = name.to_ascii_lowercase();
             name == "localhost" || name.ends_with(".localhost")
@@ -235,6 +235,8 @@ struct ClientSettings {
     read_timeout: Duration,
     manifest_redirect_hosts: Vec<String>,
     concurrency: usize,
+    /// The system resolver, bounded; tests put a name of their own on 127.0.0.1 with it.
+    dns: GuardedDns,
 }
 
 struct TokenLifetime;
@@ -270,6 +272,7 @@ impl Fetcher {
                 read_timeout: options.read_timeout,
                 manifest_redirect_hosts: options.manifest_redirect_hosts.to_vec(),
                 concurrency: options.concurrency,
+                dns: GuardedDns::system(),
             },
             http: OnceLock::new(),
             insecure: options.insecure.to_vec(),
@@ -282,6 +285,14 @@ impl Fetcher {
                 .build(),
             metrics,
         })
+    }
+
+    /// This fetcher with `dns` in place of the system resolver: a test's registry can then have
+    /// a name that is not a loopback name, and be treated as on another host.
+    #[cfg(test)]
+    pub(super) fn with_dns(mut self, dns: GuardedDns) -> Self {
+        self.settings.dns = dns;
+        self
     }
 
     /// The HTTP client, built on first use.
@@ -499,7 +510,7 @@ impl ClientSettings {
         });
         let mut builder = reqwest::Client::builder()
             .redirect(policy)
-            .dns_resolver(GuardedDns::system())
+            .dns_resolver(self.dns.clone())
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
             .pool_max_idle_per_host(self.concurrency)
@@ -838,6 +849,80 @@ mod tests {
         );
     }
 
+    /// Before: the loopback rule compared the redirect target with `Ipv6Addr::is_loopback`, false
+    /// for the IPv4-mapped form, so a registry elsewhere could send archgate to
+    /// `http://[::ffff:127.0.0.1]:PORT/`, a service on archgate's own host. The registry here is
+    /// on 127.0.0.1 but known by a name that is not a loopback name, so it counts as elsewhere.
+    #[tokio::test]
+    async fn a_remote_registry_cannot_redirect_to_mapped_loopback() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let reached = Arc::new(AtomicBool::new(false));
+        let local = axum::Router::new().fallback({
+            let reached = reached.clone();
+            move || {
+                reached.store(true, Ordering::SeqCst);
+                std::future::ready("hello")
+            }
+        });
+        let serve = |router: axum::Router| async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let task = tokio::spawn(async move { axum::serve(listener, router).await });
+            (port, task)
+        };
+        let (local_port, local_task) = serve(local).await;
+        let target = format!("http://[::ffff:127.0.0.1]:{local_port}/secret");
+        let registry = axum::Router::new().fallback(move || {
+            let target = target.clone();
+            std::future::ready(axum::response::IntoResponse::into_response((
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, target)],
+            )))
+        });
+        let (port, registry_task) = serve(registry).await;
+        let host = format!("registry.test:{port}");
+        let dns = GuardedDns::with_lookup(Arc::new(|name: &str| {
+            assert_eq!(name, "registry.test");
+            Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))])
+        }));
+        let insecure = [host.clone()];
+        let fetcher = Fetcher::new(
+            FetchOptions {
+                insecure: &insecure,
+                ca_pem: None,
+                connect_timeout: Duration::from_secs(2),
+                read_timeout: Duration::from_secs(2),
+                manifest_redirect_hosts: &[],
+                concurrency: 1,
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
+        .with_dns(dns);
+        let reference: Reference = format!("{host}/a/b:1").parse().unwrap();
+        let auth = Auth::Direct(oci_client::secrets::RegistryAuth::Anonymous);
+        let target = Target {
+            host: &host,
+            reference: &reference,
+            auth: &auth,
+            identity: 0,
+        };
+        let answer = fetcher.blob(&target, &sha256(b"hello"), 1 << 10).await;
+        assert!(
+            !reached.load(Ordering::SeqCst),
+            "the local service was reached"
+        );
+        let error = answer.map(|_| ()).unwrap_err();
+        assert!(
+            super::super::errors::describe_transport(&*error.error).contains("a loopback address"),
+            "{:?}",
+            error.error
+        );
+        local_task.abort();
+        registry_task.abort();
+    }
+
     #[test]
     fn redirect_rules() {
         let none: &[String] = &[];
@@ -878,6 +963,26 @@ mod tests {
             check_redirect(&blob, &url("https://localhost/x"), none),
             Err(RedirectRefused::Loopback(_))
         ));
+        // Loopback however it is written: IPv6, and IPv4 mapped into IPv6.
+        for loopback in [
+            "https://[::1]/x",
+            "https://[::ffff:127.0.0.1]:8080/x",
+            "https://[::ffff:127.1.2.3]/x",
+        ] {
+            assert!(
+                matches!(
+                    check_redirect(&blob, &url(loopback), none),
+                    Err(RedirectRefused::Loopback(_))
+                ),
+                "{loopback}"
+            );
+        }
+        // A registry on this host written in the mapped form is on this host.
+        let mapped = url("http://[::ffff:127.0.0.1]:5000/v2/a/blobs/sha256:x");
+        assert_eq!(
+            check_redirect(&mapped, &url("http://127.0.0.1:5001/x"), none),
+            Ok(())
+        );
         assert!(matches!(
             check_redirect(&blob, &url("http://storage.example/x"), none),
             Err(RedirectRefused::Downgrade(_))

@@ -22,6 +22,10 @@ pub const ACCEPT: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
+/// What `mediaType` may say of an index ([`ACCEPT`]'s first two), and of an image manifest.
+const INDEX_TYPES: &[&str] = ACCEPT.split_at(2).0;
+const IMAGE_TYPES: &[&str] = ACCEPT.split_at(2).1;
+
 /// A config blob larger than this is not an image config; refuse to buffer it.
 pub const MAX_CONFIG_BYTES: i64 = 4 << 20;
 
@@ -31,6 +35,7 @@ pub const MAX_CONFIG_BYTES: i64 = 4 << 20;
 /// document cannot put megabytes into the cached platforms.
 const MAX_OS_FEATURES: usize = 16;
 const MAX_FIELD_BYTES: usize = 64;
+const MAX_DIGEST_BYTES: usize = 160;
 /// Stands for a platform field archgate would not read: no node has it, and it is neither empty
 /// (an empty `os` takes the node's) nor `unknown` (dropped as an attestation), so an entry
 /// holding it never matches and is still shown.
@@ -67,6 +72,16 @@ pub enum ManifestError {
     ConfigTooLarge(i64),
     #[error("the index lists more than {MAX_INDEX_ENTRIES} entries, the most archgate reads")]
     TooManyEntries,
+    /// containerd reads such an entry's config to learn its platform; archgate reads only the
+    /// index, and dropping the entry would deny pods for a platform the image may well have.
+    #[error(
+        "index entry {0} states no platform, and archgate does not read entry configs: push the index with a platform for each image"
+    )]
+    EntryWithoutPlatform(String),
+    /// containerd's `validateMediaType` (the fix for GHSA-5j5w-g665-5m35) refuses these: read
+    /// by its shape alone, one document could be an index to one reader and an image to another.
+    #[error("the manifest is ambiguous: {0}; containerd refuses to pull such a document")]
+    Ambiguous(&'static str),
 }
 
 #[derive(Deserialize)]
@@ -80,6 +95,9 @@ struct RawManifest {
     manifests: Option<Capped<RawEntry, MAX_INDEX_ENTRIES>>,
     #[serde(default)]
     config: Option<RawDescriptor>,
+    /// Only whether it is there: an index must not have it.
+    #[serde(default)]
+    layers: Option<IgnoredAny>,
     /// schema 1 only
     #[serde(default)]
     architecture: Option<Field>,
@@ -87,6 +105,9 @@ struct RawManifest {
 
 #[derive(Deserialize)]
 struct RawEntry {
+    /// Only for a message; a digest is at most `sha512:` and 128 hex digits.
+    #[serde(default)]
+    digest: Option<Field<MAX_DIGEST_BYTES>>,
     #[serde(default)]
     platform: Option<RawPlatform>,
     #[serde(default)]
@@ -139,29 +160,31 @@ impl RawPlatform {
             Some(list) => (list.items, list.overflowed),
             None => (Vec::new(), false),
         };
-        // Past a bound the entry needs a feature no node offers: never a silent match.
-        let unreadable = overflowed || features.iter().any(|f| matches!(f, Field::TooLong));
+        // Past a bound the entry needs a feature no node offers: never a silent match. An
+        // empty feature is one too: containerd keeps "" as a feature the image needs, and no
+        // node lists it (dropped, the entry would match every node of its platform).
+        let unreadable = overflowed
+            || features.iter().any(|f| {
+                matches!(f, Field::TooLong) || matches!(f, Field::Text(t) if t.is_empty())
+            });
         p.os_features = if unreadable {
             vec![UNREADABLE.to_string()]
         } else {
-            features
-                .into_iter()
-                .map(Field::text)
-                .filter(|f| !f.is_empty())
-                .collect()
+            features.into_iter().map(Field::text).collect()
         };
         Some(p)
     }
 }
 
-/// A platform field as the registry wrote it, or the knowledge that it was longer than
-/// [`MAX_FIELD_BYTES`]. Read from the borrowed input: an oversized value is never copied.
-enum Field {
+/// A platform field as the registry wrote it, or the knowledge that it was longer than `N`
+/// bytes ([`MAX_FIELD_BYTES`] unless said). Read from the borrowed input: an oversized value is
+/// never copied.
+enum Field<const N: usize = MAX_FIELD_BYTES> {
     Text(String),
     TooLong,
 }
 
-impl Field {
+impl<const N: usize> Field<N> {
     /// The text, with [`UNREADABLE`] standing for a value past the bound.
     fn text(self) -> String {
         match self {
@@ -171,29 +194,29 @@ impl Field {
     }
 }
 
-impl Default for Field {
+impl<const N: usize> Default for Field<N> {
     fn default() -> Self {
         Field::Text(String::new())
     }
 }
 
-impl<'de> Deserialize<'de> for Field {
+impl<'de, const N: usize> Deserialize<'de> for Field<N> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldVisitor;
-        impl Visitor<'_> for FieldVisitor {
-            type Value = Field;
+        struct FieldVisitor<const N: usize>;
+        impl<const N: usize> Visitor<'_> for FieldVisitor<N> {
+            type Value = Field<N>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field, E> {
-                Ok(if v.len() > MAX_FIELD_BYTES {
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Field<N>, E> {
+                Ok(if v.len() > N {
                     Field::TooLong
                 } else {
                     Field::Text(v.to_string())
                 })
             }
         }
-        deserializer.deserialize_str(FieldVisitor)
+        deserializer.deserialize_str(FieldVisitor::<N>)
     }
 }
 
@@ -201,9 +224,9 @@ impl<'de> Deserialize<'de> for Field {
 /// they are read (`IgnoredAny` copies nothing) and only counted as `overflowed`. A fully read
 /// `Vec` of a 4 MiB `[{},{},...]` was ~1.4 million entries, hundreds of MB per lookup, before
 /// its length could be checked.
-struct Capped<T, const N: usize> {
-    items: Vec<T>,
-    overflowed: bool,
+pub(crate) struct Capped<T, const N: usize> {
+    pub(crate) items: Vec<T>,
+    pub(crate) overflowed: bool,
 }
 
 impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Capped<T, N> {
@@ -260,21 +283,48 @@ pub fn parse_manifest(body: &[u8]) -> Result<Document, ManifestError> {
     {
         return Err(ManifestError::MediaType(media_type.to_string()));
     }
+    // archgate does not see the Content-Type the registry served, so it refuses what
+    // containerd refuses under the index type: `manifests` beside `config` or `layers`.
+    let media_type = raw.media_type.as_deref().unwrap_or_default();
+    if raw.manifests.is_some() && (raw.config.is_some() || raw.layers.is_some()) {
+        return Err(ManifestError::Ambiguous(
+            "it has `manifests` as an index does and `config` or `layers` as an image does",
+        ));
+    }
+    if raw.manifests.is_some() && IMAGE_TYPES.contains(&media_type) {
+        return Err(ManifestError::Ambiguous(
+            "its mediaType says image manifest, but it lists `manifests` as an index does",
+        ));
+    }
+    if raw.config.is_some() && INDEX_TYPES.contains(&media_type) {
+        return Err(ManifestError::Ambiguous(
+            "its mediaType says index, but it has `config` as an image manifest does",
+        ));
+    }
     if let Some(entries) = raw.manifests {
         if entries.overflowed {
             return Err(ManifestError::TooManyEntries);
         }
-        let mut platforms: Vec<Platform> = entries
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.annotations
-                    .as_ref()
-                    .is_none_or(|a| a.reference_type.is_none())
-            })
-            .filter_map(|e| e.platform.and_then(RawPlatform::into_platform))
-            .filter(|p| !p.is_unknown())
-            .collect();
+        let mut platforms: Vec<Platform> = Vec::new();
+        for (position, entry) in entries.items.into_iter().enumerate() {
+            let attestation = entry
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.reference_type.is_some());
+            if attestation {
+                continue;
+            }
+            let Some(platform) = entry.platform else {
+                let named = match entry.digest {
+                    Some(Field::Text(digest)) if !digest.is_empty() => digest,
+                    _ => format!("#{}", position + 1),
+                };
+                return Err(ManifestError::EntryWithoutPlatform(named));
+            };
+            if let Some(p) = platform.into_platform().filter(|p| !p.is_unknown()) {
+                platforms.push(p);
+            }
+        }
         platforms.dedup();
         return Ok(Document::Index(platforms));
     }
@@ -495,7 +545,8 @@ mod tests {
     #[test]
     fn index_entries_past_the_bound_are_not_kept() {
         let index = |n: usize, tail: &str| {
-            let entries = vec!["{}"; n].join(",");
+            // Entries with an empty platform: read, and dropped (no architecture).
+            let entries = vec![r#"{"platform":{}}"#; n].join(",");
             format!(r#"{{"schemaVersion":2,"manifests":[{entries}{tail}]}}"#).into_bytes()
         };
         assert_eq!(
@@ -531,6 +582,120 @@ mod tests {
             doc,
             Document::Index(vec![Platform::new("linux", "amd64", None)])
         );
+    }
+
+    /// Before: a document with `manifests` and `config` (or `layers`) was read as an index, and
+    /// one whose `mediaType` named the other kind by its shape alone, so archgate could answer
+    /// for other platforms than containerd pulls. containerd refuses both (`validateMediaType`,
+    /// GHSA-5j5w-g665-5m35); so does archgate now: an unreadable manifest, --on-registry-error.
+    #[test]
+    fn ambiguous_manifests_are_unreadable() {
+        let entries = json!([{"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}}]);
+        let config = json!({"digest": "sha256:cfg", "size": 2});
+        for (what, doc) in [
+            (
+                "manifests and config",
+                json!({"schemaVersion": 2, "manifests": entries, "config": config}),
+            ),
+            (
+                "manifests and layers",
+                json!({"schemaVersion": 2, "manifests": entries, "layers": []}),
+            ),
+            (
+                "an empty manifests and config",
+                json!({"schemaVersion": 2, "manifests": [], "config": config, "layers": []}),
+            ),
+            (
+                "an image manifest media type on an index",
+                json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json", "manifests": entries}),
+            ),
+            (
+                "a Docker manifest media type on an index",
+                json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json", "manifests": entries}),
+            ),
+            (
+                "an index media type on an image manifest",
+                json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json", "config": config, "layers": []}),
+            ),
+            (
+                "a list media type on an image manifest",
+                json!({"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json", "config": config}),
+            ),
+        ] {
+            let read = parse_manifest(&body(doc));
+            assert!(
+                matches!(read, Err(ManifestError::Ambiguous(_))),
+                "{what}: {read:?}"
+            );
+        }
+    }
+
+    /// Before: `os.features: [""]` lost its empty feature and matched every node of the
+    /// platform; containerd keeps "" as a feature the entry needs, which no node has.
+    #[test]
+    fn an_empty_os_feature_is_required_and_no_node_has_it() {
+        for features in [json!([""]), json!(["win32k", ""])] {
+            let platforms = index(json!({"schemaVersion": 2, "manifests": [
+                {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64", "os.features": features}}
+            ]}));
+            assert_eq!(
+                platforms.len(),
+                1,
+                "{features}: the entry is kept and shown"
+            );
+            for node in ["linux/amd64", "linux(+win32k)/amd64"] {
+                let node = Platform::parse(node).unwrap();
+                assert!(
+                    !platforms[0].satisfies(&node),
+                    "{features} on {}",
+                    node.node_name()
+                );
+            }
+        }
+        let config = parse_config(&body(
+            json!({"architecture": "amd64", "os": "linux", "os.features": [""]}),
+        ))
+        .unwrap();
+        assert!(
+            !config.satisfies(&Platform::parse("linux/amd64").unwrap()),
+            "{config}"
+        );
+    }
+
+    /// Before: an index entry without `platform` (optional in the OCI image spec) was dropped,
+    /// so an index of such entries provided "none" and every pod was denied, while containerd
+    /// reads each such entry's config to learn its platform. archgate does not fetch entry
+    /// configs: such an index is unreadable (--on-registry-error), with a message naming the
+    /// entry. Attestation entries stay ignored, with or without a platform.
+    #[test]
+    fn an_index_entry_without_a_platform_makes_the_index_unreadable() {
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let read = parse_manifest(&body(json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": 2}
+            ]
+        })));
+        let Err(error) = read else { panic!("{read:?}") };
+        let text = error.to_string();
+        assert!(
+            text.contains(&digest) && text.contains("states no platform"),
+            "{text}"
+        );
+        let attested = index(json!({
+            "schemaVersion": 2,
+            "manifests": [
+                {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+                {"digest": "sha256:c", "size": 1, "annotations": {"vnd.docker.reference.type": "attestation-manifest"}}
+            ]
+        }));
+        assert_eq!(attested, [Platform::new("linux", "amd64", None)]);
     }
 
     /// A mistyped value is not echoed whole: the message stays short and says where.
