@@ -933,7 +933,10 @@ async fn placement_steers_a_pod(w: &World, archgate: &Archgate) {
         ["nodeSelectorTerms"];
     assert_eq!(
         terms,
+        // Both labels, though the OS does not narrow today: a node that joins later is
+        // admitted only if it runs the image.
         &json!([{"matchExpressions": [
+            {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
             {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}
         ]}]),
         "{got}"
