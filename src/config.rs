@@ -553,6 +553,8 @@ impl Settings {
             extract: ExtractOptions {
                 tekton_image_params: image_params,
                 trust_tekton_platforms: false,
+                // `serve` and `scan` read Pods from the API server, past its admission.
+                admitted_pods: true,
             },
             webhook_limits: crate::server::Limits::webhook(),
             admin_limits: crate::server::Limits::admin(),

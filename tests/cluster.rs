@@ -779,6 +779,13 @@ fn service_account_pull_secrets_are_used_when_the_pod_names_none() {
     // A list holding only an empty name still names one: no account secrets either.
     let empty_name = f.view.credentials("team-a", &pod_with_secrets(&[""]));
     assert_eq!(identity(&empty_name), 0);
+    // An admitted Pod's list is final: the plugin has run, and an account that holds secrets
+    // now (it may have gained them since) lends none.
+    let admitted = Placement {
+        pull_secrets_final: true,
+        ..placement()
+    };
+    assert_eq!(identity(&f.view.credentials("team-a", &admitted)), 0);
 }
 
 #[test]

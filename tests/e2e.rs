@@ -600,13 +600,31 @@ async fn pull_secrets_of_pods_and_service_accounts(w: &World) {
     })
     .await;
 
-    let mut with_account = pod("private", "web", &image);
-    with_account["spec"]["serviceAccountName"] = json!("builder");
+    // A template naming no secret: the ServiceAccount admission plugin will copy the account's
+    // into each pod it creates, so the account's secret is used.
+    let mut with_account = workload("Deployment", "private", "web", &image);
+    with_account["spec"]["template"]["spec"]["serviceAccountName"] = json!("builder");
+    let want_deployment = denied(&missing_amd64("Deployment web, container \"app\"", &image));
     eventually("the ServiceAccount's pull secret is used", || {
-        let out = w.plane.apply(&with_account, false);
-        (out.stderr() == want).then_some(()).ok_or(out.stderr())
+        let out = w.plane.apply(&with_account, true);
+        (out.stderr() == want_deployment)
+            .then_some(())
+            .ok_or(out.stderr())
     })
     .await;
+
+    // A Pod is past that plugin when archgate sees it: its list is what the kubelet pulls with.
+    // This API server runs without the plugin, so a Pod naming no secret has none, and the
+    // account's are not lent to it (before, archgate used them and judged a pull the kubelet
+    // would make anonymously, and be refused).
+    let mut pod_of_account = pod("private", "web", &image);
+    pod_of_account["spec"]["serviceAccountName"] = json!("builder");
+    let out = w.plane.apply(&pod_of_account, true);
+    assert!(
+        out.ok() && out.stderr().contains("refused access"),
+        "{}",
+        out.stderr()
+    );
 
     // A pod naming a secret of its own does not get the account's: the ServiceAccount
     // admission plugin copies them only into a pod that names none, and the kubelet pulls with
@@ -866,14 +884,18 @@ async fn static_platforms_keep_the_cluster(w: &World, auto: &Archgate) {
         out.stderr()
     );
 
-    // A ServiceAccount's pull secret opens the private registry.
+    // A ServiceAccount's pull secret opens the private registry (for a template: a Pod takes
+    // the account's secrets from the admission plugin, which this API server does not run).
     let private = w.image(&w.private_arm);
-    let mut with_account = pod("private", "fixed", &private);
-    with_account["spec"]["serviceAccountName"] = json!("builder");
+    let mut with_account = workload("Deployment", "private", "fixed", &private);
+    with_account["spec"]["template"]["spec"]["serviceAccountName"] = json!("builder");
     let out = w.plane.apply(&with_account, true);
     assert_eq!(
         out.stderr(),
-        denied(&missing_amd64("container \"app\"", &private)),
+        denied(&missing_amd64(
+            "Deployment fixed, container \"app\"",
+            &private
+        )),
         "pull secrets with a fixed platform list"
     );
 
@@ -1105,9 +1127,13 @@ async fn shipped_rbac_with_a_service_account_token(w: &World) {
     );
     w.register(&archgate, None);
     let image = w.image(&w.private_arm);
-    let mut with_account = pod("private", "sa-run", &image);
-    with_account["spec"]["serviceAccountName"] = json!("builder");
-    let want = denied(&missing_amd64("container \"app\"", &image));
+    // A template: its pods will take the account's secrets (see pull_secrets_of_pods_and_…).
+    let mut with_account = workload("Deployment", "private", "sa-run", &image);
+    with_account["spec"]["template"]["spec"]["serviceAccountName"] = json!("builder");
+    let want = denied(&missing_amd64(
+        "Deployment sa-run, container \"app\"",
+        &image,
+    ));
     // The first archgate answers the same until the API server uses the new registration: wait
     // for a denial counted by this one.
     let started = Instant::now();

@@ -41,8 +41,8 @@ pub const MAX_PULL_ENTRIES: usize = 4096;
 /// ServiceAccount admission plugin, which copies them into a pod at creation only when its list
 /// is empty (`len(pod.Spec.ImagePullSecrets) == 0`, plugin/pkg/admission/serviceaccount). So a
 /// template or run naming a secret of its own never gets the account's, and a Pod the API
-/// server has admitted already carries them (the rule gives the same answer for it, unless the
-/// account changed since the pod was created).
+/// server has admitted already carries them: its list is final (`pull_secrets_final`), and an
+/// account that gained secrets since the pod was created does not lend them.
 pub fn pull_credentials(
     own: &Arc<Credentials>,
     namespace: &str,
@@ -51,7 +51,7 @@ pub fn pull_credentials(
     secret: impl Fn(&str) -> Option<Arc<Credentials>>,
 ) -> Arc<Credentials> {
     let from_account;
-    let names = if placement.pull_secrets.is_empty() {
+    let names = if placement.pull_secrets.is_empty() && !placement.pull_secrets_final {
         let account = placement
             .service_account
             .as_deref()

@@ -109,6 +109,8 @@ pub async fn check(
         service_account: pod["spec"]["serviceAccountName"]
             .as_str()
             .map(str::to_string),
+        // A running pod's list is what the kubelet pulls with, whatever its account holds now.
+        pull_secrets_final: true,
         ..Placement::default()
     };
     let credentials = cluster.credentials(namespace, &placement);

@@ -88,6 +88,10 @@ pub struct Placement {
     pub pull_secrets: Vec<String>,
     /// `serviceAccountName`: that account's pull secrets are the pod's when it names none.
     pub service_account: Option<String>,
+    /// `pull_secrets` is final: a Pod the API server has admitted, whose list the ServiceAccount
+    /// plugin filled in at creation, so the account's secrets are never added (they may have
+    /// changed since, and the kubelet reads the pod's list alone).
+    pub pull_secrets_final: bool,
     /// Where the user sets this pod's node selector when that is not the pod spec itself, widest
     /// first: a Tekton run's pod template for every task, then the one for this task alone
     /// (`spec.taskRunSpecs[].podTemplate (pipelineTaskName: build)`). Empty for pods and templates.
@@ -162,6 +166,11 @@ pub struct ExtractOptions {
     /// Anyone can write that variable into a pod spec, so the caller sets this only when the
     /// review's `userInfo` is the Tekton controller (never for `archgate check` files).
     pub trust_tekton_platforms: bool,
+    /// Whether a Pod under review has been through the API server's admission (the webhook and
+    /// `scan` read Pods from it; `check` reads files): its `imagePullSecrets` are then final, as
+    /// the ServiceAccount admission plugin, which runs before any validating webhook, has
+    /// already copied in the account's when it named none.
+    pub admitted_pods: bool,
 }
 
 /// The extractor for each kind [`Kind::of`] accepts.

@@ -101,8 +101,9 @@ pub fn extract(
     }
     // Findings in a Pod say `container "x"`; in a workload they name the template's owner.
     let owner = (kind != Kind::Pod).then(|| format!("{kind} {name}"));
+    let placement = placement(&mut spec, kind == Kind::Pod && options.admitted_pods);
     Ok(Extraction {
-        targets: targets(spec, owner, options.trust_tekton_platforms),
+        targets: targets(spec, placement, owner, options.trust_tekton_platforms),
         ..Extraction::default()
     })
 }
@@ -123,7 +124,8 @@ fn add_daemon_pod_tolerations(spec: &mut PodSpec) {
 }
 
 /// The scheduling part of a pod spec, moved out of it (the spec is read once per extraction).
-fn placement(spec: &mut PodSpec) -> Placement {
+/// `admitted`: a Pod past the API server's admission, whose pull secrets are final.
+fn placement(spec: &mut PodSpec, admitted: bool) -> Placement {
     Placement {
         node_selector: spec.node_selector.take().unwrap_or_default(),
         required_affinity: spec
@@ -143,14 +145,20 @@ fn placement(spec: &mut PodSpec) -> Placement {
             .map(|s| s.name)
             .collect(),
         service_account: spec.service_account_name.take().filter(|n| !n.is_empty()),
+        pull_secrets_final: admitted,
         pin_at: Vec::new(),
         platforms: None,
     }
 }
 
 /// One target per container image of a pod spec, in the order the kubelet starts them.
-fn targets(mut spec: PodSpec, owner: Option<String>, trust_tekton: bool) -> Vec<Target> {
-    let placement = Arc::new(placement(&mut spec));
+fn targets(
+    spec: PodSpec,
+    placement: Placement,
+    owner: Option<String>,
+    trust_tekton: bool,
+) -> Vec<Target> {
+    let placement = Arc::new(placement);
     let mut out = Vec::new();
     // `container "x"`, or `init container "x"`: the kubelet's own words for where it failed.
     let mut push = |init: bool,
@@ -256,6 +264,41 @@ fn tekton_looked_up(c: &Container) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Pod read from the API server is past the ServiceAccount admission plugin: its pull
+    /// secrets are final. A template (its pods are not created yet) and a Pod in a `check` file
+    /// (never admitted) are not.
+    #[test]
+    fn only_an_admitted_pods_pull_secrets_are_final() {
+        let spec = json!({"containers": [{"name": "app", "image": "a"}]});
+        let pod = json!({"kind": "Pod", "spec": spec});
+        let deployment = json!({"kind": "Deployment", "spec": {"template": {"spec": spec}}});
+        let admitted = ExtractOptions {
+            admitted_pods: true,
+            ..ExtractOptions::default()
+        };
+        let final_of = |kind: Kind, path: &[&str], object: &Value, options: &ExtractOptions| {
+            super::extract(kind, path, object, options).unwrap().targets[0]
+                .placement
+                .pull_secrets_final
+        };
+        let (pod_kind, deployment_kind) = (Kind::of("", "Pod"), Kind::of("apps", "Deployment"));
+        let (pod_kind, deployment_kind) = (pod_kind.unwrap(), deployment_kind.unwrap());
+        let template = ["spec", "template", "spec"];
+        assert!(final_of(pod_kind, &["spec"], &pod, &admitted));
+        assert!(!final_of(
+            pod_kind,
+            &["spec"],
+            &pod,
+            &ExtractOptions::default()
+        ));
+        assert!(!final_of(
+            deployment_kind,
+            &template,
+            &deployment,
+            &admitted
+        ));
+    }
     use crate::scheduling::{self, NodeView};
     use k8s_openapi::api::core::v1::Taint;
     use serde_json::json;

@@ -6,9 +6,9 @@
 //! module k8s.io/kubernetes, etcd from Debian's etcd-server, all cached); [`Binaries::find`] looks
 //! in `ARCHGATE_KUBE_BIN`, then the script's default cache.
 //! There is no scheduler, controller-manager or kubelet: Nodes are created by hand, pods stay
-//! Pending. The ServiceAccount admission plugin is off (nothing creates `default` accounts, and
-//! archgate must read a ServiceAccount's pull secrets itself, not find them copied into pods), and
-//! so is TaintNodesByCondition (no kubelet ever clears its `not-ready` taint).
+//! Pending. The ServiceAccount admission plugin is off (nothing creates `default` accounts; for
+//! templates archgate reads an account's pull secrets itself, and a Pod's list is taken as the
+//! plugin left it), and so is TaintNodesByCondition (no kubelet ever clears its `not-ready` taint).
 //! The test authenticates with a static admin token (group `system:masters`); authorization is
 //! RBAC, so archgate run with a ServiceAccount token gets exactly what deploy/ grants.
 
