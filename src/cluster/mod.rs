@@ -12,6 +12,8 @@ mod state;
 use std::sync::Arc;
 
 pub use reflect::{Health, Reduce, drive, watch};
+#[cfg(test)]
+pub(crate) use state::test_node;
 pub use state::{ClusterState, PullSecretStores, Stores, TektonKind, TektonStore, node_view};
 
 use crate::platform::Platform;

@@ -444,31 +444,42 @@ impl Catalog for StoreCatalog {
     }
 }
 
+/// A Node as the API server shows it, for unit tests: `labels`, and the kubelet's report when
+/// `info` is set.
+#[cfg(test)]
+pub(crate) fn test_node(
+    name: &str,
+    labels: &[(&str, &str)],
+    info: Option<k8s_openapi::api::core::v1::NodeSystemInfo>,
+) -> Node {
+    use k8s_openapi::api::core::v1::NodeStatus;
+    Node {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        status: info.map(|info| NodeStatus {
+            node_info: Some(info),
+            ..NodeStatus::default()
+        }),
+        ..Node::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::Reduce;
-    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo};
-    use kube::api::ObjectMeta;
+    use k8s_openapi::api::core::v1::NodeSystemInfo;
 
     fn node(labels: &[(&str, &str)], info: NodeSystemInfo) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some("n".into()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..ObjectMeta::default()
-            },
-            status: Some(NodeStatus {
-                node_info: Some(info),
-                ..NodeStatus::default()
-            }),
-            ..Node::default()
-        }
+        test_node("n", labels, Some(info))
     }
 
     fn info(os: &str, arch: &str, runtime: &str, kernel: &str) -> NodeSystemInfo {

@@ -639,30 +639,14 @@ fn the_restriction_keeps_out_nodes_that_join_later() {
 
 /// A node as the reflector sees it: `labels`, and the kubelet's report when `info` is set.
 fn real_node(name: &str, labels: &[(&str, &str)], info: Option<(&str, &str)>) -> NodeView {
-    use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
-    let node = Node {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..ObjectMeta::default()
-        },
-        status: info.map(|(os, arch)| NodeStatus {
-            node_info: Some(NodeSystemInfo {
-                operating_system: os.into(),
-                architecture: arch.into(),
-                container_runtime_version: "containerd://2.0.2".into(),
-                ..NodeSystemInfo::default()
-            }),
-            ..NodeStatus::default()
-        }),
-        ..Node::default()
-    };
-    crate::cluster::node_view(&node).unwrap()
+    use k8s_openapi::api::core::v1::NodeSystemInfo;
+    let info = info.map(|(os, arch)| NodeSystemInfo {
+        operating_system: os.into(),
+        architecture: arch.into(),
+        container_runtime_version: "containerd://2.0.2".into(),
+        ..NodeSystemInfo::default()
+    });
+    crate::cluster::node_view(&crate::cluster::test_node(name, labels, info)).unwrap()
 }
 
 /// archgate reads a node's platform from `kubernetes.io/*`, else `beta.kubernetes.io/*`, else
