@@ -126,21 +126,21 @@ impl Pipeline {
         let notes = extraction.warnings;
         let nodes = cluster.nodes();
         let mut targets = extraction.targets;
+        let mut placed = Placed::new(&nodes);
         if let Some(old) = old {
             // On UPDATE an image is left alone only if the old object already ran it on the same
             // candidate platforms: a changed nodeSelector or affinity moves the pod somewhere new.
             // Every target is compared (none dropped for the bound first: an UPDATE that adds
             // thousands of containers after unchanged ones must still have them checked).
             let before = self.placed_images(old, cluster, options, &nodes);
-            let mut placed = Placed::new(&nodes);
             targets
                 .retain(|t| !before.contains(&(t.image.clone(), placed.candidates(&t.placement))));
         }
         // Each target pulls with its own pod's credentials: a Tekton task can run under a
         // ServiceAccount of its own (taskRunSpecs[].serviceAccountName).
-        let checked = resolve(
+        let checked = resolve_placed(
             targets,
-            &nodes,
+            placed,
             &self.resolver,
             |placement| cluster.credentials(namespace, placement),
             &self.exemptions,
@@ -382,7 +382,20 @@ pub async fn resolve(
     exemptions: &Exemptions,
     deadline: Instant,
 ) -> Vec<Checked> {
-    let mut placed = Placed::new(nodes);
+    let placed = Placed::new(nodes);
+    resolve_placed(targets, placed, resolver, credentials, exemptions, deadline).await
+}
+
+/// [`resolve`] with the pods already placed (an UPDATE placed them to compare with the old
+/// object): each pod's candidates are worked out once per review, not once per stage.
+async fn resolve_placed(
+    targets: Vec<Target>,
+    mut placed: Placed<'_>,
+    resolver: &Resolver,
+    credentials: impl Fn(&Placement) -> Arc<Credentials>,
+    exemptions: &Exemptions,
+    deadline: Instant,
+) -> Vec<Checked> {
     // Each distinct (image, identity) once, in first-seen order; targets refer to it by index.
     let mut lookups: Vec<Lookup> = Vec::new();
     let mut index: HashMap<(ImageRef, Identity), usize, foldhash::fast::RandomState> =
@@ -513,7 +526,7 @@ pub async fn resolve(
         })
         .collect();
     if let Some(target) = overflow {
-        let candidates = scheduling::candidates(&target.placement, nodes).into();
+        let candidates = placed.candidates(&target.placement);
         let registry = ImageRef::parse(&target.image)
             .map(|i| i.registry().to_string())
             .unwrap_or_default();
