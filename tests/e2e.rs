@@ -228,6 +228,7 @@ async fn archgate_behind_a_real_api_server() {
 
     pods_and_workloads_are_denied(&w).await;
     namespace_modes(&w, &archgate).await;
+    namespace_modes_are_chosen_by_admins(&w).await;
     live_nodes_change_verdicts(&w).await;
     a_nodes_runtime_is_read_from_the_api_server(&w).await;
     bound_pods_and_image_updates(&w).await;
@@ -359,6 +360,155 @@ async fn namespace_modes(w: &World, archgate: &Archgate) {
         archgate.metric("archgate_reviews_total", "").await,
         reviews_before
     );
+}
+
+/// The shipped ValidatingAdmissionPolicy: someone who may create and label namespaces, but was
+/// not granted `update` on `namespacemodes.archgate.io`, cannot choose a namespace's mode.
+async fn namespace_modes_are_chosen_by_admins(w: &World) {
+    let plane = &w.plane;
+    let tenant = |args: &[&str], stdin: Option<&str>| {
+        let mut all = vec!["--as", "tenant"];
+        all.extend_from_slice(args);
+        plane.kubectl(&all, stdin)
+    };
+    // Applied as objects: `kubectl create clusterrole` asks discovery for the resource, and
+    // `namespacemodes.archgate.io` is served by nobody (see the policy's comment).
+    let grant = |name: &str, rule: Value| {
+        let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": name}, "rules": [rule]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": name},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "tenant"}]},
+        ]});
+        plane.must(&["apply", "-f", "-"], Some(&objects.to_string()));
+    };
+    grant(
+        "tenant-namespaces",
+        json!({"apiGroups": [""], "resources": ["namespaces"],
+               "verbs": ["get", "list", "create", "update", "patch"]}),
+    );
+    plane.must(
+        &["apply", "-f", "deploy/base/namespace-mode-policy.yaml"],
+        None,
+    );
+
+    let labelled = |mode: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "tenant-new", "labels": {"archgate.io/mode": mode}}})
+        .to_string()
+    };
+    let refused = |ns: &str, what: &str, verb: &str| {
+        format!(
+            "Error from server (Forbidden): {verb}namespaces \"{ns}\" is forbidden: \
+             ValidatingAdmissionPolicy 'archgate-namespace-mode' with binding \
+             'archgate-namespace-mode' denied request: archgate.io/mode {what} without \
+             permission: it decides whether archgate checks images in namespace {ns}; ask a \
+             cluster admin for update on namespacemodes.archgate.io\n"
+        )
+    };
+    let on_create = "error when creating \"STDIN\": ";
+    // The API server enforces a policy once its informer has the binding.
+    eventually("the namespace mode policy takes effect", || {
+        let out = tenant(
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(&labelled("off")),
+        );
+        (!out.ok() && out.stderr().contains("archgate-namespace-mode"))
+            .then_some(())
+            .ok_or(out.stderr() + &out.stdout())
+    })
+    .await;
+    let out = tenant(&["create", "-f", "-"], Some(&labelled("off")));
+    assert_eq!(
+        out.stderr(),
+        refused("tenant-new", "set to \"off\"", on_create)
+    );
+
+    // Namespaces and their other labels are the tenant's to manage.
+    let out = tenant(&["create", "namespace", "tenant-a"], None);
+    assert_eq!(
+        out.stdout(),
+        "namespace/tenant-a created\n",
+        "{}",
+        out.stderr()
+    );
+    let out = tenant(&["label", "namespace", "tenant-a", "team=a"], None);
+    assert_eq!(
+        out.stdout(),
+        "namespace/tenant-a labeled\n",
+        "{}",
+        out.stderr()
+    );
+    for mode in ["off", "warn"] {
+        let out = tenant(
+            &[
+                "label",
+                "namespace",
+                "tenant-a",
+                &format!("archgate.io/mode={mode}"),
+            ],
+            None,
+        );
+        assert_eq!(
+            out.stderr(),
+            refused("tenant-a", &format!("set to \"{mode}\""), "")
+        );
+    }
+    // An admin's choice stands until an admin changes it: the tenant cannot remove it either.
+    plane.must(
+        &["label", "namespace", "tenant-a", "archgate.io/mode=warn"],
+        None,
+    );
+    let out = tenant(
+        &["label", "namespace", "tenant-a", "archgate.io/mode-"],
+        None,
+    );
+    assert_eq!(out.stderr(), refused("tenant-a", "removed", ""));
+    let out = tenant(
+        &["label", "namespace", "tenant-a", "team=b", "--overwrite"],
+        None,
+    );
+    assert_eq!(
+        out.stdout(),
+        "namespace/tenant-a labeled\n",
+        "{}",
+        out.stderr()
+    );
+
+    // Granted for tenant-a only (RBAC `resourceNames`).
+    let out = tenant(&["create", "namespace", "tenant-b"], None);
+    assert_eq!(
+        out.stdout(),
+        "namespace/tenant-b created\n",
+        "{}",
+        out.stderr()
+    );
+    grant(
+        "tenant-modes",
+        json!({"apiGroups": ["archgate.io"], "resources": ["namespacemodes"],
+               "resourceNames": ["tenant-a"], "verbs": ["update"]}),
+    );
+    eventually("the grant is seen by the authorizer", || {
+        let out = tenant(
+            &[
+                "label",
+                "namespace",
+                "tenant-a",
+                "archgate.io/mode=off",
+                "--overwrite",
+            ],
+            None,
+        );
+        out.ok().then_some(()).ok_or(out.stderr())
+    })
+    .await;
+    let out = tenant(
+        &["label", "namespace", "tenant-b", "archgate.io/mode=off"],
+        None,
+    );
+    assert_eq!(out.stderr(), refused("tenant-b", "set to \"off\"", ""));
 }
 
 async fn live_nodes_change_verdicts(w: &World) {
@@ -969,11 +1119,50 @@ async fn placement_steers_a_pod(w: &World, archgate: &Archgate) {
             .is_some_and(|a| a.contains("arm64")),
         "{got}"
     );
+
+    // A node that states its platform only in the beta labels: no patch on the
+    // `kubernetes.io/*` labels would select exactly where the image runs, so the pod is left
+    // alone with a warning and the validating webhook decides (here: denied, amd-1 is a
+    // candidate).
+    let beta = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "arm-beta", "labels": {
+            "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "arm64"}},
+        "spec": {},
+    });
+    w.plane.must(&["apply", "-f", "-"], Some(&beta.to_string()));
+    let unselectable = format!("Warning: {}\n", archgate::policy::unselectable_warning());
+    let before = archgate
+        .metric("archgate_mutations_total", "outcome=\"unselectable\"")
+        .await;
+    eventually("the beta-labelled node is seen", || {
+        let out = w.plane.apply(&pod("steered", "web2", &arm), true);
+        out.stderr()
+            .starts_with(&unselectable)
+            .then_some(())
+            .ok_or(out.stderr())
+    })
+    .await;
+    let out = w.plane.apply(&pod("steered", "web2", &arm), false);
+    let stderr = out.stderr();
+    let denial = stderr
+        .strip_prefix(&unselectable)
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        denial.starts_with(&denied(&missing_amd64("container \"app\"", &arm))),
+        "{denial}"
+    );
+    assert!(
+        archgate
+            .metric("archgate_mutations_total", "outcome=\"unselectable\"")
+            .await
+            >= before + 2.0
+    );
     w.plane.must(
         &["delete", "mutatingwebhookconfiguration", "archgate"],
         None,
     );
-    w.plane.must(&["delete", "node", "arm-1"], None);
+    w.plane.must(&["delete", "node", "arm-1", "arm-beta"], None);
 }
 
 /// 200 pods created with kube-rs, over four images: archgate's registry request count and the
