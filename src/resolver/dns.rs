@@ -15,7 +15,12 @@
 //! - waiting for a turn is an ordinary future, dropped with its caller (reqwest's connect
 //!   timeout covers the lookup);
 //! - addresses archgate never fetches from ([`super::fetch::forbidden`]) are dropped, so a
-//!   name pointing at a metadata service is refused before connecting.
+//!   name pointing at a metadata service is refused before connecting;
+//! - loopback addresses are dropped unless the name is a loopback name (`localhost`): the
+//!   redirect rule keeps a registry elsewhere from sending archgate to its own host by address,
+//!   and a name of the registry's choosing that resolves to 127.0.0.1 would get past it. In the
+//!   cluster a name never legitimately leads there (archgate's loopback is its own pod, not the
+//!   node the kubelet pulls on); a registry on this host is named as such.
 
 use std::collections::HashMap;
 use std::io;
@@ -25,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::fetch::forbidden;
+use super::fetch::{forbidden, is_loopback_name};
 
 /// Lookups of names not resolved lately, running at once.
 pub const LOOKUPS: usize = 32;
@@ -47,6 +52,22 @@ pub struct GuardedDns {
     known: Arc<Semaphore>,
     /// Name → when it last resolved to an address archgate may use.
     resolved: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Names besides loopback names that may resolve to loopback: none outside tests, which
+    /// need a registry on 127.0.0.1 that counts as elsewhere.
+    loopback_aliases: Arc<[String]>,
+}
+
+/// Why a name's addresses are not used.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    #[error(
+        "{0} resolves only to link-local or metadata addresses; archgate does not connect there"
+    )]
+    Metadata(String),
+    #[error(
+        "{0} resolves only to loopback addresses, which archgate reaches only by a loopback name (localhost, 127.0.0.1, [::1]): a name leading there could be a registry sending archgate to its own host"
+    )]
+    Loopback(String),
 }
 
 impl GuardedDns {
@@ -66,7 +87,15 @@ impl GuardedDns {
             fresh: Arc::new(Semaphore::new(LOOKUPS)),
             known: Arc::new(Semaphore::new(KNOWN_LOOKUPS)),
             resolved: Arc::default(),
+            loopback_aliases: Arc::new([]),
         }
+    }
+
+    /// This resolver, letting `names` resolve to loopback as if they were loopback names.
+    #[cfg(test)]
+    pub(crate) fn with_loopback_aliases(mut self, names: &[&str]) -> Self {
+        self.loopback_aliases = names.iter().map(|n| n.to_string()).collect();
+        self
     }
 
     /// `host`'s addresses archgate may connect to (port 0: the URL's port is used).
@@ -90,15 +119,20 @@ impl GuardedDns {
         })
         .await
         .map_err(io::Error::other)??;
+        let loopback_name = is_loopback_name(&host) || self.loopback_aliases.contains(&host);
+        let loopback = |a: &SocketAddr| a.ip().to_canonical().is_loopback();
         let allowed: Vec<SocketAddr> = found
             .iter()
             .copied()
-            .filter(|a| !forbidden(a.ip()))
+            .filter(|a| !forbidden(a.ip()) && (loopback_name || !loopback(a)))
             .collect();
         if allowed.is_empty() && !found.is_empty() {
-            return Err(io::Error::other(format!(
-                "{host} resolves only to link-local or metadata addresses; archgate does not connect there"
-            )));
+            let why = if found.iter().any(loopback) {
+                Unusable::Loopback(host)
+            } else {
+                Unusable::Metadata(host)
+            };
+            return Err(io::Error::other(why));
         }
         if !allowed.is_empty() {
             self.remember(host);
@@ -146,7 +180,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A stand-in for `getaddrinfo`: names starting `stall` block until the gate opens; the
-    /// rest answer 127.0.0.1 at once. Counts the lookups running and the most seen at once.
+    /// rest answer 192.0.2.1 (TEST-NET-1) at once. Counts the lookups running and the most seen at once.
     #[derive(Default)]
     struct Stalling {
         open: Mutex<bool>,
@@ -166,7 +200,7 @@ mod tests {
                     drop(this.opened.wait_while(open, |open| !*open).unwrap());
                 }
                 this.running.fetch_sub(1, Ordering::SeqCst);
-                Ok(vec![SocketAddr::from(([127, 0, 0, 1], 0))])
+                Ok(vec![SocketAddr::from(([192, 0, 2, 1], 0))])
             })
         }
 
@@ -235,19 +269,22 @@ mod tests {
         assert!(stalling.most.load(Ordering::SeqCst) <= LOOKUPS + KNOWN_LOOKUPS);
     }
 
-    #[tokio::test]
-    async fn forbidden_addresses_are_dropped_and_a_name_with_only_those_is_refused() {
-        let answers: Arc<Lookup> = Arc::new(|name: &str| {
-            let ips: &[&str] = match name {
-                "metadata.example" => &["169.254.169.254", "fe80::1"],
-                _ => &["169.254.169.254", "10.0.0.7"],
-            };
-            Ok(ips
+    /// A lookup answering each name with the addresses `ips` gives for it.
+    fn answering(ips: fn(&str) -> &'static [&'static str]) -> Arc<Lookup> {
+        Arc::new(move |name: &str| {
+            Ok(ips(name)
                 .iter()
                 .map(|ip| SocketAddr::new(ip.parse().unwrap(), 0))
                 .collect())
-        });
-        let dns = GuardedDns::with_lookup(answers);
+        })
+    }
+
+    #[tokio::test]
+    async fn forbidden_addresses_are_dropped_and_a_name_with_only_those_is_refused() {
+        let dns = GuardedDns::with_lookup(answering(|name| match name {
+            "metadata.example" => &["169.254.169.254", "fe80::1"],
+            _ => &["169.254.169.254", "10.0.0.7"],
+        }));
         let mixed = dns.addresses("mixed.example".into()).await.unwrap();
         assert_eq!(mixed, [SocketAddr::from(([10, 0, 0, 7], 0))]);
         let refused = dns.addresses("metadata.example".into()).await.unwrap_err();
@@ -256,6 +293,27 @@ mod tests {
             "{refused}"
         );
         assert!(!dns.is_known("metadata.example") && dns.is_known("mixed.example"));
+    }
+
+    #[tokio::test]
+    async fn only_loopback_names_resolve_to_loopback() {
+        let dns = GuardedDns::with_lookup(answering(|name| match name {
+            "mixed.example" => &["127.0.0.1", "10.0.0.7"],
+            _ => &["127.0.0.1", "::1", "::ffff:127.0.0.2"],
+        }));
+        let mixed = dns.addresses("mixed.example".into()).await.unwrap();
+        assert_eq!(mixed, [SocketAddr::from(([10, 0, 0, 7], 0))]);
+        let refused = dns.addresses("rebind.example".into()).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("rebind.example resolves only to loopback addresses"),
+            "{refused}"
+        );
+        for name in ["localhost", "registry.localhost", "LocalHost."] {
+            let found = dns.addresses(name.into()).await.unwrap();
+            assert_eq!(found.len(), 3, "{name}: {found:?}");
+        }
     }
 
     #[tokio::test]

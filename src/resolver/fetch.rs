@@ -105,11 +105,15 @@ fn host_ip(url: &Url) -> Option<IpAddr> {
 fn is_loopback_host(url: &Url) -> bool {
     match host_ip(url) {
         Some(ip) => ip.to_canonical().is_loopback(),
-        None => url.host_str().is_some_and(|name| {
-            let name = name.to_ascii_lowercase();
-            name == "localhost" || name.ends_with(".localhost")
-        }),
+        None => url.host_str().is_some_and(is_loopback_name),
     }
+}
+
+/// Whether a host name means this host wherever it is resolved (RFC 6761: `localhost` and
+/// names under it).
+pub(super) fn is_loopback_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 /// Whether a request to `origin` may follow a redirect to `target`. Blob downloads may go to
@@ -849,12 +853,10 @@ mod tests {
         );
     }
 
-    /// Before: the loopback rule compared the redirect target with `Ipv6Addr::is_loopback`, false
-    /// for the IPv4-mapped form, so a registry elsewhere could send archgate to
-    /// `http://[::ffff:127.0.0.1]:PORT/`, a service on archgate's own host. The registry here is
-    /// on 127.0.0.1 but known by a name that is not a loopback name, so it counts as elsewhere.
-    #[tokio::test]
-    async fn a_remote_registry_cannot_redirect_to_mapped_loopback() {
+    /// A registry on 127.0.0.1 known by a name that is not a loopback name (so it counts as
+    /// elsewhere) redirects a blob download to `target` (`{port}` is a local service's port).
+    /// Returns whether the local service was reached, and the download's error.
+    async fn redirected_from_elsewhere_to(target: &str) -> (bool, String) {
         use std::sync::atomic::{AtomicBool, Ordering};
         let _ = rustls::crypto::ring::default_provider().install_default();
         let reached = Arc::new(AtomicBool::new(false));
@@ -872,7 +874,7 @@ mod tests {
             (port, task)
         };
         let (local_port, local_task) = serve(local).await;
-        let target = format!("http://[::ffff:127.0.0.1]:{local_port}/secret");
+        let target = target.replace("{port}", &local_port.to_string());
         let registry = axum::Router::new().fallback(move || {
             let target = target.clone();
             std::future::ready(axum::response::IntoResponse::into_response((
@@ -882,10 +884,11 @@ mod tests {
         });
         let (port, registry_task) = serve(registry).await;
         let host = format!("registry.test:{port}");
-        let dns = GuardedDns::with_lookup(Arc::new(|name: &str| {
-            assert_eq!(name, "registry.test");
+        // Every name is on 127.0.0.1 here, as a rebinding DNS server would answer.
+        let dns = GuardedDns::with_lookup(Arc::new(|_: &str| {
             Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))])
-        }));
+        }))
+        .with_loopback_aliases(&["registry.test"]);
         let insecure = [host.clone()];
         let fetcher = Fetcher::new(
             FetchOptions {
@@ -909,18 +912,37 @@ mod tests {
             identity: 0,
         };
         let answer = fetcher.blob(&target, &sha256(b"hello"), 1 << 10).await;
-        assert!(
-            !reached.load(Ordering::SeqCst),
-            "the local service was reached"
-        );
-        let error = answer.map(|_| ()).unwrap_err();
-        assert!(
-            super::super::errors::describe_transport(&*error.error).contains("a loopback address"),
-            "{:?}",
-            error.error
-        );
         local_task.abort();
         registry_task.abort();
+        let error = match answer {
+            Ok(_) => String::new(),
+            Err(e) => super::super::errors::describe_transport(&*e.error),
+        };
+        (reached.load(Ordering::SeqCst), error)
+    }
+
+    /// Before: the loopback rule compared the redirect target with `Ipv6Addr::is_loopback`, false
+    /// for the IPv4-mapped form, so a registry elsewhere could send archgate to
+    /// `http://[::ffff:127.0.0.1]:PORT/`, a service on archgate's own host.
+    #[tokio::test]
+    async fn a_remote_registry_cannot_redirect_to_mapped_loopback() {
+        let (reached, error) =
+            redirected_from_elsewhere_to("http://[::ffff:127.0.0.1]:{port}/secret").await;
+        assert!(!reached, "the local service was reached");
+        assert!(error.contains("a loopback address"), "{error}");
+    }
+
+    /// Before: the rule read the target's address as written, so a name of the registry's
+    /// choosing whose DNS answers 127.0.0.1 (`rebind.test` here) reached the local service.
+    #[tokio::test]
+    async fn a_remote_registry_cannot_redirect_to_a_name_on_loopback() {
+        let (reached, error) =
+            redirected_from_elsewhere_to("http://rebind.test:{port}/secret").await;
+        assert!(!reached, "the local service was reached");
+        assert!(
+            error.contains("rebind.test resolves only to loopback addresses"),
+            "{error}"
+        );
     }
 
     #[test]
