@@ -180,7 +180,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A stand-in for `getaddrinfo`: names starting `stall` block until the gate opens; the
-    /// rest answer 192.0.2.1 (TEST-NET-1) at once. Counts the lookups running and the most seen at once.
+    /// rest answer 192.0.2.1 (TEST-NET-1) at once. Counts the lookups running and the most
+    /// seen at once.
     #[derive(Default)]
     struct Stalling {
         open: Mutex<bool>,
